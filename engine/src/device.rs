@@ -1,0 +1,480 @@
+//! The device: adapter choice, and the runtime every op goes through (pipeline cache, buffer
+//! pool, uniform arena, batched command recording, read-back).
+//!
+//! An op never submits work by itself. It records a dispatch into the open compute pass;
+//! the recorded batch is submitted when a result is read back, when host data is uploaded,
+//! or when [`DISPATCHES_PER_BATCH`] dispatches have been recorded.
+
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+use crate::error::{Error, Result};
+use crate::kernels::{Kernel, PipelineCache};
+use crate::pool::{Pool, PoolStats};
+
+/// Dispatches recorded before the batch is submitted without waiting for a read-back.
+pub const DISPATCHES_PER_BATCH: usize = 512;
+/// Bytes of one uniform-arena slot: every kernel's parameters fit, and 256 is the largest
+/// dynamic-offset alignment WebGPU allows an adapter to require.
+const PARAM_SLOT: u64 = 256;
+
+/// What the chosen adapter is and the limits the device was created with.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    /// Adapter name as the driver reports it (e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`).
+    pub name: String,
+    /// Graphics API in use (Vulkan, Metal, Dx12, Gl).
+    pub backend: String,
+    /// Discrete, integrated, virtual, CPU or other.
+    pub device_type: String,
+    /// Driver name and version.
+    pub driver: String,
+    /// Largest storage buffer binding, in bytes: the largest tensor.
+    pub max_storage_buffer_binding_size: u64,
+    /// Largest buffer, in bytes.
+    pub max_buffer_size: u64,
+    /// Storage buffers one kernel may bind.
+    pub max_storage_buffers_per_shader_stage: u32,
+    /// Workgroup shared memory, in bytes.
+    pub max_compute_workgroup_storage_size: u32,
+    /// Invocations in one workgroup.
+    pub max_compute_invocations_per_workgroup: u32,
+    /// Workgroups along one dispatch dimension.
+    pub max_compute_workgroups_per_dimension: u32,
+}
+
+impl DeviceInfo {
+    /// True for a software rasteriser such as Mesa's lavapipe.
+    pub fn is_software(&self) -> bool {
+        self.device_type == "Cpu"
+    }
+}
+
+impl std::fmt::Display for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}, {}, driver {}; max storage binding {} MiB, max buffer {} MiB)",
+            self.name,
+            self.backend,
+            self.device_type,
+            self.driver,
+            self.max_storage_buffer_binding_size >> 20,
+            self.max_buffer_size >> 20
+        )
+    }
+}
+
+/// A GPU (or software) device with its runtime. Cheap to clone; all clones share one queue,
+/// pool and pipeline cache. Safe to use from several threads.
+#[derive(Clone)]
+pub struct Device {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: DeviceInfo,
+    pipelines: Mutex<PipelineCache>,
+    pool: Mutex<Pool>,
+    recorder: Mutex<Recorder>,
+    /// Four words a kernel writes when it meets a bad index: op code, index, axis size.
+    status: wgpu::Buffer,
+}
+
+/// Commands recorded but not yet submitted.
+struct Recorder {
+    // Field order matters: the pass must be dropped before the encoder it records into.
+    pass: Option<wgpu::ComputePass<'static>>,
+    encoder: Option<wgpu::CommandEncoder>,
+    /// Host copy of this batch's uniform parameters, written to `arena` in one go at submit.
+    params: Vec<u8>,
+    arena: wgpu::Buffer,
+    dispatches: usize,
+    submissions: u64,
+}
+
+/// Ops that report bad indices through the status buffer, by code.
+pub(crate) const STATUS_OPS: [&str; 3] = ["", "gather", "cross_entropy"];
+
+impl Device {
+    /// Choose an adapter and create a device on it.
+    ///
+    /// Order of preference: discrete GPU, integrated, virtual, other, then a CPU (software)
+    /// adapter. wgpu's environment conventions override it: `WGPU_BACKEND` (e.g. `vulkan`,
+    /// `metal`, `dx12`, `gl`) limits the backends and `WGPU_ADAPTER_NAME` picks the first
+    /// adapter whose name contains the given text. The adapter's own limits are requested,
+    /// so tensors can be as large as the hardware allows.
+    ///
+    /// # Errors
+    /// [`Error::NoAdapter`] when no adapter exists (the message says what to install) or none
+    /// matches `WGPU_ADAPTER_NAME`; [`Error::Device`] when the device cannot be created.
+    pub fn new() -> Result<Device> {
+        // Without WGPU_BACKEND, try the modern APIs first and fall back to GL only when they
+        // have no adapter (probing GL on a headless machine is slow and noisy).
+        let from_env = wgpu::Backends::from_env();
+        let mut adapters = Vec::new();
+        for backends in from_env.map_or(vec![wgpu::Backends::PRIMARY, wgpu::Backends::all()], |b| vec![b]) {
+            let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+            descriptor.backends = backends;
+            let instance = wgpu::Instance::new(descriptor);
+            adapters = pollster::block_on(instance.enumerate_adapters(backends));
+            if !adapters.is_empty() {
+                break;
+            }
+        }
+        let adapter = choose_adapter(adapters)?;
+        let limits = adapter.limits();
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+                label: Some("engine"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            }))
+            .map_err(|e| Error::Device(e.to_string()))?;
+        let a = adapter.get_info();
+        let info = DeviceInfo {
+            name: a.name,
+            backend: format!("{:?}", a.backend),
+            device_type: format!("{:?}", a.device_type),
+            driver: format!("{} {}", a.driver, a.driver_info).trim().to_string(),
+            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
+            max_buffer_size: limits.max_buffer_size,
+            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
+            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
+            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+        };
+        assert!(limits.min_uniform_buffer_offset_alignment as u64 <= PARAM_SLOT);
+        let arena = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("uniform arena"),
+            size: PARAM_SLOT * DISPATCHES_PER_BATCH as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let status = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("status"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: true,
+        });
+        status.unmap(); // mapped at creation so it starts zeroed
+        Ok(Device {
+            inner: Arc::new(Inner {
+                device,
+                queue,
+                info,
+                pipelines: Mutex::new(PipelineCache::default()),
+                pool: Mutex::new(Pool::default()),
+                recorder: Mutex::new(Recorder {
+                    pass: None,
+                    encoder: None,
+                    params: Vec::with_capacity((PARAM_SLOT as usize) * DISPATCHES_PER_BATCH),
+                    arena,
+                    dispatches: 0,
+                    submissions: 0,
+                }),
+                status,
+            }),
+        })
+    }
+
+    /// One device shared by the whole process, created on first use. Tests, examples and
+    /// programs that need just one device use this instead of [`Device::new`].
+    ///
+    /// # Errors
+    /// As [`Device::new`]; the failure is remembered and returned again.
+    pub fn shared() -> Result<Device> {
+        static SHARED: OnceLock<std::result::Result<Device, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| Device::new().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(Error::Device)
+    }
+
+    /// The adapter and the limits in use.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.inner.info
+    }
+
+    /// Memory figures of the buffer pool.
+    pub fn pool_stats(&self) -> PoolStats {
+        lock(&self.inner.pool).stats()
+    }
+
+    /// Start measuring `peak_bytes` afresh from the current live bytes.
+    pub fn reset_peak(&self) {
+        lock(&self.inner.pool).reset_peak();
+    }
+
+    /// Release the pool's cached buffers back to the driver.
+    pub fn trim_pool(&self) {
+        lock(&self.inner.pool).trim();
+    }
+
+    /// Number of compiled pipelines (kernel specialisations) so far.
+    pub fn pipeline_count(&self) -> usize {
+        lock(&self.inner.pipelines).len()
+    }
+
+    /// Command-buffer submissions so far: one per batch, read-back or upload, never one per op.
+    pub fn submission_count(&self) -> u64 {
+        lock(&self.inner.recorder).submissions
+    }
+
+    /// Submit what has been recorded and wait until the GPU has finished it.
+    ///
+    /// # Errors
+    /// [`Error::Device`] if the device was lost.
+    pub fn synchronize(&self) -> Result<()> {
+        let index = {
+            let mut rec = lock(&self.inner.recorder);
+            self.submit(&mut rec)
+        };
+        self.wait(index)
+    }
+
+    pub(crate) fn same(&self, other: &Device) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// A pooled buffer for `bytes`, after checking the adapter's limit.
+    pub(crate) fn alloc(
+        &self,
+        op: &'static str,
+        shape: &[usize],
+        bytes: u64,
+    ) -> Result<(wgpu::Buffer, u64)> {
+        let limit = self
+            .inner
+            .info
+            .max_storage_buffer_binding_size
+            .min(self.inner.info.max_buffer_size);
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                op,
+                shape: shape.to_vec(),
+                bytes,
+                limit,
+            });
+        }
+        Ok(lock(&self.inner.pool).take(&self.inner.device, bytes))
+    }
+
+    pub(crate) fn release(&self, buffer: wgpu::Buffer, class: u64) {
+        lock(&self.inner.pool).give_back(buffer, class);
+    }
+
+    /// Record one dispatch of `kernel`, specialised by `overrides`, with `params` as its
+    /// uniform and `buffers` bound to storage bindings 1.. in order.
+    pub(crate) fn dispatch<P: bytemuck::Pod>(
+        &self,
+        kernel: &'static Kernel,
+        overrides: &[u32],
+        params: &P,
+        buffers: &[&wgpu::Buffer],
+        groups: [u32; 3],
+    ) {
+        debug_assert_eq!(buffers.len(), kernel.storage.len(), "{}", kernel.entry);
+        debug_assert!(std::mem::size_of::<P>() as u64 <= PARAM_SLOT);
+        if groups.contains(&0) {
+            return;
+        }
+        let pipeline = lock(&self.inner.pipelines).get(&self.inner.device, kernel, overrides);
+        let mut rec = lock(&self.inner.recorder);
+        let offset = rec.params.len();
+        rec.params.extend_from_slice(bytemuck::bytes_of(params));
+        rec.params.resize(offset + PARAM_SLOT as usize, 0);
+
+        let mut entries = Vec::with_capacity(buffers.len() + 1);
+        entries.push(wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &rec.arena,
+                offset: 0,
+                size: wgpu::BufferSize::new(PARAM_SLOT),
+            }),
+        });
+        for (i, buffer) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: buffer.as_entire_binding(),
+            });
+        }
+        let bind_group = self
+            .inner
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.layout,
+                entries: &entries,
+            });
+        let pass = self.open_pass(&mut rec);
+        pass.set_pipeline(&pipeline.pipeline);
+        pass.set_bind_group(0, &bind_group, &[offset as u32]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        rec.dispatches += 1;
+        if rec.dispatches >= DISPATCHES_PER_BATCH {
+            self.submit(&mut rec);
+        }
+    }
+
+    /// Write host bytes into a buffer, after everything recorded so far.
+    pub(crate) fn upload(&self, buffer: &wgpu::Buffer, bytes: &[u8]) {
+        let mut rec = lock(&self.inner.recorder);
+        // queue.write_buffer lands before the next submission's commands, so recorded work
+        // that still reads this (reused) buffer must be submitted first.
+        if rec.encoder.is_some() {
+            self.submit(&mut rec);
+        }
+        self.inner.queue.write_buffer(buffer, 0, bytes);
+    }
+
+    /// Read `len` bytes at `offset` of a buffer back to the host, after everything recorded
+    /// so far. This is a synchronisation point; it also reports a bad index any kernel met.
+    pub(crate) fn read(&self, buffer: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back"),
+            size: len + 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let index = {
+            let mut rec = lock(&self.inner.recorder);
+            rec.pass = None;
+            let encoder = self.open_encoder(&mut rec);
+            if len > 0 {
+                encoder.copy_buffer_to_buffer(buffer, offset, &staging, 0, len);
+            }
+            encoder.copy_buffer_to_buffer(&self.inner.status, 0, &staging, len, 16);
+            self.submit(&mut rec)
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.wait(index)?;
+        rx.recv()
+            .map_err(|e| Error::Device(e.to_string()))?
+            .map_err(|e| Error::Device(e.to_string()))?;
+        let mut bytes = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Device(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        let status: [u32; 4] = bytemuck::pod_read_unaligned(&bytes[len as usize..]);
+        if status[0] != 0 {
+            self.inner.queue.write_buffer(&self.inner.status, 0, &[0u8; 16]);
+            return Err(Error::Index {
+                op: STATUS_OPS.get(status[0] as usize).copied().unwrap_or("kernel"),
+                index: status[1],
+                size: status[2],
+            });
+        }
+        bytes.truncate(len as usize);
+        Ok(bytes)
+    }
+
+    pub(crate) fn status_buffer(&self) -> &wgpu::Buffer {
+        &self.inner.status
+    }
+
+    fn open_encoder<'r>(&self, rec: &'r mut Recorder) -> &'r mut wgpu::CommandEncoder {
+        rec.encoder.get_or_insert_with(|| {
+            self.inner
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+        })
+    }
+
+    fn open_pass<'r>(&self, rec: &'r mut Recorder) -> &'r mut wgpu::ComputePass<'static> {
+        if rec.pass.is_none() {
+            let pass = self
+                .open_encoder(rec)
+                .begin_compute_pass(&wgpu::ComputePassDescriptor::default())
+                .forget_lifetime();
+            rec.pass = Some(pass);
+        }
+        rec.pass.as_mut().expect("pass was just opened")
+    }
+
+    /// Close the pass, write the batch's parameters and submit. Does not wait.
+    fn submit(&self, rec: &mut Recorder) -> Option<wgpu::SubmissionIndex> {
+        rec.pass = None;
+        let encoder = rec.encoder.take()?;
+        if !rec.params.is_empty() {
+            self.inner.queue.write_buffer(&rec.arena, 0, &rec.params);
+            rec.params.clear();
+        }
+        rec.dispatches = 0;
+        rec.submissions += 1;
+        Some(self.inner.queue.submit([encoder.finish()]))
+    }
+
+    fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: None,
+            })
+            .map(|_| ())
+            .map_err(|e| Error::Device(e.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Device({})", self.inner.info.name)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock leaves plain bookkeeping behind, still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Rank adapters: hardware before software, modern APIs before GL; honour
+/// `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF=low`.
+fn choose_adapter(adapters: Vec<wgpu::Adapter>) -> Result<wgpu::Adapter> {
+    if adapters.is_empty() {
+        return Err(Error::NoAdapter(
+            "wgpu enumerated no adapter on any backend".into(),
+        ));
+    }
+    if let Ok(wanted) = std::env::var("WGPU_ADAPTER_NAME") {
+        let wanted_lc = wanted.to_lowercase();
+        let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted_lc))
+            .ok_or_else(|| {
+                Error::NoAdapter(format!(
+                    "WGPU_ADAPTER_NAME={wanted:?} matches none of {names:?}"
+                ))
+            });
+    }
+    let low_power = std::env::var("WGPU_POWER_PREF").is_ok_and(|v| v.eq_ignore_ascii_case("low"));
+    let rank = |a: &wgpu::Adapter| {
+        let info = a.get_info();
+        let kind = match info.device_type {
+            wgpu::DeviceType::DiscreteGpu if low_power => 1,
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu if low_power => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Other => 3,
+            wgpu::DeviceType::Cpu => 4,
+        };
+        (kind, info.backend == wgpu::Backend::Gl)
+    };
+    Ok(adapters
+        .into_iter()
+        .min_by_key(rank)
+        .expect("adapters is not empty"))
+}

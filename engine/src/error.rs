@@ -1,0 +1,78 @@
+//! The one error type of the engine. Every message names the op and the shapes involved,
+//! so a user mistake reads as one clear line.
+
+/// Result alias used by every fallible engine call.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No adapter at all: the message says what to install.
+    #[error("no GPU adapter found ({0}). On Linux without a GPU install Mesa's software Vulkan driver: `apt-get install mesa-vulkan-drivers`")]
+    NoAdapter(String),
+    /// The device could not be created or was lost.
+    #[error("GPU device error: {0}")]
+    Device(String),
+    /// Operand shapes that do not fit the op.
+    #[error("{op}: {msg}")]
+    Shape {
+        /// The op that refused its operands.
+        op: &'static str,
+        /// What was wrong, with the shapes.
+        msg: String,
+    },
+    /// An axis outside `0..rank`.
+    #[error("{op}: axis {axis} is out of range for a tensor of shape {shape:?}")]
+    Axis {
+        /// The op.
+        op: &'static str,
+        /// The axis asked for.
+        axis: isize,
+        /// The operand's shape.
+        shape: Vec<usize>,
+    },
+    /// An operand of the wrong element type.
+    #[error("{op}: expected {expected:?} tensor, got {got:?} (shape {shape:?})")]
+    DType {
+        /// The op.
+        op: &'static str,
+        /// The element type the op needs.
+        expected: crate::DType,
+        /// The element type it got.
+        got: crate::DType,
+        /// The operand's shape.
+        shape: Vec<usize>,
+    },
+    /// An index read by a kernel was outside its axis. Found on the device and reported at
+    /// the next read-back, since checking on the host would need a sync per op.
+    #[error("{op}: index {index} is out of range for an axis of size {size}")]
+    Index {
+        /// The op whose kernel saw the index.
+        op: &'static str,
+        /// The offending index.
+        index: u32,
+        /// The size of the axis it indexes.
+        size: u32,
+    },
+    /// A tensor larger than one buffer of this adapter may be.
+    #[error("{op}: a tensor of shape {shape:?} needs {bytes} bytes, more than this adapter allows in one buffer ({limit} bytes)")]
+    TooLarge {
+        /// The op that would have allocated it.
+        op: &'static str,
+        /// The shape asked for.
+        shape: Vec<usize>,
+        /// Bytes it needs.
+        bytes: u64,
+        /// The adapter's limit.
+        limit: u64,
+    },
+}
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::Shape {
+            op,
+            msg: msg.into(),
+        }
+    }
+}

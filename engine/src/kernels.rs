@@ -1,0 +1,227 @@
+//! Every WGSL source of the engine, the kernels (entry points) they define, and the cache that
+//! compiles each kernel and specialisation once.
+//!
+//! A kernel's binding 0 is always its uniform parameters (a slot of the device's uniform
+//! arena, bound with a dynamic offset); bindings 1.. are storage buffers, whose access
+//! modes the [`Kernel`] descriptor lists in binding order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One WGSL file from `shaders/`, possibly prefixed by shared helper files.
+pub struct Shader {
+    /// The file name under `shaders/`.
+    pub file: &'static str,
+    /// The complete source handed to the compiler (helpers first).
+    pub source: &'static str,
+}
+
+macro_rules! shader {
+    ($name:ident, $file:literal) => {
+        pub(crate) static $name: Shader = Shader {
+            file: $file,
+            source: include_str!(concat!("../../shaders/", $file)),
+        };
+    };
+    ($name:ident, $file:literal, with $helper:literal) => {
+        pub(crate) static $name: Shader = Shader {
+            file: $file,
+            source: concat!(
+                include_str!(concat!("../../shaders/", $helper)),
+                include_str!(concat!("../../shaders/", $file))
+            ),
+        };
+    };
+}
+
+shader!(ELEMENTWISE, "elementwise.wgsl", with "strided.wgsl");
+shader!(COMPARE, "compare.wgsl", with "strided.wgsl");
+shader!(SELECT, "select.wgsl", with "strided.wgsl");
+shader!(COPY, "copy.wgsl", with "strided.wgsl");
+shader!(GATHER, "gather.wgsl", with "strided.wgsl");
+shader!(FILL, "fill.wgsl");
+shader!(RANDOM, "random.wgsl");
+shader!(REDUCE, "reduce.wgsl");
+shader!(MATMUL, "matmul.wgsl");
+shader!(SOFTMAX, "softmax.wgsl");
+shader!(LAYER_NORM, "layer_norm.wgsl");
+shader!(CROSS_ENTROPY, "cross_entropy.wgsl");
+shader!(ARGSORT, "argsort.wgsl");
+
+/// Every shader the engine compiles; the validation test checks each with naga and checks
+/// that no `.wgsl` file in `shaders/` is missing from this list.
+pub static ALL_SHADERS: &[&Shader] = &[
+    &ELEMENTWISE,
+    &COMPARE,
+    &SELECT,
+    &COPY,
+    &GATHER,
+    &FILL,
+    &RANDOM,
+    &REDUCE,
+    &MATMUL,
+    &SOFTMAX,
+    &LAYER_NORM,
+    &CROSS_ENTROPY,
+    &ARGSORT,
+];
+
+/// Helper files that are only ever prepended to other shaders.
+pub static HELPER_FILES: &[&str] = &["strided.wgsl"];
+
+/// How a kernel touches one storage binding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Access {
+    Read,
+    ReadWrite,
+}
+use Access::{Read as R, ReadWrite as W};
+
+/// One entry point of a shader with the storage bindings it uses (after the uniform) and the
+/// names of its `override` constants, whose values a dispatch supplies.
+pub(crate) struct Kernel {
+    pub shader: &'static Shader,
+    pub entry: &'static str,
+    pub storage: &'static [Access],
+    pub overrides: &'static [&'static str],
+}
+
+macro_rules! kernel {
+    ($name:ident: $shader:ident :: $entry:literal, [$($acc:ident),*], [$($ov:literal),*]) => {
+        pub(crate) static $name: Kernel = Kernel {
+            shader: &$shader,
+            entry: $entry,
+            storage: &[$($acc),*],
+            overrides: &[$($ov),*],
+        };
+    };
+}
+
+kernel!(UNARY: ELEMENTWISE::"unary", [W, R], ["OP", "CONTIG"]);
+kernel!(BINARY: ELEMENTWISE::"binary", [W, R, R], ["OP", "CONTIG"]);
+kernel!(COMPARE_K: COMPARE::"compare", [W, R, R], ["OP", "B_SCALAR"]);
+kernel!(SELECT_K: SELECT::"where_select", [W, R, R, R], []);
+kernel!(COPY_K: COPY::"copy", [W, R], ["OP"]);
+kernel!(GATHER_K: GATHER::"gather", [W, R, R, W], []);
+kernel!(FILL_K: FILL::"fill", [W], ["OP"]);
+kernel!(RANDOM_K: RANDOM::"random", [W], ["OP"]);
+kernel!(DROPOUT_K: RANDOM::"dropout", [W, R], []);
+kernel!(REDUCE_K: REDUCE::"reduce", [W, R], ["OP"]);
+kernel!(MATMUL_K: MATMUL::"matmul", [W, R, R], ["TRANS_A", "TRANS_B"]);
+kernel!(SOFTMAX_K: SOFTMAX::"softmax", [W, R], []);
+kernel!(LAYER_NORM_K: LAYER_NORM::"layer_norm", [W, W, R, R, R], []);
+kernel!(CROSS_ENTROPY_K: CROSS_ENTROPY::"cross_entropy", [W, R, R, W], []);
+kernel!(ARGSORT_K: ARGSORT::"argsort", [W, R], ["DESCENDING"]);
+
+/// A compiled kernel specialisation.
+pub(crate) struct Pipeline {
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+}
+
+/// Most override constants a kernel has; specialisation keys are fixed-size arrays.
+pub(crate) const MAX_OVERRIDES: usize = 2;
+
+type Key = (usize, [u32; MAX_OVERRIDES]);
+
+/// Compiled shader modules and pipelines, keyed by kernel and override values.
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    pipelines: HashMap<Key, Arc<Pipeline>>,
+}
+
+impl PipelineCache {
+    pub(crate) fn get(
+        &mut self,
+        device: &wgpu::Device,
+        kernel: &'static Kernel,
+        values: &[u32],
+    ) -> Arc<Pipeline> {
+        assert_eq!(
+            values.len(),
+            kernel.overrides.len(),
+            "kernel {} takes overrides {:?}",
+            kernel.entry,
+            kernel.overrides
+        );
+        let mut key_values = [0u32; MAX_OVERRIDES];
+        key_values[..values.len()].copy_from_slice(values);
+        let key = (kernel as *const Kernel as usize, key_values);
+        if let Some(p) = self.pipelines.get(&key) {
+            return p.clone();
+        }
+        let module = self.modules.entry(kernel.shader.file).or_insert_with(|| {
+            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(kernel.shader.file),
+                source: wgpu::ShaderSource::Wgsl(kernel.shader.source.into()),
+            })
+        });
+        let pipeline = Arc::new(build_pipeline(device, module, kernel, values));
+        self.pipelines.insert(key, pipeline.clone());
+        pipeline
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.pipelines.len()
+    }
+}
+
+fn build_pipeline(
+    device: &wgpu::Device,
+    module: &wgpu::ShaderModule,
+    kernel: &Kernel,
+    values: &[u32],
+) -> Pipeline {
+    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+        binding: 0,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: true,
+            min_binding_size: None,
+        },
+        count: None,
+    }];
+    for (i, access) in kernel.storage.iter().enumerate() {
+        entries.push(wgpu::BindGroupLayoutEntry {
+            binding: i as u32 + 1,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage {
+                    read_only: *access == Access::Read,
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        });
+    }
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(kernel.entry),
+        entries: &entries,
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(kernel.entry),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let constants: Vec<(&str, f64)> = kernel
+        .overrides
+        .iter()
+        .zip(values)
+        .map(|(name, v)| (*name, *v as f64))
+        .collect();
+    let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(kernel.entry),
+        layout: Some(&pipeline_layout),
+        module,
+        entry_point: Some(kernel.entry),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &constants,
+            zero_initialize_workgroup_memory: false,
+        },
+        cache: None,
+    });
+    Pipeline { pipeline, layout }
+}

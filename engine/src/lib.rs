@@ -1,0 +1,39 @@
+//! # engine
+//!
+//! A from-scratch tensor library in which every numeric op is a WGSL compute shader
+//! dispatched through `wgpu`: the same code runs on Vulkan, Metal, DX12 and GL GPUs, and on
+//! Mesa's software Vulkan driver (lavapipe) where a machine has no GPU.
+//!
+//! ```no_run
+//! use engine::{Device, Tensor};
+//! # fn main() -> engine::Result<()> {
+//! let dev = Device::new()?;
+//! let a = Tensor::from_slice(&dev, &[1.0, 2.0, 3.0, 4.0], &[2, 2])?;
+//! let b = a.matmul(&a.t()?)?.softmax()?; // recorded, not yet run
+//! println!("{:?}", b.to_vec()?);        // submitted and read back here
+//! # Ok(()) }
+//! ```
+//!
+//! How an op travels from the Rust call to the GPU is described in `docs/ARCHITECTURE.md`:
+//! ops record dispatches into one open compute pass, with parameters in a shared uniform
+//! arena and outputs from a size-class buffer pool, and the batch is submitted only at a
+//! read-back, an upload, or every [`DISPATCHES_PER_BATCH`] dispatches.
+#![warn(missing_docs)]
+
+mod device;
+mod error;
+#[doc(hidden)]
+pub mod kernels;
+mod ops;
+#[doc(hidden)]
+pub mod params;
+mod pool;
+pub mod reference;
+pub mod shape;
+mod tensor;
+
+pub use device::{Device, DeviceInfo, DISPATCHES_PER_BATCH};
+pub use error::{Error, Result};
+pub use ops::{BinaryOp, CompareOp, UnaryOp};
+pub use pool::PoolStats;
+pub use tensor::{DType, Tensor};

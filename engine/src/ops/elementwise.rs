@@ -1,0 +1,446 @@
+//! Elementwise ops: unary functions, binary arithmetic with broadcasting, scalar variants,
+//! comparisons, `where` and dtype conversion.
+
+use super::{broadcast_strides, elementwise_grid, strided_params};
+use crate::error::Result;
+use crate::kernels::{BINARY, COMPARE_K, COPY_K, SELECT_K, UNARY};
+use crate::shape::broadcast_shape;
+use crate::tensor::{DType, Tensor};
+
+/// Unary functions of `elementwise.wgsl`; the discriminant is the shader's `OP` code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum UnaryOp {
+    Neg = 0,
+    Exp = 1,
+    Log = 2,
+    Sqrt = 3,
+    Rsqrt = 4,
+    Abs = 5,
+    Tanh = 6,
+    Sigmoid = 7,
+    Relu = 8,
+    /// Exact erf form, as `torch.nn.GELU()`.
+    Gelu = 9,
+    /// `x + s`
+    AddScalar = 10,
+    /// `x * s`
+    MulScalar = 11,
+    /// `x ^ s`
+    PowScalar = 12,
+    /// `s - x`
+    RsubScalar = 13,
+    /// `s / x`
+    RdivScalar = 14,
+    /// `max(x, s)`
+    MaxScalar = 15,
+    /// `min(x, s)`
+    MinScalar = 16,
+}
+
+/// Binary arithmetic of `elementwise.wgsl`, with broadcasting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum BinaryOp {
+    Add = 0,
+    Sub = 1,
+    Mul = 2,
+    Div = 3,
+    Pow = 4,
+    Maximum = 5,
+    Minimum = 6,
+}
+
+/// Comparisons of `compare.wgsl`; results are `U32` masks of 0 and 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum CompareOp {
+    Eq = 0,
+    Ne = 1,
+    Lt = 2,
+    Le = 3,
+    Gt = 4,
+    Ge = 5,
+}
+
+impl UnaryOp {
+    fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Sqrt => "sqrt",
+            UnaryOp::Rsqrt => "rsqrt",
+            UnaryOp::Abs => "abs",
+            UnaryOp::Tanh => "tanh",
+            UnaryOp::Sigmoid => "sigmoid",
+            UnaryOp::Relu => "relu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::AddScalar => "add_scalar",
+            UnaryOp::MulScalar => "mul_scalar",
+            UnaryOp::PowScalar => "pow_scalar",
+            UnaryOp::RsubScalar => "rsub_scalar",
+            UnaryOp::RdivScalar => "rdiv_scalar",
+            UnaryOp::MaxScalar => "max_scalar",
+            UnaryOp::MinScalar => "min_scalar",
+        }
+    }
+}
+
+impl BinaryOp {
+    fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+            BinaryOp::Pow => "pow",
+            BinaryOp::Maximum => "maximum",
+            BinaryOp::Minimum => "minimum",
+        }
+    }
+}
+
+macro_rules! unary_methods {
+    ($($(#[$doc:meta])* $name:ident => $op:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            ///
+            /// # Errors
+            /// [`crate::Error::DType`] for a `U32` tensor.
+            pub fn $name(&self) -> Result<Tensor> {
+                self.unary(UnaryOp::$op, 0.0)
+            }
+        )*
+    };
+}
+
+macro_rules! scalar_methods {
+    ($($(#[$doc:meta])* $name:ident => $op:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            ///
+            /// # Errors
+            /// [`crate::Error::DType`] for a `U32` tensor.
+            pub fn $name(&self, s: f32) -> Result<Tensor> {
+                self.unary(UnaryOp::$op, s)
+            }
+        )*
+    };
+}
+
+macro_rules! binary_methods {
+    ($($(#[$doc:meta])* $name:ident => $op:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            ///
+            /// # Errors
+            /// [`crate::Error::Shape`] when the shapes do not broadcast;
+            /// [`crate::Error::DType`] for `U32` operands.
+            pub fn $name(&self, other: &Tensor) -> Result<Tensor> {
+                self.binary(BinaryOp::$op, other)
+            }
+        )*
+    };
+}
+
+macro_rules! compare_methods {
+    ($($name:ident, $scalar_name:ident => $op:ident),* $(,)?) => {
+        $(
+            #[doc = concat!("Elementwise `", stringify!($op), "` comparison with broadcasting, as a `U32` mask (1 true, 0 false).")]
+            ///
+            /// # Errors
+            /// As [`Tensor::compare`].
+            pub fn $name(&self, other: &Tensor) -> Result<Tensor> {
+                self.compare(CompareOp::$op, other)
+            }
+            #[doc = concat!("Elementwise `", stringify!($op), "` comparison with a scalar, as a `U32` mask.")]
+            ///
+            /// # Errors
+            /// [`crate::Error::DType`] for a `U32` tensor.
+            pub fn $scalar_name(&self, s: f32) -> Result<Tensor> {
+                self.compare_scalar(CompareOp::$op, s)
+            }
+        )*
+    };
+}
+
+impl Tensor {
+    /// Apply a unary function (with scalar `s` for the scalar ops) to every element.
+    ///
+    /// # Errors
+    /// [`crate::Error::DType`] for a `U32` tensor.
+    pub fn unary(&self, op: UnaryOp, s: f32) -> Result<Tensor> {
+        let name = op.name();
+        self.expect_dtype(name, DType::F32)?;
+        let out = Tensor::empty(self.device(), name, self.shape(), DType::F32)?;
+        let contig = self.is_contiguous();
+        let mut p = strided_params(
+            name,
+            self.shape(),
+            (0, out.strides()),
+            &[(self.offset(), self.strides())],
+        )?;
+        p.scalar = s;
+        self.device().dispatch(
+            &UNARY,
+            &[op as u32, contig as u32],
+            &p,
+            &[out.buffer(), self.buffer()],
+            elementwise_grid(self.device(), out.numel()),
+        );
+        Ok(out)
+    }
+
+    /// Binary arithmetic with NumPy broadcasting.
+    ///
+    /// # Errors
+    /// [`crate::Error::Shape`] when the shapes do not broadcast; [`crate::Error::DType`] for
+    /// `U32` operands.
+    pub fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
+        let name = op.name();
+        self.expect_dtype(name, DType::F32)?;
+        other.expect_dtype(name, DType::F32)?;
+        self.expect_same_device(name, other)?;
+        let shape = broadcast_shape(name, self.shape(), other.shape())?;
+        let out = Tensor::empty(self.device(), name, &shape, DType::F32)?;
+        let contig = self.shape() == other.shape() && self.is_contiguous() && other.is_contiguous();
+        let sa = broadcast_strides(self, &shape);
+        let sb = broadcast_strides(other, &shape);
+        let p = strided_params(
+            name,
+            &shape,
+            (0, out.strides()),
+            &[(self.offset(), &sa), (other.offset(), &sb)],
+        )?;
+        self.device().dispatch(
+            &BINARY,
+            &[op as u32, contig as u32],
+            &p,
+            &[out.buffer(), self.buffer(), other.buffer()],
+            elementwise_grid(self.device(), out.numel()),
+        );
+        Ok(out)
+    }
+
+    unary_methods! {
+        /// `-x`
+        neg => Neg,
+        /// `e^x`
+        exp => Exp,
+        /// Natural logarithm.
+        log => Log,
+        /// Square root.
+        sqrt => Sqrt,
+        /// `1 / sqrt(x)`
+        rsqrt => Rsqrt,
+        /// `|x|`
+        abs => Abs,
+        /// Hyperbolic tangent.
+        tanh => Tanh,
+        /// `1 / (1 + e^-x)`
+        sigmoid => Sigmoid,
+        /// `max(x, 0)`
+        relu => Relu,
+        /// GELU in the exact erf form `x * (1 + erf(x / sqrt 2)) / 2`, as `torch.nn.GELU()`.
+        gelu => Gelu,
+    }
+
+    scalar_methods! {
+        /// `x + s`
+        add_scalar => AddScalar,
+        /// `x * s`
+        mul_scalar => MulScalar,
+        /// `x ^ s` (PyTorch's conventions for negative bases and zero).
+        pow_scalar => PowScalar,
+        /// `s - x`
+        rsub_scalar => RsubScalar,
+        /// `s / x`
+        rdiv_scalar => RdivScalar,
+        /// `max(x, s)`
+        clamp_min => MaxScalar,
+        /// `min(x, s)`
+        clamp_max => MinScalar,
+    }
+
+    /// `x - s`
+    ///
+    /// # Errors
+    /// [`crate::Error::DType`] for a `U32` tensor.
+    pub fn sub_scalar(&self, s: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::AddScalar, -s)
+    }
+
+    /// `x / s`
+    ///
+    /// # Errors
+    /// [`crate::Error::DType`] for a `U32` tensor.
+    pub fn div_scalar(&self, s: f32) -> Result<Tensor> {
+        self.unary(UnaryOp::MulScalar, 1.0 / s)
+    }
+
+    binary_methods! {
+        /// `a + b`
+        add => Add,
+        /// `a - b`
+        sub => Sub,
+        /// `a * b`
+        mul => Mul,
+        /// `a / b`
+        div => Div,
+        /// `a ^ b`
+        pow => Pow,
+        /// Elementwise maximum.
+        maximum => Maximum,
+        /// Elementwise minimum.
+        minimum => Minimum,
+    }
+
+    /// Compare two `F32` tensors elementwise with broadcasting into a `U32` mask.
+    ///
+    /// # Errors
+    /// [`crate::Error::Shape`] when the shapes do not broadcast; [`crate::Error::DType`] for
+    /// `U32` operands.
+    pub fn compare(&self, op: CompareOp, other: &Tensor) -> Result<Tensor> {
+        let name = "compare";
+        self.expect_dtype(name, DType::F32)?;
+        other.expect_dtype(name, DType::F32)?;
+        self.expect_same_device(name, other)?;
+        let shape = broadcast_shape(name, self.shape(), other.shape())?;
+        let out = Tensor::empty(self.device(), name, &shape, DType::U32)?;
+        let sa = broadcast_strides(self, &shape);
+        let sb = broadcast_strides(other, &shape);
+        let p = strided_params(
+            name,
+            &shape,
+            (0, out.strides()),
+            &[(self.offset(), &sa), (other.offset(), &sb)],
+        )?;
+        self.device().dispatch(
+            &COMPARE_K,
+            &[op as u32, 0],
+            &p,
+            &[out.buffer(), self.buffer(), other.buffer()],
+            elementwise_grid(self.device(), out.numel()),
+        );
+        Ok(out)
+    }
+
+    /// Compare every element with a scalar into a `U32` mask.
+    ///
+    /// # Errors
+    /// [`crate::Error::DType`] for a `U32` tensor.
+    pub fn compare_scalar(&self, op: CompareOp, s: f32) -> Result<Tensor> {
+        let name = "compare_scalar";
+        self.expect_dtype(name, DType::F32)?;
+        let out = Tensor::empty(self.device(), name, self.shape(), DType::U32)?;
+        let mut p = strided_params(
+            name,
+            self.shape(),
+            (0, out.strides()),
+            &[(self.offset(), self.strides())],
+        )?;
+        p.scalar = s;
+        // The second operand is unused; bind the input again to fill the slot.
+        self.device().dispatch(
+            &COMPARE_K,
+            &[op as u32, 1],
+            &p,
+            &[out.buffer(), self.buffer(), self.buffer()],
+            elementwise_grid(self.device(), out.numel()),
+        );
+        Ok(out)
+    }
+
+    compare_methods! {
+        eq, eq_scalar => Eq,
+        ne, ne_scalar => Ne,
+        lt, lt_scalar => Lt,
+        le, le_scalar => Le,
+        gt, gt_scalar => Gt,
+        ge, ge_scalar => Ge,
+    }
+
+    /// `on_true` where `cond` (a `U32` mask) is non-zero, else `on_false`; all three
+    /// broadcast to a common shape.
+    ///
+    /// # Errors
+    /// [`crate::Error::DType`] unless `cond` is `U32` and the values are `F32`;
+    /// [`crate::Error::Shape`] when the shapes do not broadcast.
+    pub fn where_cond(cond: &Tensor, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+        let name = "where";
+        cond.expect_dtype(name, DType::U32)?;
+        on_true.expect_dtype(name, DType::F32)?;
+        on_false.expect_dtype(name, DType::F32)?;
+        cond.expect_same_device(name, on_true)?;
+        cond.expect_same_device(name, on_false)?;
+        let shape = broadcast_shape(name, cond.shape(), on_true.shape())?;
+        let shape = broadcast_shape(name, &shape, on_false.shape())?;
+        let out = Tensor::empty(cond.device(), name, &shape, DType::F32)?;
+        let sc = broadcast_strides(cond, &shape);
+        let st = broadcast_strides(on_true, &shape);
+        let sf = broadcast_strides(on_false, &shape);
+        let p = strided_params(
+            name,
+            &shape,
+            (0, out.strides()),
+            &[
+                (cond.offset(), &sc),
+                (on_true.offset(), &st),
+                (on_false.offset(), &sf),
+            ],
+        )?;
+        cond.device().dispatch(
+            &SELECT_K,
+            &[],
+            &p,
+            &[
+                out.buffer(),
+                cond.buffer(),
+                on_true.buffer(),
+                on_false.buffer(),
+            ],
+            elementwise_grid(cond.device(), out.numel()),
+        );
+        Ok(out)
+    }
+
+    /// Convert to another element type: `F32 -> U32` truncates toward zero (negatives become
+    /// 0), `U32 -> F32` is exact below 2^24. The same dtype returns a shared view.
+    ///
+    /// # Errors
+    /// [`crate::Error::TooLarge`] only.
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
+        let op = match (self.dtype(), dtype) {
+            (a, b) if a == b => return Ok(self.clone()),
+            (DType::F32, DType::U32) => 1,
+            _ => 2,
+        };
+        self.copy_into_new("to_dtype", op, dtype)
+    }
+
+    /// A new contiguous tensor with this tensor's elements, converted by copy-kernel `op`.
+    pub(crate) fn copy_into_new(&self, name: &'static str, op: u32, dtype: DType) -> Result<Tensor> {
+        let out = Tensor::empty(self.device(), name, self.shape(), dtype)?;
+        self.copy_to(name, op, &out)?;
+        Ok(out)
+    }
+
+    /// Copy this tensor's elements into the (possibly strided) view `dst` of the same shape.
+    pub(crate) fn copy_to(&self, name: &'static str, op: u32, dst: &Tensor) -> Result<()> {
+        let p = strided_params(
+            name,
+            self.shape(),
+            (dst.offset(), dst.strides()),
+            &[(self.offset(), self.strides())],
+        )?;
+        self.device().dispatch(
+            &COPY_K,
+            &[op],
+            &p,
+            &[dst.buffer(), self.buffer()],
+            elementwise_grid(self.device(), self.numel()),
+        );
+        Ok(())
+    }
+}

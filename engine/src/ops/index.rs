@@ -1,0 +1,90 @@
+//! Indexing by a `U32` index tensor: `gather` and `index_select`.
+//!
+//! Indices live on the device, so they are checked by the kernel: an out-of-range index
+//! writes 0 and is reported as [`crate::Error::Index`] by the next read-back.
+
+use super::{elementwise_grid, strided_params};
+use crate::error::{Error, Result};
+use crate::kernels::GATHER_K;
+use crate::shape::normalize_axis;
+use crate::tensor::{DType, Tensor};
+
+impl Tensor {
+    /// `torch.gather`: `out[i][j][k] = self[i][index[i][j][k]][k]` for `axis = 1`. The result
+    /// has the index's shape; on the other axes the index may be no larger than `self`.
+    /// Broadcast (expanded) index views are read in place.
+    ///
+    /// # Errors
+    /// [`Error::DType`] unless `index` is `U32`; [`Error::Shape`] for mismatched ranks or
+    /// sizes; [`Error::Axis`]; [`Error::Index`] at the next read-back for an index outside
+    /// the axis.
+    pub fn gather(&self, axis: isize, index: &Tensor) -> Result<Tensor> {
+        let op = "gather";
+        index.expect_dtype(op, DType::U32)?;
+        self.expect_same_device(op, index)?;
+        let ax = normalize_axis(op, axis, self.shape())?;
+        let fits = index.rank() == self.rank()
+            && (0..self.rank()).all(|d| d == ax || index.shape()[d] <= self.shape()[d]);
+        if !fits {
+            return Err(Error::shape(
+                op,
+                format!("index of shape {:?} does not fit input of shape {:?} along axis {axis}", index.shape(), self.shape()),
+            ));
+        }
+        let mut x_strides = self.strides().to_vec();
+        x_strides[ax] = 0;
+        self.gather_kernel(op, index.shape(), ax, &x_strides, index, index.strides())
+    }
+
+    /// `torch.index_select`: the slices of `axis` listed by the 1-D `index`, in its order
+    /// (repeats allowed).
+    ///
+    /// # Errors
+    /// As [`Tensor::gather`].
+    pub fn index_select(&self, axis: isize, index: &Tensor) -> Result<Tensor> {
+        let op = "index_select";
+        index.expect_dtype(op, DType::U32)?;
+        self.expect_same_device(op, index)?;
+        let ax = normalize_axis(op, axis, self.shape())?;
+        if index.rank() != 1 {
+            return Err(Error::shape(op, format!("index must be 1-D, got shape {:?}", index.shape())));
+        }
+        let mut shape = self.shape().to_vec();
+        shape[ax] = index.shape()[0];
+        let mut x_strides = self.strides().to_vec();
+        x_strides[ax] = 0;
+        // The index read as a broadcast view over the output: it varies along `axis` only.
+        let mut idx_strides = vec![0; shape.len()];
+        idx_strides[ax] = index.strides()[0];
+        self.gather_kernel(op, &shape, ax, &x_strides, index, &idx_strides)
+    }
+
+    fn gather_kernel(
+        &self,
+        op: &'static str,
+        shape: &[usize],
+        ax: usize,
+        x_strides: &[usize],
+        index: &Tensor,
+        idx_strides: &[usize],
+    ) -> Result<Tensor> {
+        let out = Tensor::empty(self.device(), op, shape, self.dtype())?;
+        let mut p = strided_params(
+            op,
+            shape,
+            (0, out.strides()),
+            &[(self.offset(), x_strides), (index.offset(), idx_strides)],
+        )?;
+        p.axis_stride = self.strides()[ax] as u32;
+        p.axis_size = self.shape()[ax] as u32;
+        let dev = self.device();
+        dev.dispatch(
+            &GATHER_K,
+            &[],
+            &p,
+            &[out.buffer(), self.buffer(), index.buffer(), dev.status_buffer()],
+            elementwise_grid(dev, out.numel()),
+        );
+        Ok(out)
+    }
+}

@@ -1,0 +1,114 @@
+//! Matrix products, 2-D and batched, reading transposed operands in place.
+
+use crate::error::{Error, Result};
+use crate::kernels::MATMUL_K;
+use crate::params::MatmulParams;
+use crate::shape::{broadcast_shape, numel};
+use crate::tensor::{DType, Tensor};
+
+/// Output tile of one workgroup of `matmul.wgsl` (TM rows by LANES * TN columns).
+const TILE_M: usize = 4;
+const TILE_N: usize = 32;
+
+/// How the kernel reads one operand: stored row-major (`trans = false`, row stride `ld`) or
+/// stored transposed (`trans = true`, column stride `ld`), and the stride between batches.
+struct Operand {
+    t: Tensor,
+    trans: bool,
+    ld: usize,
+    batch_stride: usize,
+}
+
+fn operand(t: &Tensor, batch: &[usize]) -> Result<Operand> {
+    let r = t.rank();
+    let (rows, cols) = (t.shape()[r - 2], t.shape()[r - 1]);
+    let (sr, sc) = (t.strides()[r - 2], t.strides()[r - 1]);
+    let t_batch = &t.shape()[..r - 2];
+    // Batch axes must collapse into one stride (or all be broadcast).
+    let batch_stride = if numel(t_batch) == 1 {
+        Some(0)
+    } else if t_batch == batch {
+        let collapsible = (0..r - 3).all(|i| t.shape()[i] == 1 || t.strides()[i] == t.strides()[i + 1] * t.shape()[i + 1]);
+        collapsible.then(|| t.strides()[r - 3])
+    } else {
+        None
+    };
+    let layout = if sc == 1 || cols == 1 {
+        Some((false, if rows == 1 { cols } else { sr }))
+    } else if sr == 1 {
+        Some((true, sc))
+    } else {
+        None
+    };
+    match (batch_stride, layout) {
+        (Some(batch_stride), Some((trans, ld))) => Ok(Operand { t: t.clone(), trans, ld, batch_stride }),
+        _ => {
+            // A layout the kernel cannot address: materialise it once, row-major.
+            let mut full = batch.to_vec();
+            full.extend([rows, cols]);
+            let c = t.broadcast_to(&full)?.contiguous()?;
+            Ok(Operand { t: c, trans: false, ld: cols.max(1), batch_stride: if batch.is_empty() { 0 } else { rows * cols } })
+        }
+    }
+}
+
+impl Tensor {
+    /// Matrix product over the last two axes, `(.., M, K) x (.., K, N) -> (.., M, N)`, with
+    /// the leading (batch) axes broadcast as in `torch.matmul`. Transposed views such as
+    /// `b.t()` are read in place, never copied.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for rank below 2, mismatched inner sizes or batch axes that do not
+    /// broadcast, or more rows than one dispatch can cover; [`Error::DType`] for `U32`.
+    pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
+        let op = "matmul";
+        self.expect_dtype(op, DType::F32)?;
+        other.expect_dtype(op, DType::F32)?;
+        self.expect_same_device(op, other)?;
+        if self.rank() < 2 || other.rank() < 2 {
+            return Err(Error::shape(op, format!("needs operands of rank 2 or more, got {:?} and {:?}", self.shape(), other.shape())));
+        }
+        let (m, k) = (self.shape()[self.rank() - 2], self.shape()[self.rank() - 1]);
+        let (k2, n) = (other.shape()[other.rank() - 2], other.shape()[other.rank() - 1]);
+        if k != k2 {
+            return Err(Error::shape(op, format!("inner sizes differ: {:?} x {:?}", self.shape(), other.shape())));
+        }
+        let batch = broadcast_shape(op, &self.shape()[..self.rank() - 2], &other.shape()[..other.rank() - 2])?;
+        let nbatch = numel(&batch);
+        let dev = self.device();
+        let max_groups = dev.info().max_compute_workgroups_per_dimension as usize;
+        let groups = [n.div_ceil(TILE_N), m.div_ceil(TILE_M), nbatch];
+        if groups.iter().any(|&g| g > max_groups) {
+            return Err(Error::shape(op, format!("{:?} x {:?} needs more workgroups than the adapter allows per dimension ({max_groups})", self.shape(), other.shape())));
+        }
+        let mut shape = batch.clone();
+        shape.extend([m, n]);
+        if k == 0 {
+            return Tensor::zeros(dev, &shape);
+        }
+        let out = Tensor::empty(dev, op, &shape, DType::F32)?;
+        let a = operand(self, &batch)?;
+        let b = operand(other, &batch)?;
+        let p = MatmulParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            batch: nbatch as u32,
+            a_offset: a.t.offset() as u32,
+            b_offset: b.t.offset() as u32,
+            a_batch_stride: a.batch_stride as u32,
+            b_batch_stride: b.batch_stride as u32,
+            lda: a.ld as u32,
+            ldb: b.ld as u32,
+            ..Default::default()
+        };
+        dev.dispatch(
+            &MATMUL_K,
+            &[a.trans as u32, b.trans as u32],
+            &p,
+            &[out.buffer(), a.t.buffer(), b.t.buffer()],
+            groups.map(|g| g as u32),
+        );
+        Ok(out)
+    }
+}

@@ -1,0 +1,82 @@
+//! The op launchers: each checks shapes and dtypes, allocates the output from the pool and
+//! records one dispatch (or a few) of a kernel from `shaders/`.
+
+mod create;
+mod elementwise;
+mod index;
+mod layout;
+mod matmul;
+mod reduce;
+mod rowwise;
+
+pub use elementwise::{BinaryOp, CompareOp, UnaryOp};
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::params::{dims, StridedParams};
+use crate::shape::MAX_RANK;
+use crate::tensor::Tensor;
+
+/// Invocations per workgroup of the 1-D kernels (elementwise, copy, fill, random).
+const WG: usize = 64;
+
+/// Workgroup counts for `groups` workgroups along one logical axis; past the per-dimension
+/// limit the rest spills into y (the kernels rebuild the linear id from `num_workgroups`).
+pub(crate) fn grid(device: &Device, groups: usize) -> [u32; 3] {
+    let max = device.info().max_compute_workgroups_per_dimension as usize;
+    if groups <= max {
+        [groups as u32, 1, 1]
+    } else {
+        [max as u32, groups.div_ceil(max) as u32, 1]
+    }
+}
+
+/// Strides that read `t` as if it had shape `out` (NumPy broadcasting: missing leading axes
+/// and size-1 axes get stride 0). The shapes must already be known to broadcast.
+pub(crate) fn broadcast_strides(t: &Tensor, out: &[usize]) -> Vec<usize> {
+    let lead = out.len() - t.rank();
+    (0..out.len())
+        .map(|i| {
+            if i < lead || t.shape()[i - lead] == 1 {
+                0
+            } else {
+                t.strides()[i - lead]
+            }
+        })
+        .collect()
+}
+
+/// Uniform for the strided kernels: iteration `shape`, output layout, up to three inputs
+/// given as (offset, strides).
+pub(crate) fn strided_params(
+    op: &'static str,
+    shape: &[usize],
+    out: (usize, &[usize]),
+    inputs: &[(usize, &[usize])],
+) -> Result<StridedParams> {
+    if shape.len() > MAX_RANK {
+        return Err(Error::shape(
+            op,
+            format!("rank {} exceeds the engine's maximum of {MAX_RANK} axes", shape.len()),
+        ));
+    }
+    let mut p = StridedParams {
+        numel: crate::shape::numel(shape) as u32,
+        rank: shape.len() as u32,
+        shape: dims(shape),
+        out_strides: dims(out.1),
+        ..Default::default()
+    };
+    p.offsets[0] = out.0 as u32;
+    let slots = [&mut p.strides0, &mut p.strides1, &mut p.strides2];
+    for (i, ((offset, strides), slot)) in inputs.iter().zip(slots).enumerate() {
+        p.offsets[i + 1] = *offset as u32;
+        *slot = dims(strides);
+    }
+    Ok(p)
+}
+
+/// Groups for one invocation per element of a 1-D kernel.
+pub(crate) fn elementwise_grid(device: &Device, numel: usize) -> [u32; 3] {
+    grid(device, numel.div_ceil(WG))
+}

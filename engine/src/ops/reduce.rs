@@ -1,0 +1,156 @@
+//! Reductions over one axis or over all elements: sum, mean, max, min, variance, argmax,
+//! argmin. The input is viewed as `(outer, n, inner)` around the reduced axis.
+
+use super::grid;
+use crate::error::{Error, Result};
+use crate::kernels::REDUCE_K;
+use crate::params::ReduceParams;
+use crate::shape::{normalize_axis, numel};
+use crate::tensor::{DType, Tensor};
+
+#[derive(Clone, Copy)]
+enum Reduction {
+    Sum = 0,
+    Max = 1,
+    Min = 2,
+    Var = 3,
+    Argmax = 4,
+    Argmin = 5,
+}
+
+impl Tensor {
+    fn reduce(&self, op: &'static str, kind: Reduction, axis: isize, keepdim: bool, scale: impl Fn(usize) -> f32) -> Result<Tensor> {
+        self.expect_dtype(op, DType::F32)?;
+        let ax = normalize_axis(op, axis, self.shape())?;
+        let n = self.shape()[ax];
+        if n == 0 && !matches!(kind, Reduction::Sum) {
+            return Err(Error::shape(op, format!("cannot reduce the empty axis {axis} of shape {:?}", self.shape())));
+        }
+        let x = self.contiguous()?;
+        let outer = numel(&x.shape()[..ax]);
+        let inner = numel(&x.shape()[ax + 1..]);
+        let mut shape = x.shape().to_vec();
+        if keepdim {
+            shape[ax] = 1;
+        } else {
+            shape.remove(ax);
+        }
+        let dtype = match kind {
+            Reduction::Argmax | Reduction::Argmin => DType::U32,
+            _ => DType::F32,
+        };
+        let out = Tensor::empty(x.device(), op, &shape, dtype)?;
+        let p = ReduceParams {
+            outer: outer as u32,
+            n: n as u32,
+            inner: inner as u32,
+            offset: x.offset() as u32,
+            scale: scale(n),
+            ..Default::default()
+        };
+        x.device().dispatch(&REDUCE_K, &[kind as u32], &p, &[out.buffer(), x.buffer()], grid(x.device(), outer * inner));
+        Ok(out)
+    }
+
+    /// Sum over one axis (negative counts from the end), keeping it as size 1 or dropping it.
+    ///
+    /// # Errors
+    /// [`Error::Axis`]; [`Error::DType`] for `U32`.
+    pub fn sum(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce("sum", Reduction::Sum, axis, keepdim, |_| 1.0)
+    }
+
+    /// Mean over one axis.
+    ///
+    /// # Errors
+    /// As [`Tensor::sum`].
+    pub fn mean(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce("mean", Reduction::Sum, axis, keepdim, |n| 1.0 / n as f32)
+    }
+
+    /// Maximum over one axis.
+    ///
+    /// # Errors
+    /// As [`Tensor::sum`], and [`Error::Shape`] for an empty axis.
+    pub fn max(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce("max", Reduction::Max, axis, keepdim, |_| 1.0)
+    }
+
+    /// Minimum over one axis.
+    ///
+    /// # Errors
+    /// As [`Tensor::max`].
+    pub fn min(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce("min", Reduction::Min, axis, keepdim, |_| 1.0)
+    }
+
+    /// Variance over one axis: unbiased (divide by n - 1, as `torch.var`'s default and MAE's
+    /// `norm_pix_loss`) or biased (divide by n).
+    ///
+    /// # Errors
+    /// As [`Tensor::max`].
+    pub fn var(&self, axis: isize, keepdim: bool, unbiased: bool) -> Result<Tensor> {
+        let correction = if unbiased { 1.0 } else { 0.0 };
+        self.reduce("var", Reduction::Var, axis, keepdim, |n| 1.0 / (n as f32 - correction))
+    }
+
+    /// Index of the largest element along an axis (the first on ties), as `U32`.
+    ///
+    /// # Errors
+    /// As [`Tensor::max`].
+    pub fn argmax(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce("argmax", Reduction::Argmax, axis, keepdim, |_| 1.0)
+    }
+
+    /// Index of the smallest element along an axis (the first on ties), as `U32`.
+    ///
+    /// # Errors
+    /// As [`Tensor::max`].
+    pub fn argmin(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
+        self.reduce("argmin", Reduction::Argmin, axis, keepdim, |_| 1.0)
+    }
+
+    fn flat(&self) -> Result<Tensor> {
+        self.reshape(&[self.numel()])
+    }
+
+    /// Sum of all elements, as a rank-0 tensor.
+    ///
+    /// # Errors
+    /// [`Error::DType`] for `U32`.
+    pub fn sum_all(&self) -> Result<Tensor> {
+        self.flat()?.sum(0, false)
+    }
+
+    /// Mean of all elements, as a rank-0 tensor.
+    ///
+    /// # Errors
+    /// As [`Tensor::sum_all`].
+    pub fn mean_all(&self) -> Result<Tensor> {
+        self.flat()?.mean(0, false)
+    }
+
+    /// Largest element, as a rank-0 tensor.
+    ///
+    /// # Errors
+    /// As [`Tensor::sum_all`]; [`Error::Shape`] for an empty tensor.
+    pub fn max_all(&self) -> Result<Tensor> {
+        self.flat()?.max(0, false)
+    }
+
+    /// Smallest element, as a rank-0 tensor.
+    ///
+    /// # Errors
+    /// As [`Tensor::max_all`].
+    pub fn min_all(&self) -> Result<Tensor> {
+        self.flat()?.min(0, false)
+    }
+
+    /// Variance of all elements, as a rank-0 tensor.
+    ///
+    /// # Errors
+    /// As [`Tensor::max_all`].
+    pub fn var_all(&self, unbiased: bool) -> Result<Tensor> {
+        self.flat()?.var(0, false, unbiased)
+    }
+}

@@ -1,0 +1,149 @@
+//! The Rust twins of the shaders' uniform `Params` structs. Each struct is `#[repr(C)]` and
+//! `Pod`, and lists the shader files that declare the same struct; a test compares every
+//! field offset and the size against naga's layout of those shaders.
+
+/// A uniform struct's layout, for the shader-twin test.
+#[doc(hidden)]
+pub struct UniformLayout {
+    /// Rust name of the twin.
+    pub name: &'static str,
+    /// Shader files whose `Params` struct must match.
+    pub shaders: &'static [&'static str],
+    /// `size_of` the twin.
+    pub size: usize,
+    /// Field names and byte offsets, in declaration order.
+    pub fields: &'static [(&'static str, usize)],
+}
+
+macro_rules! uniform {
+    ($(#[$doc:meta])* $name:ident in [$($shader:literal),+] { $($field:ident: $ty:ty),+ $(,)? }) => {
+        $(#[$doc])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        pub(crate) struct $name {
+            $(pub $field: $ty),+
+        }
+        impl $name {
+            pub(crate) const LAYOUT: UniformLayout = UniformLayout {
+                name: stringify!($name),
+                shaders: &[$($shader),+],
+                size: std::mem::size_of::<$name>(),
+                fields: &[$((stringify!($field), std::mem::offset_of!($name, $field))),+],
+            };
+        }
+    };
+}
+
+/// Up to eight axis sizes or strides, packed as WGSL `array<vec4<u32>, 2>`.
+pub(crate) type Dims = [[u32; 4]; 2];
+
+/// Pack a shape or strides (at most [`crate::shape::MAX_RANK`] axes) for a uniform.
+pub(crate) fn dims(values: &[usize]) -> Dims {
+    let mut d = [[0u32; 4]; 2];
+    for (i, v) in values.iter().enumerate() {
+        d[i / 4][i % 4] = *v as u32;
+    }
+    d
+}
+
+uniform! {
+    /// Elementwise, compare, select, copy and gather: up to three strided inputs and a
+    /// strided output over one iteration shape.
+    StridedParams in ["elementwise.wgsl", "compare.wgsl", "select.wgsl", "copy.wgsl", "gather.wgsl"] {
+        numel: u32,
+        rank: u32,
+        scalar: f32,
+        axis_stride: u32,
+        axis_size: u32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+        offsets: [u32; 4],
+        shape: Dims,
+        out_strides: Dims,
+        strides0: Dims,
+        strides1: Dims,
+        strides2: Dims,
+    }
+}
+
+uniform! {
+    /// `fill` and `arange`.
+    FillParams in ["fill.wgsl"] {
+        numel: u32,
+        _pad: u32,
+        start: f32,
+        step: f32,
+    }
+}
+
+uniform! {
+    /// Counter-based random numbers and dropout.
+    RandomParams in ["random.wgsl"] {
+        numel: u32,
+        seed_lo: u32,
+        seed_hi: u32,
+        offset: u32,
+        a: f32,
+        b: f32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
+uniform! {
+    /// Reductions over the middle axis of an `(outer, n, inner)` view.
+    ReduceParams in ["reduce.wgsl"] {
+        outer: u32,
+        n: u32,
+        inner: u32,
+        offset: u32,
+        scale: f32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+}
+
+uniform! {
+    /// Batched matrix product `out[b] = op(A[b]) op(B[b])`.
+    MatmulParams in ["matmul.wgsl"] {
+        m: u32,
+        n: u32,
+        k: u32,
+        batch: u32,
+        a_offset: u32,
+        b_offset: u32,
+        a_batch_stride: u32,
+        b_batch_stride: u32,
+        lda: u32,
+        ldb: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
+uniform! {
+    /// Row-wise kernels: softmax, layer norm, cross-entropy, argsort.
+    RowParams in ["softmax.wgsl", "layer_norm.wgsl", "cross_entropy.wgsl", "argsort.wgsl"] {
+        rows: u32,
+        cols: u32,
+        x_offset: u32,
+        w_offset: u32,
+        b_offset: u32,
+        eps: f32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
+/// Every uniform twin, for the layout test.
+#[doc(hidden)]
+pub static ALL_UNIFORMS: &[UniformLayout] = &[
+    StridedParams::LAYOUT,
+    FillParams::LAYOUT,
+    RandomParams::LAYOUT,
+    ReduceParams::LAYOUT,
+    MatmulParams::LAYOUT,
+    RowParams::LAYOUT,
+];

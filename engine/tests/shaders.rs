@@ -1,0 +1,77 @@
+//! Every WGSL file is parsed and validated with naga (as wgpu does), without a device, and
+//! every uniform `Params` struct is checked field by field against its Rust twin.
+
+use std::collections::HashSet;
+
+use engine::kernels::{ALL_SHADERS, HELPER_FILES};
+use engine::params::ALL_UNIFORMS;
+
+fn parse(source: &str, file: &str) -> (naga::Module, naga::valid::ModuleInfo) {
+    let module = naga::front::wgsl::parse_str(source)
+        .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(source)));
+    let info = naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::default(),
+    )
+    .validate(&module)
+    .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(source)));
+    (module, info)
+}
+
+#[test]
+fn every_wgsl_file_is_registered_and_valid() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../shaders");
+    let on_disk: HashSet<String> = std::fs::read_dir(dir)
+        .expect("shaders/ exists")
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".wgsl"))
+        .collect();
+    let registered: HashSet<String> = ALL_SHADERS
+        .iter()
+        .map(|s| s.file.to_string())
+        .chain(HELPER_FILES.iter().map(|s| s.to_string()))
+        .collect();
+    assert_eq!(on_disk, registered, "shaders/ and kernels::ALL_SHADERS disagree");
+    for shader in ALL_SHADERS {
+        parse(shader.source, shader.file);
+    }
+}
+
+#[test]
+fn uniform_twins_match_the_shaders() {
+    let mut checked = 0;
+    for twin in ALL_UNIFORMS {
+        for file in twin.shaders {
+            let shader = ALL_SHADERS.iter().find(|s| s.file == *file).expect("registered shader");
+            let (module, _) = parse(shader.source, file);
+            let mut layouter = naga::proc::Layouter::default();
+            layouter.update(module.to_ctx()).unwrap();
+            let (_, var) = module
+                .global_variables
+                .iter()
+                .find(|(_, v)| v.space == naga::AddressSpace::Uniform)
+                .unwrap_or_else(|| panic!("{file} has no uniform"));
+            let ty = &module.types[var.ty];
+            let naga::TypeInner::Struct { members, span } = &ty.inner else {
+                panic!("{file}: uniform is not a struct");
+            };
+            assert_eq!(*span as usize, twin.size, "{file}: size of {} differs", twin.name);
+            let shader_fields: Vec<(String, usize)> = members
+                .iter()
+                .map(|m| (m.name.clone().unwrap(), m.offset as usize))
+                .collect();
+            let rust_fields: Vec<(String, usize)> = twin.fields.iter().map(|(n, o)| (n.to_string(), *o)).collect();
+            assert_eq!(shader_fields, rust_fields, "{file}: fields of {} differ", twin.name);
+            checked += 1;
+        }
+    }
+    // Every shader with a uniform has a twin.
+    assert_eq!(checked, ALL_SHADERS.len());
+}
+
+#[test]
+fn a_broken_shader_is_caught() {
+    let bad = "@compute @workgroup_size(64) fn main() { let x: f32 = 1u; }";
+    let module = naga::front::wgsl::parse_str(bad);
+    assert!(module.is_err() || naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default()).validate(&module.unwrap()).is_err());
+}

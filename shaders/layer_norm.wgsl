@@ -1,0 +1,69 @@
+// Layer normalisation over the last axis, fused: one workgroup per row computes the mean,
+// then the biased variance from a second pass (more accurate than E[x^2] - E[x]^2), then
+// writes (x - mean) * rstd * weight + bias. Mean and rstd are kept per row for the backward.
+
+struct Params {
+    rows: u32,
+    cols: u32,
+    x_offset: u32,
+    w_offset: u32,
+    b_offset: u32,
+    eps: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+// (mean, rstd) per row.
+@group(0) @binding(2) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(3) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read> weight: array<f32>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+
+var<workgroup> red: array<f32, WG>;
+
+fn reduce_sum(lid: u32, v: f32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] += red[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(64)
+fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let row = wid.y * nwg.x + wid.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = p.x_offset + row * p.cols;
+    var s = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        s += x[base + c];
+    }
+    let mean = reduce_sum(lid, s) / f32(p.cols);
+    var sq = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let d = x[base + c] - mean;
+        sq += d * d;
+    }
+    let rstd = inverseSqrt(reduce_sum(lid, sq) / f32(p.cols) + p.eps);
+    for (var c = lid; c < p.cols; c += WG) {
+        let y = (x[base + c] - mean) * rstd;
+        out[row * p.cols + c] = y * weight[p.w_offset + c] + bias[p.b_offset + c];
+    }
+    if (lid == 0u) {
+        stats[2u * row] = mean;
+        stats[2u * row + 1u] = rstd;
+    }
+}

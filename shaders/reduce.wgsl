@@ -1,0 +1,110 @@
+// Reductions over the middle axis of a contiguous (outer, n, inner) view: one workgroup per
+// output element, each invocation folding a strided share of the n values, then a tree in
+// workgroup memory. OP 0 sum (times scale: 1, or 1/n for the mean), 1 max, 2 min,
+// 3 variance (two passes: mean, then squared deviations times scale = 1/(n - correction)),
+// 4 argmax and 5 argmin (u32 index of the first extreme element).
+
+struct Params {
+    outer: u32,
+    n: u32,
+    inner: u32,
+    offset: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+override OP: u32;
+const WG: u32 = 64u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+
+var<workgroup> vals: array<f32, WG>;
+var<workgroup> idxs: array<u32, WG>;
+
+// Does candidate (v, i) beat the current (w, j)? Ties go to the lower index.
+fn better(v: f32, i: u32, w: f32, j: u32) -> bool {
+    if (OP == 4u) {
+        return v > w || (v == w && i < j);
+    }
+    return v < w || (v == w && i < j);
+}
+
+fn combine(x0: f32, x1: f32) -> f32 {
+    switch OP {
+        case 1u: { return max(x0, x1); }
+        case 2u: { return min(x0, x1); }
+        default: { return x0 + x1; }
+    }
+}
+
+fn tree(lid: u32) {
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            if (OP >= 4u) {
+                if (better(vals[lid + s], idxs[lid + s], vals[lid], idxs[lid])) {
+                    vals[lid] = vals[lid + s];
+                    idxs[lid] = idxs[lid + s];
+                }
+            } else {
+                vals[lid] = combine(vals[lid], vals[lid + s]);
+            }
+        }
+        workgroupBarrier();
+    }
+}
+
+@compute @workgroup_size(64)
+fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let g = wid.y * nwg.x + wid.x;
+    if (g >= p.outer * p.inner) {
+        return;
+    }
+    let base = p.offset + (g / p.inner) * p.n * p.inner + g % p.inner;
+    let first = x[base];
+    var acc = first;
+    var best = 0u;
+    if (OP == 0u || OP == 3u) {
+        acc = 0.0;
+    }
+    for (var j = lid; j < p.n; j += WG) {
+        let v = x[base + j * p.inner];
+        if (OP >= 4u) {
+            if (better(v, j, acc, best)) {
+                acc = v;
+                best = j;
+            }
+        } else {
+            acc = combine(acc, v);
+        }
+    }
+    vals[lid] = acc;
+    idxs[lid] = best;
+    workgroupBarrier();
+    tree(lid);
+    if (OP == 3u) {
+        let mean = vals[0] / f32(p.n);
+        workgroupBarrier();
+        var sq = 0.0;
+        for (var j = lid; j < p.n; j += WG) {
+            let d = x[base + j * p.inner] - mean;
+            sq += d * d;
+        }
+        vals[lid] = sq;
+        workgroupBarrier();
+        tree(lid);
+    }
+    if (lid == 0u) {
+        if (OP >= 4u) {
+            out[g] = idxs[0];
+        } else if (OP == 0u || OP == 3u) {
+            out[g] = bitcast<u32>(vals[0] * p.scale);
+        } else {
+            out[g] = bitcast<u32>(vals[0]);
+        }
+    }
+}
