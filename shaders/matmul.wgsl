@@ -3,10 +3,13 @@
 // so a transposed view is never materialised. lda / ldb are the row strides of the
 // operands as stored; a batch stride of 0 broadcasts an operand over the batch.
 //
-// Register blocking: a workgroup of LANES invocations computes a TM x (LANES * TN) tile;
-// each invocation keeps TM x TN accumulators and owns columns col0 + j * LANES, so the
-// lanes of one load touch neighbouring addresses. The A element of a row is the same for
-// every lane (a uniform load, one scalar read broadcast on SIMD CPU drivers like lavapipe).
+// Two entry points, both register-blocked with workgroups of 8 invocations (one SIMD
+// vector on CPU drivers such as lavapipe, which run the lanes of a workgroup together):
+// - `matmul_vec4` when m, n, k, strides and offsets are multiples of 4: each invocation
+//   computes an 8 x 8 block as four 4x4 matrices, reading 4x4 blocks of A and B as vec4s;
+// - `matmul` for any shape: each invocation computes a 4 x 4 block from scalar loads.
+// In both, the rows of a workgroup are shared by all its lanes, so A loads are uniform
+// (one read broadcast to every lane), and lanes own neighbouring columns.
 
 struct Params {
     m: u32,
@@ -27,66 +30,153 @@ override TRANS_A: bool;
 override TRANS_B: bool;
 
 const LANES: u32 = 8u;
-const TM: u32 = 4u;
-const TN: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 
-fn load_a(base: u32, row: u32, kk: u32) -> f32 {
+// ---- vec4 path. Every quantity below counts vec4s (4 floats). ----
+
+@group(0) @binding(1) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> b4: array<vec4<f32>>;
+
+// The 4x4 block of A at rows 4q.., k = 4kq..: column j holds row 4q + j along k.
+fn a_block(base: u32, q: u32, kq: u32) -> mat4x4<f32> {
+    let ld = p.lda / 4u;
     if (TRANS_A) {
-        return a[base + kk * p.lda + row];
+        // Stored (k, m): a vec4 holds 4 rows at one k; transpose to rows along k.
+        let o = base + kq * 4u * ld + q;
+        return transpose(mat4x4<f32>(a4[o], a4[o + ld], a4[o + 2u * ld], a4[o + 3u * ld]));
     }
-    return a[base + row * p.lda + kk];
+    let o = base + 4u * q * ld + kq;
+    return mat4x4<f32>(a4[o], a4[o + ld], a4[o + 2u * ld], a4[o + 3u * ld]);
 }
 
-fn load_b(base: u32, kk: u32, col: u32) -> f32 {
+// The 4x4 block of B at k = 4kq.., columns 4c..: column i holds k = 4kq + i along n.
+fn b_block(base: u32, kq: u32, c: u32) -> mat4x4<f32> {
+    let ld = p.ldb / 4u;
     if (TRANS_B) {
-        return b[base + col * p.ldb + kk];
+        // Stored (n, k): a vec4 holds one column along k; transpose to k along n.
+        let o = base + 4u * c * ld + kq;
+        return transpose(mat4x4<f32>(b4[o], b4[o + ld], b4[o + 2u * ld], b4[o + 3u * ld]));
     }
-    return b[base + kk * p.ldb + col];
+    let o = base + kq * 4u * ld + c;
+    return mat4x4<f32>(b4[o], b4[o + ld], b4[o + 2u * ld], b4[o + 3u * ld]);
+}
+
+// Column j of `acc` is row 4q + j of the output, columns 4c..4c+3.
+fn store_block(base: u32, q: u32, c: u32, acc: mat4x4<f32>) {
+    let n4 = p.n / 4u;
+    if (4u * q >= p.m || c >= n4) {
+        return;
+    }
+    let o = base + 4u * q * n4 + c;
+    out4[o] = acc[0];
+    out4[o + n4] = acc[1];
+    out4[o + 2u * n4] = acc[2];
+    out4[o + 3u * n4] = acc[3];
+}
+
+@compute @workgroup_size(8)
+fn matmul_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let a_base = (p.a_offset + wid.z * p.a_batch_stride) / 4u;
+    let b_base = (p.b_offset + wid.z * p.b_batch_stride) / 4u;
+    // Row quads q0, q0 + 1 (8 rows); column quads c0 and c0 + LANES. Past the edge,
+    // loads are clamped to the last quad and stores skipped.
+    let q0 = wid.y * 2u;
+    let c0 = wid.x * 2u * LANES + lid;
+    let last_q = p.m / 4u - 1u;
+    let last_c = p.n / 4u - 1u;
+    let qa = min(q0, last_q);
+    let qb = min(q0 + 1u, last_q);
+    let ca = min(c0, last_c);
+    let cb = min(c0 + LANES, last_c);
+    var acc_aa = mat4x4<f32>();
+    var acc_ab = mat4x4<f32>();
+    var acc_ba = mat4x4<f32>();
+    var acc_bb = mat4x4<f32>();
+    for (var kq = 0u; kq < p.k / 4u; kq++) {
+        let ra = a_block(a_base, qa, kq);
+        let rb = a_block(a_base, qb, kq);
+        let ka = b_block(b_base, kq, ca);
+        let kb = b_block(b_base, kq, cb);
+        // (B block) * (A block): column j gains sum_i B[:, i] * A[i, j].
+        acc_aa += ka * ra;
+        acc_ab += kb * ra;
+        acc_ba += ka * rb;
+        acc_bb += kb * rb;
+    }
+    let base = wid.z * p.m * p.n / 4u;
+    store_block(base, q0, c0, acc_aa);
+    store_block(base, q0, c0 + LANES, acc_ab);
+    store_block(base, q0 + 1u, c0, acc_ba);
+    store_block(base, q0 + 1u, c0 + LANES, acc_bb);
+}
+
+// ---- scalar path, any shape. ----
+
+fn a_start(row: u32) -> u32 {
+    return select(row * p.lda, row, TRANS_A);
+}
+
+fn b_start(col: u32) -> u32 {
+    return select(col, col * p.ldb, TRANS_B);
+}
+
+fn store(base: u32, row: u32, col: u32, v: f32) {
+    if (row < p.m && col < p.n) {
+        out[base + row * p.n + col] = v;
+    }
+}
+
+fn store_row(base: u32, row: u32, col0: u32, v: vec4<f32>) {
+    store(base, row, col0, v.x);
+    store(base, row, col0 + LANES, v.y);
+    store(base, row, col0 + 2u * LANES, v.z);
+    store(base, row, col0 + 3u * LANES, v.w);
 }
 
 @compute @workgroup_size(8)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let batch = wid.z;
-    let a_base = p.a_offset + batch * p.a_batch_stride;
-    let b_base = p.b_offset + batch * p.b_batch_stride;
-    let row0 = wid.y * TM;
-    let col0 = wid.x * LANES * TN + lid;
+    let a_base = p.a_offset + wid.z * p.a_batch_stride;
+    let b_base = p.b_offset + wid.z * p.b_batch_stride;
+    // A 4 x 32 tile: rows row0.., columns col0 + j * LANES for j = 0..3.
+    let row0 = wid.y * 4u;
+    let col0 = wid.x * LANES * 4u + lid;
+    let last_row = p.m - 1u;
+    let last_col = p.n - 1u;
+    let ra0 = a_base + a_start(min(row0, last_row));
+    let ra1 = a_base + a_start(min(row0 + 1u, last_row));
+    let ra2 = a_base + a_start(min(row0 + 2u, last_row));
+    let ra3 = a_base + a_start(min(row0 + 3u, last_row));
+    let cb0 = b_base + b_start(min(col0, last_col));
+    let cb1 = b_base + b_start(min(col0 + LANES, last_col));
+    let cb2 = b_base + b_start(min(col0 + 2u * LANES, last_col));
+    let cb3 = b_base + b_start(min(col0 + 3u * LANES, last_col));
+    let a_step = select(1u, p.lda, TRANS_A);
+    let b_step = select(p.ldb, 1u, TRANS_B);
 
-    // Clamp out-of-range rows and columns for loading; they are not stored.
-    var rows: array<u32, TM>;
-    for (var r = 0u; r < TM; r++) {
-        rows[r] = min(row0 + r, p.m - 1u);
-    }
-    var cols: array<u32, TN>;
-    for (var j = 0u; j < TN; j++) {
-        cols[j] = min(col0 + j * LANES, p.n - 1u);
-    }
-
-    var acc: array<vec4<f32>, TM>;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var ka = 0u;
+    var kb = 0u;
     for (var kk = 0u; kk < p.k; kk++) {
-        let bv = vec4<f32>(load_b(b_base, kk, cols[0]), load_b(b_base, kk, cols[1]),
-                           load_b(b_base, kk, cols[2]), load_b(b_base, kk, cols[3]));
-        for (var r = 0u; r < TM; r++) {
-            acc[r] = fma(vec4<f32>(load_a(a_base, rows[r], kk)), bv, acc[r]);
-        }
+        let bv = vec4<f32>(b[cb0 + kb], b[cb1 + kb], b[cb2 + kb], b[cb3 + kb]);
+        acc0 += a[ra0 + ka] * bv;
+        acc1 += a[ra1 + ka] * bv;
+        acc2 += a[ra2 + ka] * bv;
+        acc3 += a[ra3 + ka] * bv;
+        ka += a_step;
+        kb += b_step;
     }
 
-    let out_base = batch * p.m * p.n;
-    for (var r = 0u; r < TM; r++) {
-        let row = row0 + r;
-        if (row >= p.m) {
-            break;
-        }
-        for (var j = 0u; j < TN; j++) {
-            let col = col0 + j * LANES;
-            if (col < p.n) {
-                out[out_base + row * p.n + col] = acc[r][j];
-            }
-        }
-    }
+    let out_base = wid.z * p.m * p.n;
+    store_row(out_base, row0, col0, acc0);
+    store_row(out_base, row0 + 1u, col0, acc1);
+    store_row(out_base, row0 + 2u, col0, acc2);
+    store_row(out_base, row0 + 3u, col0, acc3);
 }

@@ -89,7 +89,8 @@ fn check_matmul(m: usize, k: usize, n: usize, ta: bool, tb: bool, seed: u64) {
 
 #[test]
 fn matmul_2d_all_transpose_combinations() {
-    let shapes = [(1, 1, 1), (7, 33, 5), (33, 7, 65), (197, 64, 33), (4, 197, 32), (65, 1, 9)];
+    // Unaligned shapes take the scalar kernel, multiples of 4 the vec4 kernel.
+    let shapes = [(1, 1, 1), (7, 33, 5), (33, 7, 65), (197, 64, 33), (4, 197, 32), (65, 1, 9), (4, 4, 4), (8, 12, 64), (36, 20, 68), (196, 64, 132), (12, 8, 200)];
     for (i, &(m, k, n)) in shapes.iter().enumerate() {
         for ta in [false, true] {
             for tb in [false, true] {
@@ -122,6 +123,17 @@ fn matmul_batched_and_broadcast() {
         .flat_map(|i| reference::matmul(&hq[i * 28..][..28], &reference::transpose(&hk[i * 28..][..28], 7, 4), 7, 4, 7))
         .collect();
     assert_close(&got, &want, 1e-5, 1e-5, "q k^T");
+    // The same with aligned sizes (the vec4 kernel) and a batch-broadcast weight.
+    let (q, hq) = rand_tensor(&[3, 8, 12], 11);
+    let (k, hk) = rand_tensor(&[3, 16, 12], 12);
+    let got = q.matmul(&k.t().unwrap()).unwrap().to_vec().unwrap();
+    let want: Vec<f32> = (0..3)
+        .flat_map(|i| reference::matmul(&hq[i * 96..][..96], &reference::transpose(&hk[i * 192..][..192], 16, 12), 8, 12, 16))
+        .collect();
+    assert_close(&got, &want, 1e-5, 1e-5, "aligned q k^T");
+    let (w, hw) = rand_tensor(&[12, 4], 13);
+    let got = q.matmul(&w).unwrap().to_vec().unwrap();
+    assert_close(&got, &reference::matmul(&hq, &hw, 24, 12, 4), 1e-5, 1e-5, "aligned broadcast weight");
     // Batch axes that need broadcasting on both sides: (2, 1, 3, 4) x (1, 5, 4, 2).
     let (p, hp) = rand_tensor(&[2, 1, 3, 4], 7);
     let (r, hr) = rand_tensor(&[1, 5, 4, 2], 8);

@@ -1,14 +1,14 @@
 //! Matrix products, 2-D and batched, reading transposed operands in place.
 
 use crate::error::{Error, Result};
-use crate::kernels::MATMUL_K;
+use crate::kernels::{MATMUL_K, MATMUL_VEC4_K};
 use crate::params::MatmulParams;
 use crate::shape::{broadcast_shape, numel};
 use crate::tensor::{DType, Tensor};
 
-/// Output tile of one workgroup of `matmul.wgsl` (TM rows by LANES * TN columns).
-const TILE_M: usize = 4;
-const TILE_N: usize = 32;
+/// Output tile (rows, columns) of one workgroup of `matmul.wgsl`'s two entry points.
+const TILE_SCALAR: (usize, usize) = (4, 32);
+const TILE_VEC4: (usize, usize) = (8, 64);
 
 /// How the kernel reads one operand: stored row-major (`trans = false`, row stride `ld`) or
 /// stored transposed (`trans = true`, column stride `ld`), and the stride between batches.
@@ -76,17 +76,11 @@ impl Tensor {
         let batch = broadcast_shape(op, &self.shape()[..self.rank() - 2], &other.shape()[..other.rank() - 2])?;
         let nbatch = numel(&batch);
         let dev = self.device();
-        let max_groups = dev.info().max_compute_workgroups_per_dimension as usize;
-        let groups = [n.div_ceil(TILE_N), m.div_ceil(TILE_M), nbatch];
-        if groups.iter().any(|&g| g > max_groups) {
-            return Err(Error::shape(op, format!("{:?} x {:?} needs more workgroups than the adapter allows per dimension ({max_groups})", self.shape(), other.shape())));
-        }
         let mut shape = batch.clone();
         shape.extend([m, n]);
         if k == 0 {
             return Tensor::zeros(dev, &shape);
         }
-        let out = Tensor::empty(dev, op, &shape, DType::F32)?;
         let a = operand(self, &batch)?;
         let b = operand(other, &batch)?;
         let p = MatmulParams {
@@ -102,8 +96,20 @@ impl Tensor {
             ldb: b.ld as u32,
             ..Default::default()
         };
+        // The vec4 kernel reads whole 4x4 blocks, so every size, stride and offset it
+        // touches must be a multiple of 4.
+        let aligned = [m, n, k, a.ld, b.ld, a.t.offset(), b.t.offset(), a.batch_stride, b.batch_stride]
+            .iter()
+            .all(|v| v % 4 == 0);
+        let (kernel, tile) = if aligned { (&MATMUL_VEC4_K, TILE_VEC4) } else { (&MATMUL_K, TILE_SCALAR) };
+        let groups = [n.div_ceil(tile.1), m.div_ceil(tile.0), nbatch];
+        let max_groups = dev.info().max_compute_workgroups_per_dimension as usize;
+        if groups.iter().any(|&g| g > max_groups) {
+            return Err(Error::shape(op, format!("{:?} x {:?} needs more workgroups than the adapter allows per dimension ({max_groups})", self.shape(), other.shape())));
+        }
+        let out = Tensor::empty(dev, op, &shape, DType::F32)?;
         dev.dispatch(
-            &MATMUL_K,
+            kernel,
             &[a.trans as u32, b.trans as u32],
             &p,
             &[out.buffer(), a.t.buffer(), b.t.buffer()],

@@ -1,0 +1,184 @@
+//! Engine benchmark: one JSON object per line.
+//!
+//! `cargo run --release -p engine --example bench [-- --quick]`
+//!
+//! Matmuls (square, and the shapes of one ViT-B/16 block at batch 8), softmax and layer norm
+//! on 1576x768, and the per-op dispatch overhead of a chain of tiny ops next to the same
+//! chain recorded by hand with raw wgpu calls. `--quick` skips the largest matmuls.
+
+use std::time::Instant;
+
+use engine::{Device, Tensor};
+
+/// Run `f` (which records work) until at least `min_s` seconds or `min_iters` runs have
+/// passed, waiting for the GPU each time; returns milliseconds per run.
+fn time_ms(dev: &Device, min_iters: usize, min_s: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    dev.synchronize().unwrap(); // warm-up: pipelines compiled, buffers pooled
+    let start = Instant::now();
+    let mut iters = 0;
+    while iters < min_iters || start.elapsed().as_secs_f64() < min_s {
+        f();
+        dev.synchronize().unwrap();
+        iters += 1;
+    }
+    start.elapsed().as_secs_f64() * 1e3 / iters as f64
+}
+
+fn matmul_line(dev: &Device, batch: usize, m: usize, k: usize, n: usize, trans_b: bool) {
+    let a = Tensor::rand(dev, &[batch, m, k], 1).unwrap();
+    let b = if trans_b {
+        Tensor::rand(dev, &[batch, n, k], 2).unwrap().t().unwrap()
+    } else {
+        Tensor::rand(dev, &[batch, k, n], 2).unwrap()
+    };
+    let ms = time_ms(dev, 3, 1.0, || {
+        a.matmul(&b).unwrap();
+    });
+    let gflops = 2.0 * (batch * m * k * n) as f64 / (ms * 1e-3) / 1e9;
+    let shape = if batch == 1 { format!("[{m},{k},{n}]") } else { format!("[{batch},{m},{k},{n}]") };
+    println!(r#"{{"op":"matmul","shape":{shape},"trans_b":{trans_b},"ms":{ms:.3},"gflops":{gflops:.2}}}"#);
+}
+
+fn dispatch_overhead(dev: &Device, chain: usize) {
+    let x = Tensor::zeros(dev, &[64]).unwrap();
+    let run = || {
+        let mut y = x.clone();
+        for _ in 0..chain {
+            y = y.add_scalar(1.0).unwrap();
+        }
+        assert_eq!(y.to_vec().unwrap()[0], chain as f32);
+    };
+    run();
+    let start = Instant::now();
+    run();
+    let engine_us = start.elapsed().as_secs_f64() * 1e6 / chain as f64;
+    let raw_us = raw::chain_us_per_op(chain);
+    println!(r#"{{"op":"dispatch_overhead","chain":{chain},"us_per_op":{engine_us:.2},"raw_wgpu_us_per_op":{raw_us:.2},"ratio":{:.2}}}"#, engine_us / raw_us);
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let dev = Device::new().expect("a wgpu adapter");
+    let info = dev.info();
+    println!(r#"{{"adapter":{:?},"backend":{:?},"device_type":{:?},"driver":{:?}}}"#, info.name, info.backend, info.device_type, info.driver);
+
+    let squares: &[usize] = if quick { &[256, 512, 1024] } else { &[256, 512, 1024, 2048] };
+    for &s in squares {
+        matmul_line(&dev, 1, s, s, s, false);
+    }
+    // One ViT-B/16 block at batch 8: 8 x 197 = 1576 tokens, width 768, 12 heads of 64.
+    matmul_line(&dev, 1, 1576, 768, 2304, false); // qkv
+    matmul_line(&dev, 1, 1576, 768, 3072, false); // fc1
+    matmul_line(&dev, 1, 1576, 3072, 768, false); // fc2
+    matmul_line(&dev, 96, 197, 64, 197, true); // q k^T, k read transposed in place
+    matmul_line(&dev, 96, 197, 197, 64, false); // attn v
+
+    let x = Tensor::rand(&dev, &[1576, 768], 3).unwrap();
+    let w = Tensor::ones(&dev, &[768]).unwrap();
+    let b = Tensor::zeros(&dev, &[768]).unwrap();
+    let bytes = (2 * 1576 * 768 * 4) as f64;
+    let ms = time_ms(&dev, 10, 0.5, || {
+        x.softmax().unwrap();
+    });
+    println!(r#"{{"op":"softmax","shape":[1576,768],"ms":{ms:.3},"gb_per_s":{:.2}}}"#, bytes / (ms * 1e-3) / 1e9);
+    let ms = time_ms(&dev, 10, 0.5, || {
+        x.layer_norm(&w, &b, 1e-6).unwrap();
+    });
+    println!(r#"{{"op":"layer_norm","shape":[1576,768],"ms":{ms:.3},"gb_per_s":{:.2}}}"#, bytes / (ms * 1e-3) / 1e9);
+
+    dispatch_overhead(&dev, 10_000);
+    let stats = dev.pool_stats();
+    println!(r#"{{"pool":{{"peak_bytes":{},"allocations":{},"reuses":{}}},"pipelines":{}}}"#, stats.peak_bytes, stats.allocations, stats.reuses, dev.pipeline_count());
+}
+
+/// The same chain of tiny dispatches recorded by hand: one encoder, one compute pass, a
+/// fresh bind group per dispatch, ping-ponging between two buffers, one read-back.
+mod raw {
+    use std::time::Instant;
+
+    pub fn chain_us_per_op(chain: usize) -> f64 {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        }))
+        .expect("adapter");
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).expect("device");
+        let shader = engine::kernels::ALL_SHADERS.iter().find(|s| s.file == "elementwise.wgsl").unwrap();
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: None,
+            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: None,
+            layout: None,
+            module: &module,
+            entry_point: Some("unary"),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &[("OP", 10.0), ("CONTIG", 1.0)],
+                zero_initialize_workgroup_memory: false,
+            },
+            cache: None,
+        });
+        // StridedParams: numel 64, rank 1, scalar 1.0 (add_scalar), zero offsets.
+        let mut params = [0u8; 208];
+        params[0..4].copy_from_slice(&64u32.to_le_bytes());
+        params[4..8].copy_from_slice(&1u32.to_le_bytes());
+        params[8..12].copy_from_slice(&1.0f32.to_le_bytes());
+        let uniform = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 256,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        queue.write_buffer(&uniform, 0, &params);
+        let storage = || {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 256,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let bufs = [storage(), storage()];
+        queue.write_buffer(&bufs[0], 0, &[0u8; 256]);
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 256,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let layout = pipeline.get_bind_group_layout(0);
+        let run = || {
+            let mut encoder = device.create_command_encoder(&Default::default());
+            {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                pass.set_pipeline(&pipeline);
+                for i in 0..chain {
+                    let (src, dst) = (&bufs[i % 2], &bufs[(i + 1) % 2]);
+                    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout: &layout,
+                        entries: &[
+                            wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() },
+                            wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
+                            wgpu::BindGroupEntry { binding: 2, resource: src.as_entire_binding() },
+                        ],
+                    });
+                    pass.set_bind_group(0, &bind_group, &[]);
+                    pass.dispatch_workgroups(1, 1, 1);
+                }
+            }
+            encoder.copy_buffer_to_buffer(&bufs[chain % 2], 0, &staging, 0, 256);
+            queue.submit([encoder.finish()]);
+            staging.map_async(wgpu::MapMode::Read, .., |_| {});
+            device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None }).unwrap();
+            staging.unmap();
+        };
+        run();
+        let start = Instant::now();
+        run();
+        start.elapsed().as_secs_f64() * 1e6 / chain as f64
+    }
+}
