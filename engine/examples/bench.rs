@@ -36,8 +36,14 @@ fn matmul_line(dev: &Device, batch: usize, m: usize, k: usize, n: usize, trans_b
         a.matmul(&b).unwrap();
     });
     let gflops = 2.0 * (batch * m * k * n) as f64 / (ms * 1e-3) / 1e9;
-    let shape = if batch == 1 { format!("[{m},{k},{n}]") } else { format!("[{batch},{m},{k},{n}]") };
-    println!(r#"{{"op":"matmul","shape":{shape},"trans_b":{trans_b},"ms":{ms:.3},"gflops":{gflops:.2}}}"#);
+    let shape = if batch == 1 {
+        format!("[{m},{k},{n}]")
+    } else {
+        format!("[{batch},{m},{k},{n}]")
+    };
+    println!(
+        r#"{{"op":"matmul","shape":{shape},"trans_b":{trans_b},"ms":{ms:.3},"gflops":{gflops:.2}}}"#
+    );
 }
 
 fn dispatch_overhead(dev: &Device, chain: usize) {
@@ -54,16 +60,26 @@ fn dispatch_overhead(dev: &Device, chain: usize) {
     run();
     let engine_us = start.elapsed().as_secs_f64() * 1e6 / chain as f64;
     let raw_us = raw::chain_us_per_op(chain);
-    println!(r#"{{"op":"dispatch_overhead","chain":{chain},"us_per_op":{engine_us:.2},"raw_wgpu_us_per_op":{raw_us:.2},"ratio":{:.2}}}"#, engine_us / raw_us);
+    println!(
+        r#"{{"op":"dispatch_overhead","chain":{chain},"us_per_op":{engine_us:.2},"raw_wgpu_us_per_op":{raw_us:.2},"ratio":{:.2}}}"#,
+        engine_us / raw_us
+    );
 }
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let dev = Device::new().expect("a wgpu adapter");
     let info = dev.info();
-    println!(r#"{{"adapter":{:?},"backend":{:?},"device_type":{:?},"driver":{:?}}}"#, info.name, info.backend, info.device_type, info.driver);
+    println!(
+        r#"{{"adapter":{:?},"backend":{:?},"device_type":{:?},"driver":{:?}}}"#,
+        info.name, info.backend, info.device_type, info.driver
+    );
 
-    let squares: &[usize] = if quick { &[256, 512, 1024] } else { &[256, 512, 1024, 2048] };
+    let squares: &[usize] = if quick {
+        &[256, 512, 1024]
+    } else {
+        &[256, 512, 1024, 2048]
+    };
     for &s in squares {
         matmul_line(&dev, 1, s, s, s, false);
     }
@@ -81,15 +97,27 @@ fn main() {
     let ms = time_ms(&dev, 10, 0.5, || {
         x.softmax().unwrap();
     });
-    println!(r#"{{"op":"softmax","shape":[1576,768],"ms":{ms:.3},"gb_per_s":{:.2}}}"#, bytes / (ms * 1e-3) / 1e9);
+    println!(
+        r#"{{"op":"softmax","shape":[1576,768],"ms":{ms:.3},"gb_per_s":{:.2}}}"#,
+        bytes / (ms * 1e-3) / 1e9
+    );
     let ms = time_ms(&dev, 10, 0.5, || {
         x.layer_norm(&w, &b, 1e-6).unwrap();
     });
-    println!(r#"{{"op":"layer_norm","shape":[1576,768],"ms":{ms:.3},"gb_per_s":{:.2}}}"#, bytes / (ms * 1e-3) / 1e9);
+    println!(
+        r#"{{"op":"layer_norm","shape":[1576,768],"ms":{ms:.3},"gb_per_s":{:.2}}}"#,
+        bytes / (ms * 1e-3) / 1e9
+    );
 
     dispatch_overhead(&dev, 10_000);
     let stats = dev.pool_stats();
-    println!(r#"{{"pool":{{"peak_bytes":{},"allocations":{},"reuses":{}}},"pipelines":{}}}"#, stats.peak_bytes, stats.allocations, stats.reuses, dev.pipeline_count());
+    println!(
+        r#"{{"pool":{{"peak_bytes":{},"allocations":{},"reuses":{}}},"pipelines":{}}}"#,
+        stats.peak_bytes,
+        stats.allocations,
+        stats.reuses,
+        dev.pipeline_count()
+    );
 }
 
 /// The same chain of tiny dispatches recorded by hand: one encoder, one compute pass, a
@@ -98,14 +126,20 @@ mod raw {
     use std::time::Instant;
 
     pub fn chain_us_per_op(chain: usize) -> f64 {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             ..Default::default()
         }))
         .expect("adapter");
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).expect("device");
-        let shader = engine::kernels::ALL_SHADERS.iter().find(|s| s.file == "elementwise.wgsl").unwrap();
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
+                .expect("device");
+        let shader = engine::kernels::ALL_SHADERS
+            .iter()
+            .find(|s| s.file == "elementwise.wgsl")
+            .unwrap();
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: None,
             source: wgpu::ShaderSource::Wgsl(shader.source.into()),
@@ -137,7 +171,9 @@ mod raw {
             device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
                 size: 256,
-                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
             })
         };
@@ -161,9 +197,18 @@ mod raw {
                         label: None,
                         layout: &layout,
                         entries: &[
-                            wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() },
-                            wgpu::BindGroupEntry { binding: 1, resource: dst.as_entire_binding() },
-                            wgpu::BindGroupEntry { binding: 2, resource: src.as_entire_binding() },
+                            wgpu::BindGroupEntry {
+                                binding: 0,
+                                resource: uniform.as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 1,
+                                resource: dst.as_entire_binding(),
+                            },
+                            wgpu::BindGroupEntry {
+                                binding: 2,
+                                resource: src.as_entire_binding(),
+                            },
                         ],
                     });
                     pass.set_bind_group(0, &bind_group, &[]);
@@ -173,7 +218,12 @@ mod raw {
             encoder.copy_buffer_to_buffer(&bufs[chain % 2], 0, &staging, 0, 256);
             queue.submit([encoder.finish()]);
             staging.map_async(wgpu::MapMode::Read, .., |_| {});
-            device.poll(wgpu::PollType::Wait { submission_index: None, timeout: None }).unwrap();
+            device
+                .poll(wgpu::PollType::Wait {
+                    submission_index: None,
+                    timeout: None,
+                })
+                .unwrap();
             staging.unmap();
         };
         run();

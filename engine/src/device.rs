@@ -114,7 +114,9 @@ impl Device {
         // have no adapter (probing GL on a headless machine is slow and noisy).
         let from_env = wgpu::Backends::from_env();
         let mut adapters = Vec::new();
-        for backends in from_env.map_or(vec![wgpu::Backends::PRIMARY, wgpu::Backends::all()], |b| vec![b]) {
+        for backends in from_env.map_or(vec![wgpu::Backends::PRIMARY, wgpu::Backends::all()], |b| {
+            vec![b]
+        }) {
             let mut descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
             descriptor.backends = backends;
             let instance = wgpu::Instance::new(descriptor);
@@ -125,16 +127,15 @@ impl Device {
         }
         let adapter = choose_adapter(adapters)?;
         let limits = adapter.limits();
-        let (device, queue) =
-            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-                label: Some("engine"),
-                required_features: wgpu::Features::empty(),
-                required_limits: limits.clone(),
-                experimental_features: wgpu::ExperimentalFeatures::disabled(),
-                memory_hints: wgpu::MemoryHints::Performance,
-                trace: wgpu::Trace::Off,
-            }))
-            .map_err(|e| Error::Device(e.to_string()))?;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("engine"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| Error::Device(e.to_string()))?;
         let a = adapter.get_info();
         let info = DeviceInfo {
             name: a.name,
@@ -369,9 +370,14 @@ impl Device {
         staging.unmap();
         let status: [u32; 4] = bytemuck::pod_read_unaligned(&bytes[len as usize..]);
         if status[0] != 0 {
-            self.inner.queue.write_buffer(&self.inner.status, 0, &[0u8; 16]);
+            self.inner
+                .queue
+                .write_buffer(&self.inner.status, 0, &[0u8; 16]);
             return Err(Error::Index {
-                op: STATUS_OPS.get(status[0] as usize).copied().unwrap_or("kernel"),
+                op: STATUS_OPS
+                    .get(status[0] as usize)
+                    .copied()
+                    .unwrap_or("kernel"),
                 index: status[1],
                 size: status[2],
             });

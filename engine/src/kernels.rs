@@ -3,7 +3,7 @@
 //!
 //! A kernel's binding 0 is always its uniform parameters (a slot of the device's uniform
 //! arena, bound with a dynamic offset); bindings 1.. are storage buffers, whose access
-//! modes the [`Kernel`] descriptor lists in binding order.
+//! modes the `Kernel` descriptor lists in binding order.
 
 use std::collections::HashMap;
 use std::sync::Arc;

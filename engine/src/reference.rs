@@ -19,12 +19,24 @@ fn broadcast_index(c: &[usize], shape: &[usize]) -> usize {
     let lead = c.len() - shape.len();
     let strides = contiguous_strides(shape);
     (0..shape.len())
-        .map(|d| if shape[d] == 1 { 0 } else { c[lead + d] * strides[d] })
+        .map(|d| {
+            if shape[d] == 1 {
+                0
+            } else {
+                c[lead + d] * strides[d]
+            }
+        })
         .sum()
 }
 
 /// Elementwise `f(a, b)` with NumPy broadcasting. Panics when the shapes do not broadcast.
-pub fn binary(a: &[f32], ash: &[usize], b: &[f32], bsh: &[usize], f: impl Fn(f32, f32) -> f32) -> (Vec<f32>, Vec<usize>) {
+pub fn binary(
+    a: &[f32],
+    ash: &[usize],
+    b: &[f32],
+    bsh: &[usize],
+    f: impl Fn(f32, f32) -> f32,
+) -> (Vec<f32>, Vec<usize>) {
     let shape = broadcast_shape("reference", ash, bsh).expect("shapes broadcast");
     let out = (0..numel(&shape))
         .map(|i| {
@@ -36,7 +48,14 @@ pub fn binary(a: &[f32], ash: &[usize], b: &[f32], bsh: &[usize], f: impl Fn(f32
 }
 
 /// `where(cond, a, b)` with all three broadcast.
-pub fn select(cond: &[u32], csh: &[usize], a: &[f32], ash: &[usize], b: &[f32], bsh: &[usize]) -> (Vec<f32>, Vec<usize>) {
+pub fn select(
+    cond: &[u32],
+    csh: &[usize],
+    a: &[f32],
+    ash: &[usize],
+    b: &[f32],
+    bsh: &[usize],
+) -> (Vec<f32>, Vec<usize>) {
     let shape = broadcast_shape("reference", csh, ash).expect("shapes broadcast");
     let shape = broadcast_shape("reference", &shape, bsh).expect("shapes broadcast");
     let out = (0..numel(&shape))
@@ -131,7 +150,9 @@ pub fn matmul(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
     let mut out = vec![0.0; m * n];
     for i in 0..m {
         for j in 0..n {
-            out[i * n + j] = (0..k).map(|t| a[i * k + t] as f64 * b[t * n + j] as f64).sum::<f64>() as f32;
+            out[i * n + j] = (0..k)
+                .map(|t| a[i * k + t] as f64 * b[t * n + j] as f64)
+                .sum::<f64>() as f32;
         }
     }
     out
@@ -189,7 +210,9 @@ pub fn argsort(x: &[f32], cols: usize, descending: bool) -> Vec<u32> {
         .flat_map(|row| {
             let mut idx: Vec<u32> = (0..cols as u32).collect();
             idx.sort_by(|&i, &j| {
-                let o = row[i as usize].partial_cmp(&row[j as usize]).expect("no NaN");
+                let o = row[i as usize]
+                    .partial_cmp(&row[j as usize])
+                    .expect("no NaN");
                 if descending {
                     o.reverse()
                 } else {
@@ -202,7 +225,13 @@ pub fn argsort(x: &[f32], cols: usize, descending: bool) -> Vec<u32> {
 }
 
 /// `torch.gather` along `axis`; the output has the index's shape.
-pub fn gather(x: &[f32], shape: &[usize], axis: usize, index: &[u32], ishape: &[usize]) -> Vec<f32> {
+pub fn gather(
+    x: &[f32],
+    shape: &[usize],
+    axis: usize,
+    index: &[u32],
+    ishape: &[usize],
+) -> Vec<f32> {
     let strides = contiguous_strides(shape);
     (0..numel(ishape))
         .map(|i| {
@@ -220,7 +249,11 @@ pub fn permute(x: &[f32], shape: &[usize], perm: &[usize]) -> (Vec<f32>, Vec<usi
     let out = (0..x.len())
         .map(|i| {
             let c = coords(i, &out_shape);
-            x[perm.iter().enumerate().map(|(d, &p)| c[d] * strides[p]).sum::<usize>()]
+            x[perm
+                .iter()
+                .enumerate()
+                .map(|(d, &p)| c[d] * strides[p])
+                .sum::<usize>()]
         })
         .collect();
     (out, out_shape)

@@ -63,7 +63,11 @@ fn unary_ops_match_reference() {
         for &op in UNARY {
             let positive = matches!(op, UnaryOp::Log | UnaryOp::Sqrt | UnaryOp::Rsqrt);
             for s in [0.5f32, 3.0] {
-                let (t, h) = if positive || (op == UnaryOp::PowScalar && s == 0.5) { (&xp, &host_p) } else { (&x, &host) };
+                let (t, h) = if positive || (op == UnaryOp::PowScalar && s == 0.5) {
+                    (&xp, &host_p)
+                } else {
+                    (&x, &host)
+                };
                 let got = t.unary(op, s).unwrap().to_vec().unwrap();
                 let want: Vec<f32> = h.iter().map(|&v| unary_ref(op, v, s)).collect();
                 assert_close(&got, &want, 1e-6, 2e-6, &format!("{op:?} s={s} {shape:?}"));
@@ -74,7 +78,10 @@ fn unary_ops_match_reference() {
 
 #[test]
 fn gelu_and_tanh_on_wide_range() {
-    let host: Vec<f32> = (-600..=600).map(|i| i as f32 * 0.02).chain([-50.0, 50.0, 1e-5, -1e-5]).collect();
+    let host: Vec<f32> = (-600..=600)
+        .map(|i| i as f32 * 0.02)
+        .chain([-50.0, 50.0, 1e-5, -1e-5])
+        .collect();
     let x = Tensor::from_slice(&dev(), &host, &[host.len()]).unwrap();
     let gelu = x.gelu().unwrap().to_vec().unwrap();
     let want: Vec<f32> = host.iter().map(|&v| reference::gelu(v)).collect();
@@ -119,7 +126,15 @@ const BROADCASTS: &[(&[usize], &[usize])] = &[
 
 #[test]
 fn binary_ops_broadcast_like_numpy() {
-    let ops = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div, BinaryOp::Pow, BinaryOp::Maximum, BinaryOp::Minimum];
+    let ops = [
+        BinaryOp::Add,
+        BinaryOp::Sub,
+        BinaryOp::Mul,
+        BinaryOp::Div,
+        BinaryOp::Pow,
+        BinaryOp::Maximum,
+        BinaryOp::Minimum,
+    ];
     for (i, (sa, sb)) in BROADCASTS.iter().enumerate() {
         let (a, ha) = rand_tensor(sa, 10 + i as u64);
         let (b, hb) = rand_tensor(sb, 20 + i as u64);
@@ -127,11 +142,21 @@ fn binary_ops_broadcast_like_numpy() {
         let ha_pos: Vec<f32> = ha.iter().map(|v| v.abs() + 0.5).collect();
         let a_pos = Tensor::from_slice(&dev(), &ha_pos, sa).unwrap();
         for op in ops {
-            let (x, hx) = if op == BinaryOp::Pow { (&a_pos, &ha_pos) } else { (&a, &ha) };
+            let (x, hx) = if op == BinaryOp::Pow {
+                (&a_pos, &ha_pos)
+            } else {
+                (&a, &ha)
+            };
             let got = x.binary(op, &b).unwrap();
             let (want, shape) = reference::binary(hx, sa, &hb, sb, |p, q| binary_ref(op, p, q));
             assert_eq!(got.shape(), shape.as_slice());
-            assert_close(&got.to_vec().unwrap(), &want, 1e-6, 2e-6, &format!("{op:?} {sa:?} {sb:?}"));
+            assert_close(
+                &got.to_vec().unwrap(),
+                &want,
+                1e-6,
+                2e-6,
+                &format!("{op:?} {sa:?} {sb:?}"),
+            );
         }
     }
 }
@@ -147,7 +172,10 @@ fn elementwise_reads_strided_views() {
     assert_close(&got, &want, 0.0, 0.0, "transposed add");
     // A narrowed view, then a unary op.
     let got = x.narrow(1, 2, 3).unwrap().exp().unwrap().to_vec().unwrap();
-    let want: Vec<f32> = (0..5).flat_map(|r| (2..5).map(move |c| (r, c))).map(|(r, c)| hx[r * 7 + c].exp()).collect();
+    let want: Vec<f32> = (0..5)
+        .flat_map(|r| (2..5).map(move |c| (r, c)))
+        .map(|(r, c)| hx[r * 7 + c].exp())
+        .collect();
     assert_close(&got, &want, 1e-6, 1e-6, "narrowed exp");
 }
 
@@ -159,7 +187,11 @@ fn compare_and_where() {
         let mask = a.lt(&b).unwrap();
         let (want_mask, shape) = reference::binary(&ha, sa, &hb, sb, |p, q| (p < q) as u32 as f32);
         let got_mask = mask.to_vec_u32().unwrap();
-        assert_eq!(got_mask, want_mask.iter().map(|&v| v as u32).collect::<Vec<_>>(), "lt {sa:?} {sb:?}");
+        assert_eq!(
+            got_mask,
+            want_mask.iter().map(|&v| v as u32).collect::<Vec<_>>(),
+            "lt {sa:?} {sb:?}"
+        );
         let picked = Tensor::where_cond(&mask, &a, &b).unwrap();
         assert_eq!(picked.shape(), shape.as_slice());
         let (want, _) = reference::binary(&ha, sa, &hb, sb, |p, q| if p < q { p } else { q });

@@ -12,9 +12,17 @@ fn ops_are_recorded_not_submitted_one_by_one() {
     for _ in 0..100 {
         y = y.mul_scalar(1.01).unwrap();
     }
-    assert_eq!(d.submission_count(), before, "no submission while recording");
+    assert_eq!(
+        d.submission_count(),
+        before,
+        "no submission while recording"
+    );
     let v = y.to_vec().unwrap();
-    assert_eq!(d.submission_count(), before + 1, "one submission at the read-back");
+    assert_eq!(
+        d.submission_count(),
+        before + 1,
+        "one submission at the read-back"
+    );
     assert!((v[0] - 1.01f32.powi(100)).abs() < 1e-3);
     // A long chain is cut into batches, still far fewer submissions than ops.
     let n = 3 * DISPATCHES_PER_BATCH + 5;
@@ -41,10 +49,20 @@ fn steady_loop_reuses_buffers_and_pipelines() {
         assert_eq!(step(), first);
     }
     let after = d.pool_stats();
-    assert_eq!(after.allocations, stats.allocations, "no fresh buffers in a steady loop");
+    assert_eq!(
+        after.allocations, stats.allocations,
+        "no fresh buffers in a steady loop"
+    );
     assert!(after.reuses > stats.reuses);
-    assert_eq!(after.live_bytes, stats.live_bytes, "temporaries return to the pool");
-    assert_eq!(d.pipeline_count(), pipelines, "each specialisation compiled once");
+    assert_eq!(
+        after.live_bytes, stats.live_bytes,
+        "temporaries return to the pool"
+    );
+    assert_eq!(
+        d.pipeline_count(),
+        pipelines,
+        "each specialisation compiled once"
+    );
     assert!(after.peak_bytes >= after.live_bytes);
     drop((x, w));
     assert_eq!(d.pool_stats().live_bytes, 0);

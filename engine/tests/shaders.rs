@@ -31,7 +31,10 @@ fn every_wgsl_file_is_registered_and_valid() {
         .map(|s| s.file.to_string())
         .chain(HELPER_FILES.iter().map(|s| s.to_string()))
         .collect();
-    assert_eq!(on_disk, registered, "shaders/ and kernels::ALL_SHADERS disagree");
+    assert_eq!(
+        on_disk, registered,
+        "shaders/ and kernels::ALL_SHADERS disagree"
+    );
     for shader in ALL_SHADERS {
         parse(shader.source, shader.file);
     }
@@ -42,7 +45,10 @@ fn uniform_twins_match_the_shaders() {
     let mut checked = 0;
     for twin in ALL_UNIFORMS {
         for file in twin.shaders {
-            let shader = ALL_SHADERS.iter().find(|s| s.file == *file).expect("registered shader");
+            let shader = ALL_SHADERS
+                .iter()
+                .find(|s| s.file == *file)
+                .expect("registered shader");
             let (module, _) = parse(shader.source, file);
             let mut layouter = naga::proc::Layouter::default();
             layouter.update(module.to_ctx()).unwrap();
@@ -55,13 +61,25 @@ fn uniform_twins_match_the_shaders() {
             let naga::TypeInner::Struct { members, span } = &ty.inner else {
                 panic!("{file}: uniform is not a struct");
             };
-            assert_eq!(*span as usize, twin.size, "{file}: size of {} differs", twin.name);
+            assert_eq!(
+                *span as usize, twin.size,
+                "{file}: size of {} differs",
+                twin.name
+            );
             let shader_fields: Vec<(String, usize)> = members
                 .iter()
                 .map(|m| (m.name.clone().unwrap(), m.offset as usize))
                 .collect();
-            let rust_fields: Vec<(String, usize)> = twin.fields.iter().map(|(n, o)| (n.to_string(), *o)).collect();
-            assert_eq!(shader_fields, rust_fields, "{file}: fields of {} differ", twin.name);
+            let rust_fields: Vec<(String, usize)> = twin
+                .fields
+                .iter()
+                .map(|(n, o)| (n.to_string(), *o))
+                .collect();
+            assert_eq!(
+                shader_fields, rust_fields,
+                "{file}: fields of {} differ",
+                twin.name
+            );
             checked += 1;
         }
     }
@@ -73,5 +91,13 @@ fn uniform_twins_match_the_shaders() {
 fn a_broken_shader_is_caught() {
     let bad = "@compute @workgroup_size(64) fn main() { let x: f32 = 1u; }";
     let module = naga::front::wgsl::parse_str(bad);
-    assert!(module.is_err() || naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::default()).validate(&module.unwrap()).is_err());
+    assert!(
+        module.is_err()
+            || naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                naga::valid::Capabilities::default()
+            )
+            .validate(&module.unwrap())
+            .is_err()
+    );
 }

@@ -8,7 +8,15 @@ use crate::params::{FillParams, RandomParams};
 use crate::tensor::{DType, Tensor};
 
 impl Tensor {
-    fn fill_kernel(device: &Device, op: &'static str, shape: &[usize], code: u32, dtype: DType, start: f32, step: f32) -> Result<Tensor> {
+    fn fill_kernel(
+        device: &Device,
+        op: &'static str,
+        shape: &[usize],
+        code: u32,
+        dtype: DType,
+        start: f32,
+        step: f32,
+    ) -> Result<Tensor> {
         let out = Tensor::empty(device, op, shape, dtype)?;
         let p = FillParams {
             numel: out.numel() as u32,
@@ -16,7 +24,13 @@ impl Tensor {
             start,
             step,
         };
-        device.dispatch(&FILL_K, &[code], &p, &[out.buffer()], elementwise_grid(device, out.numel()));
+        device.dispatch(
+            &FILL_K,
+            &[code],
+            &p,
+            &[out.buffer()],
+            elementwise_grid(device, out.numel()),
+        );
         Ok(out)
     }
 
@@ -51,7 +65,10 @@ impl Tensor {
     /// [`Error::Shape`] for a zero or non-finite step.
     pub fn arange(device: &Device, start: f32, end: f32, step: f32) -> Result<Tensor> {
         if step == 0.0 || !step.is_finite() {
-            return Err(Error::shape("arange", format!("step must be finite and non-zero, got {step}")));
+            return Err(Error::shape(
+                "arange",
+                format!("step must be finite and non-zero, got {step}"),
+            ));
         }
         let n = ((end - start) / step).ceil().max(0.0) as usize;
         Tensor::fill_kernel(device, "arange", &[n], 1, DType::F32, start, step)
@@ -65,7 +82,15 @@ impl Tensor {
         Tensor::fill_kernel(device, "arange_u32", &[n], 2, DType::U32, 0.0, 0.0)
     }
 
-    fn random(device: &Device, op: &'static str, shape: &[usize], code: u32, seed: u64, a: f32, b: f32) -> Result<Tensor> {
+    fn random(
+        device: &Device,
+        op: &'static str,
+        shape: &[usize],
+        code: u32,
+        seed: u64,
+        a: f32,
+        b: f32,
+    ) -> Result<Tensor> {
         let out = Tensor::empty(device, op, shape, DType::F32)?;
         let p = RandomParams {
             numel: out.numel() as u32,
@@ -75,7 +100,13 @@ impl Tensor {
             b,
             ..Default::default()
         };
-        device.dispatch(&RANDOM_K, &[code], &p, &[out.buffer()], elementwise_grid(device, out.numel()));
+        device.dispatch(
+            &RANDOM_K,
+            &[code],
+            &p,
+            &[out.buffer()],
+            elementwise_grid(device, out.numel()),
+        );
         Ok(out)
     }
 
@@ -84,7 +115,13 @@ impl Tensor {
     ///
     /// # Errors
     /// [`Error::TooLarge`].
-    pub fn rand_uniform(device: &Device, shape: &[usize], low: f32, high: f32, seed: u64) -> Result<Tensor> {
+    pub fn rand_uniform(
+        device: &Device,
+        shape: &[usize],
+        low: f32,
+        high: f32,
+        seed: u64,
+    ) -> Result<Tensor> {
         Tensor::random(device, "rand_uniform", shape, 0, seed, low, high)
     }
 
@@ -101,7 +138,13 @@ impl Tensor {
     ///
     /// # Errors
     /// [`Error::TooLarge`].
-    pub fn rand_normal(device: &Device, shape: &[usize], mean: f32, std: f32, seed: u64) -> Result<Tensor> {
+    pub fn rand_normal(
+        device: &Device,
+        shape: &[usize],
+        mean: f32,
+        std: f32,
+        seed: u64,
+    ) -> Result<Tensor> {
         Tensor::random(device, "rand_normal", shape, 1, seed, mean, std)
     }
 
@@ -121,7 +164,10 @@ impl Tensor {
     pub fn dropout(&self, p: f32, seed: u64) -> Result<Tensor> {
         self.expect_dtype("dropout", DType::F32)?;
         if !(0.0..1.0).contains(&p) {
-            return Err(Error::shape("dropout", format!("probability must be in [0, 1), got {p}")));
+            return Err(Error::shape(
+                "dropout",
+                format!("probability must be in [0, 1), got {p}"),
+            ));
         }
         let x = self.contiguous()?;
         let out = Tensor::empty(x.device(), "dropout", x.shape(), DType::F32)?;
@@ -134,7 +180,13 @@ impl Tensor {
             b: 1.0 / (1.0 - p),
             ..Default::default()
         };
-        x.device().dispatch(&DROPOUT_K, &[], &params, &[out.buffer(), x.buffer()], elementwise_grid(x.device(), x.numel()));
+        x.device().dispatch(
+            &DROPOUT_K,
+            &[],
+            &params,
+            &[out.buffer(), x.buffer()],
+            elementwise_grid(x.device(), x.numel()),
+        );
         Ok(out)
     }
 }

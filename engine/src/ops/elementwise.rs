@@ -420,7 +420,12 @@ impl Tensor {
     }
 
     /// A new contiguous tensor with this tensor's elements, converted by copy-kernel `op`.
-    pub(crate) fn copy_into_new(&self, name: &'static str, op: u32, dtype: DType) -> Result<Tensor> {
+    pub(crate) fn copy_into_new(
+        &self,
+        name: &'static str,
+        op: u32,
+        dtype: DType,
+    ) -> Result<Tensor> {
         let out = Tensor::empty(self.device(), name, self.shape(), dtype)?;
         self.copy_to(name, op, &out)?;
         Ok(out)

@@ -28,7 +28,11 @@ impl Tensor {
         if !fits {
             return Err(Error::shape(
                 op,
-                format!("index of shape {:?} does not fit input of shape {:?} along axis {axis}", index.shape(), self.shape()),
+                format!(
+                    "index of shape {:?} does not fit input of shape {:?} along axis {axis}",
+                    index.shape(),
+                    self.shape()
+                ),
             ));
         }
         let mut x_strides = self.strides().to_vec();
@@ -47,7 +51,10 @@ impl Tensor {
         self.expect_same_device(op, index)?;
         let ax = normalize_axis(op, axis, self.shape())?;
         if index.rank() != 1 {
-            return Err(Error::shape(op, format!("index must be 1-D, got shape {:?}", index.shape())));
+            return Err(Error::shape(
+                op,
+                format!("index must be 1-D, got shape {:?}", index.shape()),
+            ));
         }
         let mut shape = self.shape().to_vec();
         shape[ax] = index.shape()[0];
@@ -82,7 +89,12 @@ impl Tensor {
             &GATHER_K,
             &[],
             &p,
-            &[out.buffer(), self.buffer(), index.buffer(), dev.status_buffer()],
+            &[
+                out.buffer(),
+                self.buffer(),
+                index.buffer(),
+                dev.status_buffer(),
+            ],
             elementwise_grid(dev, out.numel()),
         );
         Ok(out)

@@ -15,10 +15,13 @@ impl Tensor {
         let mut shape = shape.to_vec();
         if let Some(pos) = shape.iter().position(|&d| d == usize::MAX) {
             let known: usize = shape.iter().filter(|&&d| d != usize::MAX).product();
-            if known == 0 || self.numel() % known != 0 {
+            if known == 0 || !self.numel().is_multiple_of(known) {
                 return Err(Error::shape(
                     "reshape",
-                    format!("cannot infer an axis of {shape:?} from shape {:?}", self.shape()),
+                    format!(
+                        "cannot infer an axis of {shape:?} from shape {:?}",
+                        self.shape()
+                    ),
                 ));
             }
             shape[pos] = self.numel() / known;
@@ -66,10 +69,17 @@ impl Tensor {
     /// [`Error::Shape`] when `perm` is not a permutation of `0..rank`.
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
         let mut seen = vec![false; self.rank()];
-        if perm.len() != self.rank() || perm.iter().any(|&p| p >= self.rank() || std::mem::replace(&mut seen[p], true)) {
+        if perm.len() != self.rank()
+            || perm
+                .iter()
+                .any(|&p| p >= self.rank() || std::mem::replace(&mut seen[p], true))
+        {
             return Err(Error::shape(
                 "permute",
-                format!("{perm:?} is not a permutation of the axes of shape {:?}", self.shape()),
+                format!(
+                    "{perm:?} is not a permutation of the axes of shape {:?}",
+                    self.shape()
+                ),
             ));
         }
         let shape = perm.iter().map(|&p| self.shape()[p]).collect();
@@ -210,5 +220,4 @@ impl Tensor {
         }
         Ok(out)
     }
-
 }

@@ -8,7 +8,7 @@ use crate::tensor::{DType, Tensor};
 
 /// Output tile (rows, columns) of one workgroup of `matmul.wgsl`'s two entry points.
 const TILE_SCALAR: (usize, usize) = (4, 32);
-const TILE_VEC4: (usize, usize) = (8, 64);
+const TILE_VEC4: (usize, usize) = (16, 64);
 
 /// How the kernel reads one operand: stored row-major (`trans = false`, row stride `ld`) or
 /// stored transposed (`trans = true`, column stride `ld`), and the stride between batches.
@@ -28,7 +28,8 @@ fn operand(t: &Tensor, batch: &[usize]) -> Result<Operand> {
     let batch_stride = if numel(t_batch) == 1 {
         Some(0)
     } else if t_batch == batch {
-        let collapsible = (0..r - 3).all(|i| t.shape()[i] == 1 || t.strides()[i] == t.strides()[i + 1] * t.shape()[i + 1]);
+        let collapsible = (0..r - 3)
+            .all(|i| t.shape()[i] == 1 || t.strides()[i] == t.strides()[i + 1] * t.shape()[i + 1]);
         collapsible.then(|| t.strides()[r - 3])
     } else {
         None
@@ -41,13 +42,23 @@ fn operand(t: &Tensor, batch: &[usize]) -> Result<Operand> {
         None
     };
     match (batch_stride, layout) {
-        (Some(batch_stride), Some((trans, ld))) => Ok(Operand { t: t.clone(), trans, ld, batch_stride }),
+        (Some(batch_stride), Some((trans, ld))) => Ok(Operand {
+            t: t.clone(),
+            trans,
+            ld,
+            batch_stride,
+        }),
         _ => {
             // A layout the kernel cannot address: materialise it once, row-major.
             let mut full = batch.to_vec();
             full.extend([rows, cols]);
             let c = t.broadcast_to(&full)?.contiguous()?;
-            Ok(Operand { t: c, trans: false, ld: cols.max(1), batch_stride: if batch.is_empty() { 0 } else { rows * cols } })
+            Ok(Operand {
+                t: c,
+                trans: false,
+                ld: cols.max(1),
+                batch_stride: if batch.is_empty() { 0 } else { rows * cols },
+            })
         }
     }
 }
@@ -66,14 +77,35 @@ impl Tensor {
         other.expect_dtype(op, DType::F32)?;
         self.expect_same_device(op, other)?;
         if self.rank() < 2 || other.rank() < 2 {
-            return Err(Error::shape(op, format!("needs operands of rank 2 or more, got {:?} and {:?}", self.shape(), other.shape())));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "needs operands of rank 2 or more, got {:?} and {:?}",
+                    self.shape(),
+                    other.shape()
+                ),
+            ));
         }
         let (m, k) = (self.shape()[self.rank() - 2], self.shape()[self.rank() - 1]);
-        let (k2, n) = (other.shape()[other.rank() - 2], other.shape()[other.rank() - 1]);
+        let (k2, n) = (
+            other.shape()[other.rank() - 2],
+            other.shape()[other.rank() - 1],
+        );
         if k != k2 {
-            return Err(Error::shape(op, format!("inner sizes differ: {:?} x {:?}", self.shape(), other.shape())));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "inner sizes differ: {:?} x {:?}",
+                    self.shape(),
+                    other.shape()
+                ),
+            ));
         }
-        let batch = broadcast_shape(op, &self.shape()[..self.rank() - 2], &other.shape()[..other.rank() - 2])?;
+        let batch = broadcast_shape(
+            op,
+            &self.shape()[..self.rank() - 2],
+            &other.shape()[..other.rank() - 2],
+        )?;
         let nbatch = numel(&batch);
         let dev = self.device();
         let mut shape = batch.clone();
@@ -98,10 +130,24 @@ impl Tensor {
         };
         // The vec4 kernel reads whole 4x4 blocks, so every size, stride and offset it
         // touches must be a multiple of 4.
-        let aligned = [m, n, k, a.ld, b.ld, a.t.offset(), b.t.offset(), a.batch_stride, b.batch_stride]
-            .iter()
-            .all(|v| v % 4 == 0);
-        let (kernel, tile) = if aligned { (&MATMUL_VEC4_K, TILE_VEC4) } else { (&MATMUL_K, TILE_SCALAR) };
+        let aligned = [
+            m,
+            n,
+            k,
+            a.ld,
+            b.ld,
+            a.t.offset(),
+            b.t.offset(),
+            a.batch_stride,
+            b.batch_stride,
+        ]
+        .iter()
+        .all(|v| v % 4 == 0);
+        let (kernel, tile) = if aligned {
+            (&MATMUL_VEC4_K, TILE_VEC4)
+        } else {
+            (&MATMUL_K, TILE_SCALAR)
+        };
         let groups = [n.div_ceil(tile.1), m.div_ceil(tile.0), nbatch];
         let max_groups = dev.info().max_compute_workgroups_per_dimension as usize;
         if groups.iter().any(|&g| g > max_groups) {

@@ -57,7 +57,10 @@ pub(crate) fn strided_params(
     if shape.len() > MAX_RANK {
         return Err(Error::shape(
             op,
-            format!("rank {} exceeds the engine's maximum of {MAX_RANK} axes", shape.len()),
+            format!(
+                "rank {} exceeds the engine's maximum of {MAX_RANK} axes",
+                shape.len()
+            ),
         ));
     }
     let mut p = StridedParams {

@@ -19,12 +19,25 @@ enum Reduction {
 }
 
 impl Tensor {
-    fn reduce(&self, op: &'static str, kind: Reduction, axis: isize, keepdim: bool, scale: impl Fn(usize) -> f32) -> Result<Tensor> {
+    fn reduce(
+        &self,
+        op: &'static str,
+        kind: Reduction,
+        axis: isize,
+        keepdim: bool,
+        scale: impl Fn(usize) -> f32,
+    ) -> Result<Tensor> {
         self.expect_dtype(op, DType::F32)?;
         let ax = normalize_axis(op, axis, self.shape())?;
         let n = self.shape()[ax];
         if n == 0 && !matches!(kind, Reduction::Sum) {
-            return Err(Error::shape(op, format!("cannot reduce the empty axis {axis} of shape {:?}", self.shape())));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "cannot reduce the empty axis {axis} of shape {:?}",
+                    self.shape()
+                ),
+            ));
         }
         let x = self.contiguous()?;
         let outer = numel(&x.shape()[..ax]);
@@ -48,7 +61,13 @@ impl Tensor {
             scale: scale(n),
             ..Default::default()
         };
-        x.device().dispatch(&REDUCE_K, &[kind as u32], &p, &[out.buffer(), x.buffer()], grid(x.device(), outer * inner));
+        x.device().dispatch(
+            &REDUCE_K,
+            &[kind as u32],
+            &p,
+            &[out.buffer(), x.buffer()],
+            grid(x.device(), outer * inner),
+        );
         Ok(out)
     }
 
@@ -91,7 +110,9 @@ impl Tensor {
     /// As [`Tensor::max`].
     pub fn var(&self, axis: isize, keepdim: bool, unbiased: bool) -> Result<Tensor> {
         let correction = if unbiased { 1.0 } else { 0.0 };
-        self.reduce("var", Reduction::Var, axis, keepdim, |n| 1.0 / (n as f32 - correction))
+        self.reduce("var", Reduction::Var, axis, keepdim, |n| {
+            1.0 / (n as f32 - correction)
+        })
     }
 
     /// Index of the largest element along an axis (the first on ties), as `U32`.

@@ -33,7 +33,13 @@ impl Tensor {
             x_offset: x.offset() as u32,
             ..Default::default()
         };
-        x.device().dispatch(&SOFTMAX_K, &[], &p, &[out.buffer(), x.buffer()], grid(x.device(), rows));
+        x.device().dispatch(
+            &SOFTMAX_K,
+            &[],
+            &p,
+            &[out.buffer(), x.buffer()],
+            grid(x.device(), rows),
+        );
         Ok(out)
     }
 
@@ -52,14 +58,26 @@ impl Tensor {
     ///
     /// # Errors
     /// As [`Tensor::layer_norm`].
-    pub fn layer_norm_with_stats(&self, weight: &Tensor, bias: &Tensor, eps: f32) -> Result<(Tensor, Tensor)> {
+    pub fn layer_norm_with_stats(
+        &self,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor)> {
         let op = "layer_norm";
         let (rows, cols) = self.rows_cols(op)?;
         for (name, t) in [("weight", weight), ("bias", bias)] {
             t.expect_dtype(op, DType::F32)?;
             self.expect_same_device(op, t)?;
             if t.shape() != [cols] {
-                return Err(Error::shape(op, format!("{name} of shape {:?} does not match the last axis of input {:?}", t.shape(), self.shape())));
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "{name} of shape {:?} does not match the last axis of input {:?}",
+                        t.shape(),
+                        self.shape()
+                    ),
+                ));
             }
         }
         let (x, w, b) = (self.contiguous()?, weight.contiguous()?, bias.contiguous()?);
@@ -78,7 +96,13 @@ impl Tensor {
             &LAYER_NORM_K,
             &[],
             &p,
-            &[out.buffer(), stats.buffer(), x.buffer(), w.buffer(), b.buffer()],
+            &[
+                out.buffer(),
+                stats.buffer(),
+                x.buffer(),
+                w.buffer(),
+                b.buffer(),
+            ],
             grid(x.device(), rows),
         );
         Ok((out, stats))
@@ -98,10 +122,20 @@ impl Tensor {
         targets.expect_dtype(op, DType::U32)?;
         self.expect_same_device(op, targets)?;
         if self.rank() != 2 || targets.shape() != [self.shape()[0]] {
-            return Err(Error::shape(op, format!("needs logits (N, C) and targets (N,), got {:?} and {:?}", self.shape(), targets.shape())));
+            return Err(Error::shape(
+                op,
+                format!(
+                    "needs logits (N, C) and targets (N,), got {:?} and {:?}",
+                    self.shape(),
+                    targets.shape()
+                ),
+            ));
         }
         if !(0.0..=1.0).contains(&label_smoothing) {
-            return Err(Error::shape(op, format!("label smoothing must be in [0, 1], got {label_smoothing}")));
+            return Err(Error::shape(
+                op,
+                format!("label smoothing must be in [0, 1], got {label_smoothing}"),
+            ));
         }
         let (x, t) = (self.contiguous()?, targets.contiguous()?);
         let rows = x.shape()[0];
@@ -140,7 +174,13 @@ impl Tensor {
             x_offset: x.offset() as u32,
             ..Default::default()
         };
-        x.device().dispatch(&ARGSORT_K, &[descending as u32], &p, &[out.buffer(), x.buffer()], grid(x.device(), rows));
+        x.device().dispatch(
+            &ARGSORT_K,
+            &[descending as u32],
+            &p,
+            &[out.buffer(), x.buffer()],
+            grid(x.device(), rows),
+        );
         Ok(out)
     }
 }

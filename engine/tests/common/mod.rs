@@ -10,10 +10,14 @@ pub fn dev() -> Device {
 
 /// Deterministic host data in [-2, 2): a small LCG, so tests need no RNG crate.
 pub fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
         })
         .collect()
@@ -37,12 +41,17 @@ pub fn assert_close(got: &[f32], want: &[f32], atol: f32, rtol: f32, what: &str)
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let same_nan = g.is_nan() && w.is_nan();
         let same_inf = g.is_infinite() && g == w;
+        // NaN errors count as failures, hence `within` rather than `err > 0`.
         let err = (g - w).abs() - (atol + rtol * w.abs());
-        if !same_nan && !same_inf && !(err <= 0.0) && worst.is_none_or(|(_, e)| err > e) {
+        let within = err <= 0.0;
+        if !same_nan && !same_inf && !within && worst.is_none_or(|(_, e)| err.is_nan() || err > e) {
             worst = Some((i, err));
         }
     }
     if let Some((i, _)) = worst {
-        panic!("{what}: element {i}: got {}, want {} (atol {atol}, rtol {rtol})", got[i], want[i]);
+        panic!(
+            "{what}: element {i}: got {}, want {} (atol {atol}, rtol {rtol})",
+            got[i], want[i]
+        );
     }
 }
