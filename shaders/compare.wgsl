@@ -20,16 +20,13 @@ fn compare_op(x: f32, y: f32) -> bool {
 }
 
 @compute @workgroup_size(64)
-fn compare(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-           @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid);
-    if (i >= p.numel) {
-        return;
+fn compare(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var i = gid.x; i < p.numel; i += nwg.x * WG) {
+        let o = strided_offsets(i);
+        var y = p.scalar;
+        if (!B_SCALAR) {
+            y = b[o.z];
+        }
+        out[o.x] = select(0u, 1u, compare_op(a[o.y], y));
     }
-    let o = strided_offsets(i);
-    var y = p.scalar;
-    if (!B_SCALAR) {
-        y = b[o.z];
-    }
-    out[o.x] = select(0u, 1u, compare_op(a[o.y], y));
 }

@@ -15,7 +15,8 @@ struct Params {
     _pad1: u32,
 }
 
-const WG: u32 = 64u;
+// Invocations per workgroup, a power of two up to 64 chosen by the host per adapter.
+override WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
@@ -23,7 +24,7 @@ const WG: u32 = 64u;
 @group(0) @binding(3) var<storage, read> targets: array<u32>;
 @group(0) @binding(4) var<storage, read_write> status: array<atomic<u32>, 4>;
 
-var<workgroup> red: array<f32, WG>;
+var<workgroup> red: array<f32, 64>;
 
 fn reduce(lid: u32, v: f32, is_max: bool) -> f32 {
     red[lid] = v;
@@ -57,7 +58,7 @@ fn report(idx: u32) {
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn cross_entropy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                  @builtin(local_invocation_index) lid: u32) {
     let row = wid.y * nwg.x + wid.x;

@@ -88,31 +88,25 @@ fn binary_op(x: f32, y: f32) -> f32 {
 }
 
 @compute @workgroup_size(64)
-fn unary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-         @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid);
-    if (i >= p.numel) {
-        return;
+fn unary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var i = gid.x; i < p.numel; i += nwg.x * WG) {
+        if (CONTIG) {
+            out[p.offsets.x + i] = unary_op(a[p.offsets.y + i]);
+            continue;
+        }
+        let o = strided_offsets(i);
+        out[o.x] = unary_op(a[o.y]);
     }
-    if (CONTIG) {
-        out[p.offsets.x + i] = unary_op(a[p.offsets.y + i]);
-        return;
-    }
-    let o = strided_offsets(i);
-    out[o.x] = unary_op(a[o.y]);
 }
 
 @compute @workgroup_size(64)
-fn binary(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid);
-    if (i >= p.numel) {
-        return;
+fn binary(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var i = gid.x; i < p.numel; i += nwg.x * WG) {
+        if (CONTIG) {
+            out[p.offsets.x + i] = binary_op(a[p.offsets.y + i], b[p.offsets.z + i]);
+            continue;
+        }
+        let o = strided_offsets(i);
+        out[o.x] = binary_op(a[o.y], b[o.z]);
     }
-    if (CONTIG) {
-        out[p.offsets.x + i] = binary_op(a[p.offsets.y + i], b[p.offsets.z + i]);
-        return;
-    }
-    let o = strided_offsets(i);
-    out[o.x] = binary_op(a[o.y], b[o.z]);
 }

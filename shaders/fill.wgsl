@@ -9,20 +9,18 @@ struct Params {
 }
 
 override OP: u32;
+const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
 
 @compute @workgroup_size(64)
-fn fill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * 64u + lid;
-    if (i >= p.numel) {
-        return;
-    }
-    switch OP {
-        case 1u: { out[i] = bitcast<u32>(p.start + f32(i) * p.step); }
-        case 2u: { out[i] = u32(p.start) + i; }
-        default: { out[i] = bitcast<u32>(p.start); }
+fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var i = gid.x; i < p.numel; i += nwg.x * WG) {
+        switch OP {
+            case 1u: { out[i] = bitcast<u32>(p.start + f32(i) * p.step); }
+            case 2u: { out[i] = u32(p.start) + i; }
+            default: { out[i] = bitcast<u32>(p.start); }
+        }
     }
 }

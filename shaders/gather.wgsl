@@ -24,18 +24,15 @@ fn report(idx: u32) {
 }
 
 @compute @workgroup_size(64)
-fn gather(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid);
-    if (i >= p.numel) {
-        return;
+fn gather(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var i = gid.x; i < p.numel; i += nwg.x * WG) {
+        let o = strided_offsets(i);
+        let idx = index[o.z];
+        if (idx >= p.axis_size) {
+            report(idx);
+            out[o.x] = 0u;
+            continue;
+        }
+        out[o.x] = x[o.y + idx * p.axis_stride];
     }
-    let o = strided_offsets(i);
-    let idx = index[o.z];
-    if (idx >= p.axis_size) {
-        report(idx);
-        out[o.x] = 0u;
-        return;
-    }
-    out[o.x] = x[o.y + idx * p.axis_stride];
 }

@@ -16,6 +16,7 @@ struct Params {
 
 // OP 0: uniform on [a, b). OP 1: normal with mean a and std b (Box-Muller).
 override OP: u32;
+const WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
@@ -44,29 +45,23 @@ fn unit(w: u32) -> f32 {
 }
 
 @compute @workgroup_size(64)
-fn random(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * 64u + lid;
-    if (i >= p.numel) {
-        return;
-    }
-    if (OP == 0u) {
-        out[i] = p.a + (p.b - p.a) * unit(word(i, 0u));
-    } else {
-        let u1 = 1.0 - unit(word(i, 0u)); // (0, 1]: log stays finite
-        let u2 = unit(word(i, 1u));
-        out[i] = p.a + p.b * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+fn random(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var i = gid.x; i < p.numel; i += nwg.x * WG) {
+        if (OP == 0u) {
+            out[i] = p.a + (p.b - p.a) * unit(word(i, 0u));
+        } else {
+            let u1 = 1.0 - unit(word(i, 0u)); // (0, 1]: log stays finite
+            let u2 = unit(word(i, 1u));
+            out[i] = p.a + p.b * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+        }
     }
 }
 
 // Inverted dropout: keep an element with probability 1 - p.a and scale it by p.b.
 @compute @workgroup_size(64)
-fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-           @builtin(local_invocation_index) lid: u32) {
-    let i = (wid.y * nwg.x + wid.x) * 64u + lid;
-    if (i >= p.numel) {
-        return;
+fn dropout(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var i = gid.x; i < p.numel; i += nwg.x * WG) {
+        let keep = unit(word(i, 0u)) >= p.a;
+        out[i] = select(0.0, x[p.offset + i] * p.b, keep);
     }
-    let keep = unit(word(i, 0u)) >= p.a;
-    out[i] = select(0.0, x[p.offset + i] * p.b, keep);
 }

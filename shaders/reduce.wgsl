@@ -16,14 +16,15 @@ struct Params {
 }
 
 override OP: u32;
-const WG: u32 = 64u;
+// Invocations per workgroup, a power of two up to 64 chosen by the host per adapter.
+override WG: u32 = 64u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 
-var<workgroup> vals: array<f32, WG>;
-var<workgroup> idxs: array<u32, WG>;
+var<workgroup> vals: array<f32, 64>;
+var<workgroup> idxs: array<u32, 64>;
 
 // Does candidate (v, i) beat the current (w, j)? Ties go to the lower index.
 fn better(v: f32, i: u32, w: f32, j: u32) -> bool {
@@ -57,7 +58,7 @@ fn tree(lid: u32) {
     }
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let g = wid.y * nwg.x + wid.x;

@@ -6,12 +6,9 @@
 @group(0) @binding(4) var<storage, read> b: array<f32>;
 
 @compute @workgroup_size(64)
-fn where_select(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-          @builtin(local_invocation_index) lid: u32) {
-    let i = linear_index(wid, nwg, lid);
-    if (i >= p.numel) {
-        return;
+fn where_select(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    for (var i = gid.x; i < p.numel; i += nwg.x * WG) {
+        let o = strided_offsets(i);
+        out[o.x] = select(b[o.w], a[o.z], cond[o.y] != 0u);
     }
-    let o = strided_offsets(i);
-    out[o.x] = select(b[o.w], a[o.z], cond[o.y] != 0u);
 }

@@ -24,12 +24,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// Invocations per workgroup. The kernels walk the elements in a grid-stride loop
+// (i += WG * num_workgroups), so the host caps the number of workgroups: fewer, longer-lived
+// invocations cost less scheduling, above all on CPU drivers.
 const WG: u32 = 64u;
-
-// Element handled by this invocation. Dispatches of more than 65535 workgroups spill into y.
-fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * WG + lid;
-}
 
 // Buffer offsets of element `i` (row-major over p.shape) in the output and the three inputs.
 fn strided_offsets(i: u32) -> vec4<u32> {

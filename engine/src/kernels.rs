@@ -106,12 +106,12 @@ kernel!(GATHER_K: GATHER::"gather", [W, R, R, W], []);
 kernel!(FILL_K: FILL::"fill", [W], ["OP"]);
 kernel!(RANDOM_K: RANDOM::"random", [W], ["OP"]);
 kernel!(DROPOUT_K: RANDOM::"dropout", [W, R], []);
-kernel!(REDUCE_K: REDUCE::"reduce", [W, R], ["OP"]);
+kernel!(REDUCE_K: REDUCE::"reduce", [W, R], ["OP", "WG"]);
 kernel!(MATMUL_K: MATMUL::"matmul", [W, R, R], ["TRANS_A", "TRANS_B"]);
 kernel!(MATMUL_VEC4_K: MATMUL::"matmul_vec4", [W, R, R], ["TRANS_A", "TRANS_B"]);
-kernel!(SOFTMAX_K: SOFTMAX::"softmax", [W, R], []);
-kernel!(LAYER_NORM_K: LAYER_NORM::"layer_norm", [W, W, R, R, R], []);
-kernel!(CROSS_ENTROPY_K: CROSS_ENTROPY::"cross_entropy", [W, R, R, W], []);
+kernel!(SOFTMAX_K: SOFTMAX::"softmax", [W, R], ["WG"]);
+kernel!(LAYER_NORM_K: LAYER_NORM::"layer_norm", [W, W, R, R, R], ["WG"]);
+kernel!(CROSS_ENTROPY_K: CROSS_ENTROPY::"cross_entropy", [W, R, R, W], ["WG"]);
 kernel!(ARGSORT_K: ARGSORT::"argsort", [W, R], ["DESCENDING"]);
 
 /// A compiled kernel specialisation.

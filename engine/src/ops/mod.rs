@@ -19,6 +19,20 @@ use crate::tensor::Tensor;
 
 /// Invocations per workgroup of the 1-D kernels (elementwise, copy, fill, random).
 const WG: usize = 64;
+/// Most workgroups a grid-stride kernel is dispatched with: enough to fill a large GPU,
+/// few enough that CPU drivers do not pay for scheduling hundreds of thousands.
+const MAX_ELEMENTWISE_GROUPS: usize = 4096;
+
+/// Invocations per workgroup of the row kernels (one workgroup per row, tree reductions in
+/// workgroup memory). CPU drivers run 8 lanes as one SIMD vector and pay for every barrier,
+/// so a software adapter gets 8; GPUs get 64 (two warps, or one wavefront).
+pub(crate) fn row_workgroup(device: &Device) -> u32 {
+    if device.info().is_software() {
+        8
+    } else {
+        64
+    }
+}
 
 /// Workgroup counts for `groups` workgroups along one logical axis; past the per-dimension
 /// limit the rest spills into y (the kernels rebuild the linear id from `num_workgroups`).
@@ -79,7 +93,12 @@ pub(crate) fn strided_params(
     Ok(p)
 }
 
-/// Groups for one invocation per element of a 1-D kernel.
+/// Groups for a grid-stride kernel over `numel` elements: one invocation per element up to
+/// a cap, past which each invocation loops over several elements.
 pub(crate) fn elementwise_grid(device: &Device, numel: usize) -> [u32; 3] {
-    grid(device, numel.div_ceil(WG))
+    [
+        numel.div_ceil(WG).clamp(1, MAX_ELEMENTWISE_GROUPS) as u32,
+        1,
+        1,
+    ]
 }

@@ -1,7 +1,7 @@
 //! Reductions over one axis or over all elements: sum, mean, max, min, variance, argmax,
 //! argmin. The input is viewed as `(outer, n, inner)` around the reduced axis.
 
-use super::grid;
+use super::{grid, row_workgroup};
 use crate::error::{Error, Result};
 use crate::kernels::REDUCE_K;
 use crate::params::ReduceParams;
@@ -63,7 +63,7 @@ impl Tensor {
         };
         x.device().dispatch(
             &REDUCE_K,
-            &[kind as u32],
+            &[kind as u32, row_workgroup(x.device())],
             &p,
             &[out.buffer(), x.buffer()],
             grid(x.device(), outer * inner),
