@@ -29,7 +29,7 @@ impl Tensor {
             &[code],
             &p,
             &[out.buffer()],
-            elementwise_grid(device, out.numel()),
+            elementwise_grid(out.numel()),
         );
         Ok(out)
     }
@@ -105,7 +105,7 @@ impl Tensor {
             &[code],
             &p,
             &[out.buffer()],
-            elementwise_grid(device, out.numel()),
+            elementwise_grid(out.numel()),
         );
         Ok(out)
     }
@@ -185,7 +185,7 @@ impl Tensor {
             &[],
             &params,
             &[out.buffer(), x.buffer()],
-            elementwise_grid(x.device(), x.numel()),
+            elementwise_grid(x.numel()),
         );
         Ok(out)
     }

@@ -187,7 +187,7 @@ impl Tensor {
             &[op as u32, contig as u32],
             &p,
             &[out.buffer(), self.buffer()],
-            elementwise_grid(self.device(), out.numel()),
+            elementwise_grid(out.numel()),
         );
         Ok(out)
     }
@@ -218,7 +218,7 @@ impl Tensor {
             &[op as u32, contig as u32],
             &p,
             &[out.buffer(), self.buffer(), other.buffer()],
-            elementwise_grid(self.device(), out.numel()),
+            elementwise_grid(out.numel()),
         );
         Ok(out)
     }
@@ -321,7 +321,7 @@ impl Tensor {
             &[op as u32, 0],
             &p,
             &[out.buffer(), self.buffer(), other.buffer()],
-            elementwise_grid(self.device(), out.numel()),
+            elementwise_grid(out.numel()),
         );
         Ok(out)
     }
@@ -347,7 +347,7 @@ impl Tensor {
             &[op as u32, 1],
             &p,
             &[out.buffer(), self.buffer(), self.buffer()],
-            elementwise_grid(self.device(), out.numel()),
+            elementwise_grid(out.numel()),
         );
         Ok(out)
     }
@@ -400,7 +400,7 @@ impl Tensor {
                 on_true.buffer(),
                 on_false.buffer(),
             ],
-            elementwise_grid(cond.device(), out.numel()),
+            elementwise_grid(out.numel()),
         );
         Ok(out)
     }
@@ -444,7 +444,7 @@ impl Tensor {
             &[op],
             &p,
             &[dst.buffer(), self.buffer()],
-            elementwise_grid(self.device(), self.numel()),
+            elementwise_grid(self.numel()),
         );
         Ok(())
     }

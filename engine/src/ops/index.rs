@@ -95,7 +95,7 @@ impl Tensor {
                 index.buffer(),
                 dev.status_buffer(),
             ],
-            elementwise_grid(dev, out.numel()),
+            elementwise_grid(out.numel()),
         );
         Ok(out)
     }

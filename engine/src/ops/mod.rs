@@ -95,7 +95,7 @@ pub(crate) fn strided_params(
 
 /// Groups for a grid-stride kernel over `numel` elements: one invocation per element up to
 /// a cap, past which each invocation loops over several elements.
-pub(crate) fn elementwise_grid(device: &Device, numel: usize) -> [u32; 3] {
+pub(crate) fn elementwise_grid(numel: usize) -> [u32; 3] {
     [
         numel.div_ceil(WG).clamp(1, MAX_ELEMENTWISE_GROUPS) as u32,
         1,
