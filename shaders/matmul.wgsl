@@ -8,7 +8,7 @@
 // - `matmul_vec4` when m, n, k, strides and offsets are multiples of 4: each invocation
 //   computes a 16 x 8 block as eight 4x4 matrices, reading 4x4 blocks of A and B as vec4s
 //   (the workgroup covers 16 rows x 64 columns);
-// - `matmul` for any shape: each invocation computes a 4 x 4 block from scalar loads.
+// - `matmul` for any shape: each invocation computes a 16 x 8 block from scalar loads.
 // In both, the rows of a workgroup are shared by all its lanes, so A loads are uniform
 // (one read broadcast to every lane), and lanes own neighbouring columns.
 
@@ -132,66 +132,98 @@ fn matmul_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 
 // ---- scalar path, any shape. ----
 
-fn a_start(row: u32) -> u32 {
+fn a_start(row: vec4<u32>) -> vec4<u32> {
     return select(row * p.lda, row, TRANS_A);
 }
 
-fn b_start(col: u32) -> u32 {
+fn b_start(col: vec4<u32>) -> vec4<u32> {
     return select(col, col * p.ldb, TRANS_B);
 }
 
-fn store(base: u32, row: u32, col: u32, v: f32) {
-    if (row < p.m && col < p.n) {
-        out[base + row * p.n + col] = v;
-    }
+// A at four rows (start offsets `rows`) and one k; B at one k and four columns.
+fn a_rows(rows: vec4<u32>, ka: u32) -> vec4<f32> {
+    return vec4<f32>(a[rows.x + ka], a[rows.y + ka], a[rows.z + ka], a[rows.w + ka]);
 }
 
-fn store_row(base: u32, row: u32, col0: u32, v: vec4<f32>) {
-    store(base, row, col0, v.x);
-    store(base, row, col0 + LANES, v.y);
-    store(base, row, col0 + 2u * LANES, v.z);
-    store(base, row, col0 + 3u * LANES, v.w);
+fn b_cols(cols: vec4<u32>, kb: u32) -> vec4<f32> {
+    return vec4<f32>(b[cols.x + kb], b[cols.y + kb], b[cols.z + kb], b[cols.w + kb]);
+}
+
+// The outer product col * row^T: column j is col * row[j].
+fn outer(col: vec4<f32>, row: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(col * row.x, col * row.y, col * row.z, col * row.w);
+}
+
+// Column j of `acc` is output row `row + j` at columns col, col + LANES, ... col + 3 LANES.
+fn store_scalar_block(base: u32, row: u32, col: u32, acc: mat4x4<f32>) {
+    for (var j = 0u; j < 4u; j++) {
+        for (var i = 0u; i < 4u; i++) {
+            let r = row + j;
+            let c = col + i * LANES;
+            if (r < p.m && c < p.n) {
+                out[base + r * p.n + c] = acc[j][i];
+            }
+        }
+    }
 }
 
 @compute @workgroup_size(8)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let a_base = p.a_offset + wid.z * p.a_batch_stride;
     let b_base = p.b_offset + wid.z * p.b_batch_stride;
-    // A 4 x 32 tile: rows row0.., columns col0 + j * LANES for j = 0..3.
-    let row0 = wid.y * 4u;
-    let col0 = wid.x * LANES * 4u + lid;
-    let last_row = p.m - 1u;
-    let last_col = p.n - 1u;
-    let ra0 = a_base + a_start(min(row0, last_row));
-    let ra1 = a_base + a_start(min(row0 + 1u, last_row));
-    let ra2 = a_base + a_start(min(row0 + 2u, last_row));
-    let ra3 = a_base + a_start(min(row0 + 3u, last_row));
-    let cb0 = b_base + b_start(min(col0, last_col));
-    let cb1 = b_base + b_start(min(col0 + LANES, last_col));
-    let cb2 = b_base + b_start(min(col0 + 2u * LANES, last_col));
-    let cb3 = b_base + b_start(min(col0 + 3u * LANES, last_col));
+    // A 16 x 64 tile: rows row0 .. row0 + 15 in four quads; this lane's columns are
+    // col0 + i * LANES for i = 0..7, in two groups of four. Past the edge, loads are clamped
+    // and stores skipped.
+    let row0 = wid.y * 16u;
+    let col0 = wid.x * LANES * 8u + lid;
+    let quad = vec4<u32>(0u, 1u, 2u, 3u);
+    let last_row = vec4<u32>(p.m - 1u);
+    let last_col = vec4<u32>(p.n - 1u);
+    let rows0 = a_base + a_start(min(row0 + quad, last_row));
+    let rows1 = a_base + a_start(min(row0 + 4u + quad, last_row));
+    let rows2 = a_base + a_start(min(row0 + 8u + quad, last_row));
+    let rows3 = a_base + a_start(min(row0 + 12u + quad, last_row));
+    let cols0 = b_base + b_start(min(col0 + quad * LANES, last_col));
+    let cols1 = b_base + b_start(min(col0 + (4u + quad) * LANES, last_col));
     let a_step = select(1u, p.lda, TRANS_A);
     let b_step = select(p.ldb, 1u, TRANS_B);
 
-    var acc0 = vec4<f32>(0.0);
-    var acc1 = vec4<f32>(0.0);
-    var acc2 = vec4<f32>(0.0);
-    var acc3 = vec4<f32>(0.0);
+    var acc0_0 = mat4x4<f32>();
+    var acc0_1 = mat4x4<f32>();
+    var acc1_0 = mat4x4<f32>();
+    var acc1_1 = mat4x4<f32>();
+    var acc2_0 = mat4x4<f32>();
+    var acc2_1 = mat4x4<f32>();
+    var acc3_0 = mat4x4<f32>();
+    var acc3_1 = mat4x4<f32>();
     var ka = 0u;
     var kb = 0u;
     for (var kk = 0u; kk < p.k; kk++) {
-        let bv = vec4<f32>(b[cb0 + kb], b[cb1 + kb], b[cb2 + kb], b[cb3 + kb]);
-        acc0 += a[ra0 + ka] * bv;
-        acc1 += a[ra1 + ka] * bv;
-        acc2 += a[ra2 + ka] * bv;
-        acc3 += a[ra3 + ka] * bv;
+        let b0 = b_cols(cols0, kb);
+        let b1 = b_cols(cols1, kb);
+        let x0 = a_rows(rows0, ka);
+        acc0_0 += outer(b0, x0);
+        acc0_1 += outer(b1, x0);
+        let x1 = a_rows(rows1, ka);
+        acc1_0 += outer(b0, x1);
+        acc1_1 += outer(b1, x1);
+        let x2 = a_rows(rows2, ka);
+        acc2_0 += outer(b0, x2);
+        acc2_1 += outer(b1, x2);
+        let x3 = a_rows(rows3, ka);
+        acc3_0 += outer(b0, x3);
+        acc3_1 += outer(b1, x3);
         ka += a_step;
         kb += b_step;
     }
 
-    let out_base = wid.z * p.m * p.n;
-    store_row(out_base, row0, col0, acc0);
-    store_row(out_base, row0 + 1u, col0, acc1);
-    store_row(out_base, row0 + 2u, col0, acc2);
-    store_row(out_base, row0 + 3u, col0, acc3);
+    let base = wid.z * p.m * p.n;
+    store_scalar_block(base, row0, col0, acc0_0);
+    store_scalar_block(base, row0, col0 + 4u * LANES, acc0_1);
+    store_scalar_block(base, row0 + 4u, col0, acc1_0);
+    store_scalar_block(base, row0 + 4u, col0 + 4u * LANES, acc1_1);
+    store_scalar_block(base, row0 + 8u, col0, acc2_0);
+    store_scalar_block(base, row0 + 8u, col0 + 4u * LANES, acc2_1);
+    store_scalar_block(base, row0 + 12u, col0, acc3_0);
+    store_scalar_block(base, row0 + 12u, col0 + 4u * LANES, acc3_1);
 }

@@ -7,7 +7,7 @@ use crate::shape::{broadcast_shape, numel};
 use crate::tensor::{DType, Tensor};
 
 /// Output tile (rows, columns) of one workgroup of `matmul.wgsl`'s two entry points.
-const TILE_SCALAR: (usize, usize) = (4, 32);
+const TILE_SCALAR: (usize, usize) = (16, 64);
 const TILE_VEC4: (usize, usize) = (16, 64);
 
 /// How the kernel reads one operand: stored row-major (`trans = false`, row stride `ld`) or
