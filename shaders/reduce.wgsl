@@ -1,6 +1,9 @@
 // Reductions over the middle axis of a contiguous (outer, n, inner) view: one workgroup per
-// output element, each invocation folding a strided share of the n values, then a tree in
-// workgroup memory. OP 0 sum (times scale: 1, or 1/n for the mean), 1 max, 2 min,
+// output element and chunk of the axis, each invocation folding a strided share of the
+// chunk's values, then a tree in workgroup memory. With one chunk (chunk = n) this is the
+// whole reduction; long axes with few outputs are cut into chunks whose partial results,
+// laid out (outer, chunks, inner), the host reduces again.
+// OP 0 sum (times scale: 1, or 1/n for the mean), 1 max, 2 min,
 // 3 variance (two passes: mean, then squared deviations times scale = 1/(n - correction)),
 // 4 argmax and 5 argmin (u32 index of the first extreme element).
 
@@ -10,7 +13,7 @@ struct Params {
     inner: u32,
     offset: u32,
     scale: f32,
-    _pad0: u32,
+    chunk: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -62,17 +65,21 @@ fn tree(lid: u32) {
 fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let g = wid.y * nwg.x + wid.x;
-    if (g >= p.outer * p.inner) {
+    let chunks = max((p.n + p.chunk - 1u) / p.chunk, 1u);
+    if (g >= p.outer * chunks * p.inner) {
         return;
     }
-    let base = p.offset + (g / p.inner) * p.n * p.inner + g % p.inner;
-    let first = x[base];
-    var acc = first;
-    var best = 0u;
+    let o = g / (chunks * p.inner);
+    let c = (g / p.inner) % chunks;
+    let base = p.offset + o * p.n * p.inner + g % p.inner;
+    let start = c * p.chunk;
+    let end = min(start + p.chunk, p.n);
+    var acc = x[base + start * p.inner];
+    var best = start;
     if (OP == 0u || OP == 3u) {
         acc = 0.0;
     }
-    for (var j = lid; j < p.n; j += WG) {
+    for (var j = start + lid; j < end; j += WG) {
         let v = x[base + j * p.inner];
         if (OP >= 4u) {
             if (better(v, j, acc, best)) {
@@ -88,6 +95,7 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     workgroupBarrier();
     tree(lid);
     if (OP == 3u) {
+        // Variance is only launched with one chunk.
         let mean = vals[0] / f32(p.n);
         workgroupBarrier();
         var sq = 0.0;

@@ -99,7 +99,7 @@ uniform! {
         inner: u32,
         offset: u32,
         scale: f32,
-        _pad0: u32,
+        chunk: u32,
         _pad1: u32,
         _pad2: u32,
     }

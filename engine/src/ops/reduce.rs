@@ -8,6 +8,44 @@ use crate::params::ReduceParams;
 use crate::shape::{normalize_axis, numel};
 use crate::tensor::{DType, Tensor};
 
+/// Reductions with at most this many outputs over an axis of at least `SPLIT_MIN_AXIS`
+/// values run in two stages, over chunks of `SPLIT_MIN_CHUNK` values or more (at most
+/// `SPLIT_MAX_CHUNKS` of them).
+const SPLIT_MAX_OUTPUTS: usize = 64;
+const SPLIT_MIN_AXIS: usize = 8192;
+const SPLIT_MIN_CHUNK: usize = 2048;
+const SPLIT_MAX_CHUNKS: usize = 4096;
+
+/// Record one reduction of the contiguous `x`, viewed as `(outer, n, inner)`, over chunks of
+/// `chunk` values of the middle axis into `out` (`(outer, chunks, inner)` elements).
+fn reduce_kernel(
+    x: &Tensor,
+    out: &Tensor,
+    kind: Reduction,
+    (outer, n, inner): (usize, usize, usize),
+    chunk: usize,
+    scale: f32,
+) {
+    let p = ReduceParams {
+        outer: outer as u32,
+        n: n as u32,
+        inner: inner as u32,
+        offset: x.offset() as u32,
+        scale,
+        chunk: chunk as u32,
+        ..Default::default()
+    };
+    let groups = outer * n.div_ceil(chunk).max(1) * inner;
+    let dev = x.device();
+    dev.dispatch(
+        &REDUCE_K,
+        &[kind as u32, row_workgroup(dev)],
+        &p,
+        &[out.buffer(), x.buffer()],
+        grid(dev, groups),
+    );
+}
+
 #[derive(Clone, Copy)]
 enum Reduction {
     Sum = 0,
@@ -52,22 +90,27 @@ impl Tensor {
             Reduction::Argmax | Reduction::Argmin => DType::U32,
             _ => DType::F32,
         };
+        let splits = matches!(kind, Reduction::Sum | Reduction::Max | Reduction::Min);
+        if splits && outer * inner <= SPLIT_MAX_OUTPUTS && n >= SPLIT_MIN_AXIS {
+            // Few outputs over a long axis: one workgroup per output would leave the device
+            // idle, so reduce chunks in parallel first, then the partial results.
+            let chunk = SPLIT_MIN_CHUNK.max(n.div_ceil(SPLIT_MAX_CHUNKS));
+            let chunks = n.div_ceil(chunk);
+            let partial = Tensor::empty(x.device(), op, &[outer, chunks, inner], DType::F32)?;
+            reduce_kernel(&x, &partial, kind, (outer, n, inner), chunk, 1.0);
+            let out = Tensor::empty(x.device(), op, &shape, dtype)?;
+            reduce_kernel(
+                &partial,
+                &out,
+                kind,
+                (outer, chunks, inner),
+                chunks,
+                scale(n),
+            );
+            return Ok(out);
+        }
         let out = Tensor::empty(x.device(), op, &shape, dtype)?;
-        let p = ReduceParams {
-            outer: outer as u32,
-            n: n as u32,
-            inner: inner as u32,
-            offset: x.offset() as u32,
-            scale: scale(n),
-            ..Default::default()
-        };
-        x.device().dispatch(
-            &REDUCE_K,
-            &[kind as u32, row_workgroup(x.device())],
-            &p,
-            &[out.buffer(), x.buffer()],
-            grid(x.device(), outer * inner),
-        );
+        reduce_kernel(&x, &out, kind, (outer, n, inner), n.max(1), scale(n));
         Ok(out)
     }
 
