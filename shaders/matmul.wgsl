@@ -6,8 +6,8 @@
 // Two entry points, both register-blocked with workgroups of 8 invocations (one SIMD
 // vector on CPU drivers such as lavapipe, which run the lanes of a workgroup together):
 // - `matmul_vec4` when m, n, k, strides and offsets are multiples of 4: each invocation
-//   computes a 16 x 8 block as eight 4x4 matrices, reading 4x4 blocks of A and B as vec4s
-//   (the workgroup covers 16 rows x 64 columns);
+//   computes a 16 x 16 block as sixteen 4x4 matrices, reading 4x4 blocks of A and B as
+//   vec4s (the workgroup covers 16 rows x 128 columns);
 // - `matmul` for any shape: each invocation computes a 16 x 8 block from scalar loads.
 // In both, the rows of a workgroup are shared by all its lanes, so A loads are uniform
 // (one read broadcast to every lane), and lanes own neighbouring columns.
@@ -84,50 +84,78 @@ fn store_block(base: u32, q: u32, c: u32, acc: mat4x4<f32>) {
 fn matmul_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let a_base = (p.a_offset + wid.z * p.a_batch_stride) / 4u;
     let b_base = (p.b_offset + wid.z * p.b_batch_stride) / 4u;
-    // Row quads q0 .. q0 + 3 (16 rows); column quads c0 and c0 + LANES. Past the edge,
-    // loads are clamped to the last quad and stores skipped. acc{r}_{g} is the 4x4 block of
-    // row quad q0 + r and column quad c0 + g * LANES; column j of it is one output row.
+    // Row quads q0 .. q0 + 3 (16 rows); column quads c0 + g * LANES for g = 0..3. Past the
+    // edge, loads are clamped to the last quad and stores skipped. acc{r}_{g} is the 4x4
+    // block of row quad q0 + r and column quad c0 + g * LANES; column j of it is one row.
     let q0 = wid.y * 4u;
-    let c0 = wid.x * 2u * LANES + lid;
+    let c0 = wid.x * 4u * LANES + lid;
     let last_q = p.m / 4u - 1u;
     let last_c = p.n / 4u - 1u;
     let c0c = min(c0, last_c);
     let c1c = min(c0 + LANES, last_c);
+    let c2c = min(c0 + 2u * LANES, last_c);
+    let c3c = min(c0 + 3u * LANES, last_c);
     var acc0_0 = mat4x4<f32>();
     var acc0_1 = mat4x4<f32>();
+    var acc0_2 = mat4x4<f32>();
+    var acc0_3 = mat4x4<f32>();
     var acc1_0 = mat4x4<f32>();
     var acc1_1 = mat4x4<f32>();
+    var acc1_2 = mat4x4<f32>();
+    var acc1_3 = mat4x4<f32>();
     var acc2_0 = mat4x4<f32>();
     var acc2_1 = mat4x4<f32>();
+    var acc2_2 = mat4x4<f32>();
+    var acc2_3 = mat4x4<f32>();
     var acc3_0 = mat4x4<f32>();
     var acc3_1 = mat4x4<f32>();
+    var acc3_2 = mat4x4<f32>();
+    var acc3_3 = mat4x4<f32>();
     let k4 = p.k / 4u;
     for (var kq = 0u; kq < k4; kq++) {
         // (B block) * (A block): column j gains sum_i B[:, i] * A[i, j].
         let kb0 = b_block(b_base, kq, c0c);
         let kb1 = b_block(b_base, kq, c1c);
+        let kb2 = b_block(b_base, kq, c2c);
+        let kb3 = b_block(b_base, kq, c3c);
         let r0 = a_block(a_base, min(q0, last_q), kq);
         acc0_0 += kb0 * r0;
         acc0_1 += kb1 * r0;
+        acc0_2 += kb2 * r0;
+        acc0_3 += kb3 * r0;
         let r1 = a_block(a_base, min(q0 + 1u, last_q), kq);
         acc1_0 += kb0 * r1;
         acc1_1 += kb1 * r1;
+        acc1_2 += kb2 * r1;
+        acc1_3 += kb3 * r1;
         let r2 = a_block(a_base, min(q0 + 2u, last_q), kq);
         acc2_0 += kb0 * r2;
         acc2_1 += kb1 * r2;
+        acc2_2 += kb2 * r2;
+        acc2_3 += kb3 * r2;
         let r3 = a_block(a_base, min(q0 + 3u, last_q), kq);
         acc3_0 += kb0 * r3;
         acc3_1 += kb1 * r3;
+        acc3_2 += kb2 * r3;
+        acc3_3 += kb3 * r3;
     }
     let base = wid.z * p.m * p.n / 4u;
     store_block(base, q0, c0, acc0_0);
     store_block(base, q0, c0 + LANES, acc0_1);
+    store_block(base, q0, c0 + 2u * LANES, acc0_2);
+    store_block(base, q0, c0 + 3u * LANES, acc0_3);
     store_block(base, q0 + 1u, c0, acc1_0);
     store_block(base, q0 + 1u, c0 + LANES, acc1_1);
+    store_block(base, q0 + 1u, c0 + 2u * LANES, acc1_2);
+    store_block(base, q0 + 1u, c0 + 3u * LANES, acc1_3);
     store_block(base, q0 + 2u, c0, acc2_0);
     store_block(base, q0 + 2u, c0 + LANES, acc2_1);
+    store_block(base, q0 + 2u, c0 + 2u * LANES, acc2_2);
+    store_block(base, q0 + 2u, c0 + 3u * LANES, acc2_3);
     store_block(base, q0 + 3u, c0, acc3_0);
     store_block(base, q0 + 3u, c0 + LANES, acc3_1);
+    store_block(base, q0 + 3u, c0 + 2u * LANES, acc3_2);
+    store_block(base, q0 + 3u, c0 + 3u * LANES, acc3_3);
 }
 
 // ---- scalar path, any shape. ----

@@ -8,7 +8,7 @@ use crate::tensor::{DType, Tensor};
 
 /// Output tile (rows, columns) of one workgroup of `matmul.wgsl`'s two entry points.
 const TILE_SCALAR: (usize, usize) = (16, 64);
-const TILE_VEC4: (usize, usize) = (16, 64);
+const TILE_VEC4: (usize, usize) = (16, 128);
 
 /// How the kernel reads one operand: stored row-major (`trans = false`, row stride `ld`) or
 /// stored transposed (`trans = true`, column stride `ld`), and the stride between batches.
