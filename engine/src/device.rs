@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     recorder: Mutex<Recorder>,
     /// Four words a kernel writes when it meets a bad index: op code, index, axis size.
     status: wgpu::Buffer,
+    /// Invocations per workgroup of the row kernels.
+    row_workgroup: u32,
 }
 
 /// Commands recorded but not yet submitted.
@@ -126,6 +128,18 @@ impl Device {
             }
         }
         let adapter = choose_adapter(adapters)?;
+        let row_workgroup = match std::env::var("ENGINE_ROW_WORKGROUP") {
+            Err(_) if adapter.get_info().device_type == wgpu::DeviceType::Cpu => 8,
+            Err(_) => 64,
+            Ok(v) => match v.parse() {
+                Ok(n @ (8 | 16 | 32 | 64)) => n,
+                _ => {
+                    return Err(Error::Device(format!(
+                        "ENGINE_ROW_WORKGROUP={v:?}: expected 8, 16, 32 or 64"
+                    )))
+                }
+            },
+        };
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("engine"),
@@ -181,6 +195,7 @@ impl Device {
                     submissions: 0,
                 }),
                 status,
+                row_workgroup,
             }),
         })
     }
@@ -201,6 +216,13 @@ impl Device {
     /// The adapter and the limits in use.
     pub fn info(&self) -> &DeviceInfo {
         &self.inner.info
+    }
+
+    /// Invocations per workgroup of the row kernels (softmax, layer norm, cross-entropy,
+    /// reductions): 8 on a CPU adapter, whose driver runs 8 lanes as one SIMD vector and pays
+    /// for every barrier, 64 on a GPU; `ENGINE_ROW_WORKGROUP` (8, 16, 32 or 64) overrides it.
+    pub fn row_workgroup(&self) -> u32 {
+        self.inner.row_workgroup
     }
 
     /// Memory figures of the buffer pool.

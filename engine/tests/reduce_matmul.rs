@@ -117,18 +117,32 @@ fn whole_tensor_reductions_and_ties() {
 #[test]
 fn long_axes_reduce_in_two_stages() {
     // Few outputs over long axes take the chunked path; odd lengths leave a partial chunk.
-    for (shape, axis) in [(&[100_003usize][..], 0usize), (&[3, 20_001], 1), (&[20_001, 2], 0)] {
+    for (shape, axis) in [
+        (&[100_003usize][..], 0usize),
+        (&[3, 20_001], 1),
+        (&[20_001, 2], 0),
+    ] {
         let (x, hx) = rand_tensor(shape, 77);
         for (name, how, got) in [
             ("sum", Reduce::Sum, x.sum(axis as isize, false).unwrap()),
             ("mean", Reduce::Mean, x.mean(axis as isize, false).unwrap()),
             ("max", Reduce::Max, x.max(axis as isize, false).unwrap()),
             ("min", Reduce::Min, x.min(axis as isize, false).unwrap()),
-            ("var", Reduce::Var(true), x.var(axis as isize, false, true).unwrap()),
+            (
+                "var",
+                Reduce::Var(true),
+                x.var(axis as isize, false, true).unwrap(),
+            ),
         ] {
             let (want, _) = reference::reduce(&hx, shape, axis, how);
             // f32 sums of 1e5 values in [-2, 2): absolute error of a few 1e-3 at most.
-            assert_close(&got.to_vec().unwrap(), &want, 5e-3, 1e-5, &format!("{name} {shape:?}"));
+            assert_close(
+                &got.to_vec().unwrap(),
+                &want,
+                5e-3,
+                1e-5,
+                &format!("{name} {shape:?}"),
+            );
         }
     }
 }

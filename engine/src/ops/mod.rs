@@ -23,17 +23,6 @@ const WG: usize = 64;
 /// few enough that CPU drivers do not pay for scheduling hundreds of thousands.
 const MAX_ELEMENTWISE_GROUPS: usize = 4096;
 
-/// Invocations per workgroup of the row kernels (one workgroup per row, tree reductions in
-/// workgroup memory). CPU drivers run 8 lanes as one SIMD vector and pay for every barrier,
-/// so a software adapter gets 8; GPUs get 64 (two warps, or one wavefront).
-pub(crate) fn row_workgroup(device: &Device) -> u32 {
-    if device.info().is_software() {
-        8
-    } else {
-        64
-    }
-}
-
 /// Workgroup counts for `groups` workgroups along one logical axis; past the per-dimension
 /// limit the rest spills into y (the kernels rebuild the linear id from `num_workgroups`).
 pub(crate) fn grid(device: &Device, groups: usize) -> [u32; 3] {

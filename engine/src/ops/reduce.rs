@@ -1,7 +1,7 @@
 //! Reductions over one axis or over all elements: sum, mean, max, min, variance, argmax,
 //! argmin. The input is viewed as `(outer, n, inner)` around the reduced axis.
 
-use super::{grid, row_workgroup};
+use super::grid;
 use crate::error::{Error, Result};
 use crate::kernels::REDUCE_K;
 use crate::params::ReduceParams;
@@ -39,7 +39,7 @@ fn reduce_kernel(
     let dev = x.device();
     dev.dispatch(
         &REDUCE_K,
-        &[kind as u32, row_workgroup(dev)],
+        &[kind as u32, dev.row_workgroup()],
         &p,
         &[out.buffer(), x.buffer()],
         grid(dev, groups),

@@ -1,7 +1,7 @@
 //! Fused kernels over the last axis, one workgroup per row: softmax, layer norm,
 //! cross-entropy with logits, argsort.
 
-use super::{grid, row_workgroup};
+use super::grid;
 use crate::error::{Error, Result};
 use crate::kernels::{ARGSORT_K, CROSS_ENTROPY_K, LAYER_NORM_K, SOFTMAX_K};
 use crate::params::RowParams;
@@ -35,7 +35,7 @@ impl Tensor {
         };
         x.device().dispatch(
             &SOFTMAX_K,
-            &[row_workgroup(x.device())],
+            &[x.device().row_workgroup()],
             &p,
             &[out.buffer(), x.buffer()],
             grid(x.device(), rows),
@@ -94,7 +94,7 @@ impl Tensor {
         };
         x.device().dispatch(
             &LAYER_NORM_K,
-            &[row_workgroup(x.device())],
+            &[x.device().row_workgroup()],
             &p,
             &[
                 out.buffer(),
@@ -151,7 +151,7 @@ impl Tensor {
         let dev = x.device();
         dev.dispatch(
             &CROSS_ENTROPY_K,
-            &[row_workgroup(dev)],
+            &[dev.row_workgroup()],
             &p,
             &[out.buffer(), x.buffer(), t.buffer(), dev.status_buffer()],
             grid(dev, rows),
