@@ -10,19 +10,23 @@ use std::time::Instant;
 
 use engine::{Device, Tensor};
 
-/// Run `f` (which records work) until at least `min_s` seconds or `min_iters` runs have
-/// passed, waiting for the GPU each time; returns milliseconds per run.
-fn time_ms(dev: &Device, min_iters: usize, min_s: f64, mut f: impl FnMut()) -> f64 {
+/// Wall-clock milliseconds of one run of `f` (which records work), GPU wait included.
+/// Runs until at least `min_iters` runs and `min_s` seconds have passed, after a warm-up
+/// run (pipelines compiled, buffers pooled), and returns the median and the fastest run:
+/// on a shared machine the median shows typical speed and the minimum what the code can do.
+fn time_ms(dev: &Device, min_iters: usize, min_s: f64, mut f: impl FnMut()) -> (f64, f64) {
     f();
-    dev.synchronize().unwrap(); // warm-up: pipelines compiled, buffers pooled
+    dev.synchronize().unwrap();
     let start = Instant::now();
-    let mut iters = 0;
-    while iters < min_iters || start.elapsed().as_secs_f64() < min_s {
+    let mut runs = Vec::new();
+    while runs.len() < min_iters || start.elapsed().as_secs_f64() < min_s {
+        let t = Instant::now();
         f();
         dev.synchronize().unwrap();
-        iters += 1;
+        runs.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    start.elapsed().as_secs_f64() * 1e3 / iters as f64
+    runs.sort_by(f64::total_cmp);
+    (runs[runs.len() / 2], runs[0])
 }
 
 fn matmul_line(dev: &Device, batch: usize, m: usize, k: usize, n: usize, trans_b: bool) {
@@ -32,17 +36,18 @@ fn matmul_line(dev: &Device, batch: usize, m: usize, k: usize, n: usize, trans_b
     } else {
         Tensor::rand(dev, &[batch, k, n], 2).unwrap()
     };
-    let ms = time_ms(dev, 3, 1.0, || {
+    let (ms, best_ms) = time_ms(dev, 5, 2.0, || {
         a.matmul(&b).unwrap();
     });
-    let gflops = 2.0 * (batch * m * k * n) as f64 / (ms * 1e-3) / 1e9;
+    let flop = 2.0 * (batch * m * k * n) as f64;
+    let (gflops, best_gflops) = (flop / (ms * 1e-3) / 1e9, flop / (best_ms * 1e-3) / 1e9);
     let shape = if batch == 1 {
         format!("[{m},{k},{n}]")
     } else {
         format!("[{batch},{m},{k},{n}]")
     };
     println!(
-        r#"{{"op":"matmul","shape":{shape},"trans_b":{trans_b},"ms":{ms:.3},"gflops":{gflops:.2}}}"#
+        r#"{{"op":"matmul","shape":{shape},"trans_b":{trans_b},"ms":{ms:.3},"gflops":{gflops:.2},"best_ms":{best_ms:.3},"best_gflops":{best_gflops:.2}}}"#
     );
 }
 
@@ -55,11 +60,22 @@ fn dispatch_overhead(dev: &Device, chain: usize) {
         }
         assert_eq!(y.to_vec().unwrap()[0], chain as f32);
     };
+    // Engine and raw runs alternate, five each, so both see the same machine load; the
+    // medians are compared.
     run();
-    let start = Instant::now();
-    run();
-    let engine_us = start.elapsed().as_secs_f64() * 1e6 / chain as f64;
-    let raw_us = raw::chain_us_per_op(chain);
+    let raw = raw::Chain::new(chain);
+    let (mut engine_runs, mut raw_runs) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let start = Instant::now();
+        run();
+        engine_runs.push(start.elapsed().as_secs_f64() * 1e6 / chain as f64);
+        raw_runs.push(raw.us_per_op());
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (engine_us, raw_us) = (median(engine_runs), median(raw_runs));
     println!(
         r#"{{"op":"dispatch_overhead","chain":{chain},"us_per_op":{engine_us:.2},"raw_wgpu_us_per_op":{raw_us:.2},"ratio":{:.2}}}"#,
         engine_us / raw_us
@@ -94,20 +110,21 @@ fn main() {
     let w = Tensor::ones(&dev, &[768]).unwrap();
     let b = Tensor::zeros(&dev, &[768]).unwrap();
     let bytes = (2 * 1576 * 768 * 4) as f64;
-    let ms = time_ms(&dev, 10, 0.5, || {
-        x.softmax().unwrap();
-    });
-    println!(
-        r#"{{"op":"softmax","shape":[1576,768],"ms":{ms:.3},"gb_per_s":{:.2}}}"#,
-        bytes / (ms * 1e-3) / 1e9
-    );
-    let ms = time_ms(&dev, 10, 0.5, || {
-        x.layer_norm(&w, &b, 1e-6).unwrap();
-    });
-    println!(
-        r#"{{"op":"layer_norm","shape":[1576,768],"ms":{ms:.3},"gb_per_s":{:.2}}}"#,
-        bytes / (ms * 1e-3) / 1e9
-    );
+    let row_ops: [(&str, &dyn Fn()); 2] = [
+        ("softmax", &|| {
+            x.softmax().unwrap();
+        }),
+        ("layer_norm", &|| {
+            x.layer_norm(&w, &b, 1e-6).unwrap();
+        }),
+    ];
+    for (op, f) in row_ops {
+        let (ms, best_ms) = time_ms(&dev, 10, 0.5, f);
+        let gb_per_s = bytes / (ms * 1e-3) / 1e9;
+        println!(
+            r#"{{"op":"{op}","shape":[1576,768],"ms":{ms:.3},"gb_per_s":{gb_per_s:.2},"best_ms":{best_ms:.3}}}"#
+        );
+    }
 
     dispatch_overhead(&dev, 10_000);
     let stats = dev.pool_stats();
@@ -125,81 +142,107 @@ fn main() {
 mod raw {
     use std::time::Instant;
 
-    pub fn chain_us_per_op(chain: usize) -> f64 {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            ..Default::default()
-        }))
-        .expect("adapter");
-        let (device, queue) =
-            pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
-                .expect("device");
-        let shader = engine::kernels::ALL_SHADERS
-            .iter()
-            .find(|s| s.file == "elementwise.wgsl")
-            .unwrap();
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: None,
-            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-        });
-        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: None,
-            layout: None,
-            module: &module,
-            entry_point: Some("unary"),
-            compilation_options: wgpu::PipelineCompilationOptions {
-                constants: &[("OP", 10.0), ("CONTIG", 1.0)],
-                zero_initialize_workgroup_memory: false,
-            },
-            cache: None,
-        });
-        // StridedParams: numel 64, rank 1, scalar 1.0 (add_scalar), zero offsets.
-        let mut params = [0u8; 208];
-        params[0..4].copy_from_slice(&64u32.to_le_bytes());
-        params[4..8].copy_from_slice(&1u32.to_le_bytes());
-        params[8..12].copy_from_slice(&1.0f32.to_le_bytes());
-        let uniform = device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: 256,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        queue.write_buffer(&uniform, 0, &params);
-        let storage = || {
-            device.create_buffer(&wgpu::BufferDescriptor {
+    pub struct Chain {
+        chain: usize,
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        pipeline: wgpu::ComputePipeline,
+        uniform: wgpu::Buffer,
+        bufs: [wgpu::Buffer; 2],
+        staging: wgpu::Buffer,
+    }
+
+    impl Chain {
+        pub fn new(chain: usize) -> Chain {
+            let instance = wgpu::Instance::new(
+                wgpu::InstanceDescriptor::new_without_display_handle_from_env(),
+            );
+            let adapter =
+                pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                    power_preference: wgpu::PowerPreference::HighPerformance,
+                    ..Default::default()
+                }))
+                .expect("adapter");
+            let (device, queue) =
+                pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default()))
+                    .expect("device");
+            let shader = engine::kernels::ALL_SHADERS
+                .iter()
+                .find(|s| s.file == "elementwise.wgsl")
+                .unwrap();
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: None,
+                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: None,
+                layout: None,
+                module: &module,
+                entry_point: Some("unary"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[("OP", 10.0), ("CONTIG", 1.0)],
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+            // StridedParams: numel 64, rank 1, scalar 1.0 (add_scalar), zero offsets.
+            let mut params = [0u8; 208];
+            params[0..4].copy_from_slice(&64u32.to_le_bytes());
+            params[4..8].copy_from_slice(&1u32.to_le_bytes());
+            params[8..12].copy_from_slice(&1.0f32.to_le_bytes());
+            let uniform = device.create_buffer(&wgpu::BufferDescriptor {
                 label: None,
                 size: 256,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
+                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
                 mapped_at_creation: false,
-            })
-        };
-        let bufs = [storage(), storage()];
-        queue.write_buffer(&bufs[0], 0, &[0u8; 256]);
-        let staging = device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: 256,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let layout = pipeline.get_bind_group_layout(0);
-        let run = || {
-            let mut encoder = device.create_command_encoder(&Default::default());
+            });
+            queue.write_buffer(&uniform, 0, &params);
+            let storage = || {
+                device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: 256,
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            };
+            let bufs = [storage(), storage()];
+            let staging = device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 256,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let c = Chain {
+                chain,
+                device,
+                queue,
+                pipeline,
+                uniform,
+                bufs,
+                staging,
+            };
+            c.us_per_op(); // warm-up
+            c
+        }
+
+        pub fn us_per_op(&self) -> f64 {
+            let start = Instant::now();
+            let layout = self.pipeline.get_bind_group_layout(0);
+            let mut encoder = self.device.create_command_encoder(&Default::default());
             {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
-                pass.set_pipeline(&pipeline);
-                for i in 0..chain {
-                    let (src, dst) = (&bufs[i % 2], &bufs[(i + 1) % 2]);
-                    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                pass.set_pipeline(&self.pipeline);
+                for i in 0..self.chain {
+                    let (src, dst) = (&self.bufs[i % 2], &self.bufs[(i + 1) % 2]);
+                    let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
                         label: None,
                         layout: &layout,
                         entries: &[
                             wgpu::BindGroupEntry {
                                 binding: 0,
-                                resource: uniform.as_entire_binding(),
+                                resource: self.uniform.as_entire_binding(),
                             },
                             wgpu::BindGroupEntry {
                                 binding: 1,
@@ -215,20 +258,17 @@ mod raw {
                     pass.dispatch_workgroups(1, 1, 1);
                 }
             }
-            encoder.copy_buffer_to_buffer(&bufs[chain % 2], 0, &staging, 0, 256);
-            queue.submit([encoder.finish()]);
-            staging.map_async(wgpu::MapMode::Read, .., |_| {});
-            device
+            encoder.copy_buffer_to_buffer(&self.bufs[self.chain % 2], 0, &self.staging, 0, 256);
+            self.queue.submit([encoder.finish()]);
+            self.staging.map_async(wgpu::MapMode::Read, .., |_| {});
+            self.device
                 .poll(wgpu::PollType::Wait {
                     submission_index: None,
                     timeout: None,
                 })
                 .unwrap();
-            staging.unmap();
-        };
-        run();
-        let start = Instant::now();
-        run();
-        start.elapsed().as_secs_f64() * 1e6 / chain as f64
+            self.staging.unmap();
+            start.elapsed().as_secs_f64() * 1e6 / self.chain as f64
+        }
     }
 }
