@@ -4,28 +4,15 @@
 // it needs no sorting network and works for any row length; MAE sorts rows of a few hundred
 // noise values. NaN keys are not supported.
 
-struct Params {
-    rows: u32,
-    cols: u32,
-    x_offset: u32,
-    w_offset: u32,
-    b_offset: u32,
-    eps: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
 override DESCENDING: bool;
-const WG: u32 = 64u;
 
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<u32>;
 @group(0) @binding(2) var<storage, read> keys: array<f32>;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn argsort(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
-    let row = wid.y * nwg.x + wid.x;
+    let row = row_index(wid, nwg);
     if (row >= p.rows) {
         return;
     }

@@ -2,21 +2,6 @@
 // then the biased variance from a second pass (more accurate than E[x^2] - E[x]^2), then
 // writes (x - mean) * rstd * weight + bias. Mean and rstd are kept per row for the backward.
 
-struct Params {
-    rows: u32,
-    cols: u32,
-    x_offset: u32,
-    w_offset: u32,
-    b_offset: u32,
-    eps: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
-// Invocations per workgroup, a power of two up to 64 chosen by the host per adapter.
-override WG: u32 = 64u;
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 // (mean, rstd) per row.
 @group(0) @binding(2) var<storage, read_write> stats: array<f32>;
@@ -24,26 +9,10 @@ override WG: u32 = 64u;
 @group(0) @binding(4) var<storage, read> weight: array<f32>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 
-var<workgroup> red: array<f32, 64>;
-
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
 @compute @workgroup_size(WG)
 fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
-    let row = wid.y * nwg.x + wid.x;
+    let row = row_index(wid, nwg);
     if (row >= p.rows) {
         return;
     }

@@ -43,10 +43,10 @@ shader!(FILL, "fill.wgsl");
 shader!(RANDOM, "random.wgsl");
 shader!(REDUCE, "reduce.wgsl");
 shader!(MATMUL, "matmul.wgsl");
-shader!(SOFTMAX, "softmax.wgsl");
-shader!(LAYER_NORM, "layer_norm.wgsl");
-shader!(CROSS_ENTROPY, "cross_entropy.wgsl");
-shader!(ARGSORT, "argsort.wgsl");
+shader!(SOFTMAX, "softmax.wgsl", with "rows.wgsl");
+shader!(LAYER_NORM, "layer_norm.wgsl", with "rows.wgsl");
+shader!(CROSS_ENTROPY, "cross_entropy.wgsl", with "rows.wgsl");
+shader!(ARGSORT, "argsort.wgsl", with "rows.wgsl");
 
 /// Every shader the engine compiles; the validation test checks each with naga and checks
 /// that no `.wgsl` file in `shaders/` is missing from this list.
@@ -67,7 +67,7 @@ pub static ALL_SHADERS: &[&Shader] = &[
 ];
 
 /// Helper files that are only ever prepended to other shaders.
-pub static HELPER_FILES: &[&str] = &["strided.wgsl"];
+pub static HELPER_FILES: &[&str] = &["strided.wgsl", "rows.wgsl"];
 
 /// How a kernel touches one storage binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
