@@ -70,6 +70,10 @@ fn unary_op(x: f32) -> f32 {
         case 14u: { return s / x; }
         case 15u: { return max(x, s); }
         case 16u: { return min(x, s); }
+        case 17u: { return sign(x); }
+        case 18u: { return select(0.0, 1.0, x > 0.0); }
+        // d/dx [x Phi(x)] = Phi(x) + x phi(x), phi the standard normal density.
+        case 19u: { return 0.5 * (1.0 + erf(x * 0.7071067811865476)) + x * 0.3989422804014327 * exp(-0.5 * x * x); }
         default: { return x; }
     }
 }

@@ -54,6 +54,10 @@ pub enum Error {
         /// The size of the axis it indexes.
         size: u32,
     },
+    /// Misuse of automatic differentiation: backward of a tensor that needs no gradient, a
+    /// graph already consumed, a gradient asked of a tensor that has none.
+    #[error("{0}")]
+    Autodiff(String),
     /// A tensor larger than one buffer of this adapter may be.
     #[error("{op}: a tensor of shape {shape:?} needs {bytes} bytes, more than this adapter allows in one buffer ({limit} bytes)")]
     TooLarge {

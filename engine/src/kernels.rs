@@ -39,6 +39,7 @@ shader!(COMPARE, "compare.wgsl", with "strided.wgsl");
 shader!(SELECT, "select.wgsl", with "strided.wgsl");
 shader!(COPY, "copy.wgsl", with "strided.wgsl");
 shader!(GATHER, "gather.wgsl", with "strided.wgsl");
+shader!(SCATTER, "scatter.wgsl");
 shader!(FILL, "fill.wgsl");
 shader!(RANDOM, "random.wgsl");
 shader!(REDUCE, "reduce.wgsl");
@@ -56,6 +57,7 @@ pub static ALL_SHADERS: &[&Shader] = &[
     &SELECT,
     &COPY,
     &GATHER,
+    &SCATTER,
     &FILL,
     &RANDOM,
     &REDUCE,
@@ -103,6 +105,7 @@ kernel!(COMPARE_K: COMPARE::"compare", [W, R, R], ["OP", "B_SCALAR"]);
 kernel!(SELECT_K: SELECT::"where_select", [W, R, R, R], []);
 kernel!(COPY_K: COPY::"copy", [W, R], ["OP"]);
 kernel!(GATHER_K: GATHER::"gather", [W, R, R, W], []);
+kernel!(SCATTER_K: SCATTER::"gather_backward", [W, R, R], []);
 kernel!(FILL_K: FILL::"fill", [W], ["OP"]);
 kernel!(RANDOM_K: RANDOM::"random", [W], ["OP"]);
 kernel!(DROPOUT_K: RANDOM::"dropout", [W, R], []);

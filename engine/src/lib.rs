@@ -20,8 +20,10 @@
 //! read-back, an upload, or every [`DISPATCHES_PER_BATCH`] dispatches.
 #![warn(missing_docs)]
 
+pub mod autodiff;
 mod device;
 mod error;
+pub mod gradcheck;
 #[doc(hidden)]
 pub mod kernels;
 mod ops;
@@ -32,8 +34,10 @@ pub mod reference;
 pub mod shape;
 mod tensor;
 
+pub use autodiff::{no_grad, Gradients, TensorId};
 pub use device::{Device, DeviceInfo, DISPATCHES_PER_BATCH};
 pub use error::{Error, Result};
+pub use gradcheck::{gradcheck, GradMismatch, GradcheckOptions, GradcheckReport};
 pub use ops::{BinaryOp, CompareOp, UnaryOp};
 pub use pool::PoolStats;
 pub use tensor::{DType, Tensor};

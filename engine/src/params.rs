@@ -68,6 +68,24 @@ uniform! {
 }
 
 uniform! {
+    /// The gradient of gather (a deterministic scatter-add).
+    ScatterParams in ["scatter.wgsl"] {
+        numel: u32,
+        rank: u32,
+        axis: u32,
+        k: u32,
+        g_offset: u32,
+        idx_offset: u32,
+        _pad0: u32,
+        _pad1: u32,
+        shape: Dims,
+        idx_shape: Dims,
+        g_strides: Dims,
+        idx_strides: Dims,
+    }
+}
+
+uniform! {
     /// `fill` and `arange`.
     FillParams in ["fill.wgsl"] {
         numel: u32,
@@ -141,6 +159,7 @@ uniform! {
 #[doc(hidden)]
 pub static ALL_UNIFORMS: &[UniformLayout] = &[
     StridedParams::LAYOUT,
+    ScatterParams::LAYOUT,
     FillParams::LAYOUT,
     RandomParams::LAYOUT,
     ReduceParams::LAYOUT,

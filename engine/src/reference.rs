@@ -82,6 +82,14 @@ pub fn gelu(x: f32) -> f32 {
     (0.5 * x * (1.0 + erf(x / std::f64::consts::SQRT_2))) as f32
 }
 
+/// Derivative of the exact GELU: `Phi(x) + x phi(x)`.
+pub fn gelu_grad(x: f32) -> f32 {
+    let x = x as f64;
+    let cdf = 0.5 * (1.0 + erf(x / std::f64::consts::SQRT_2));
+    let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+    (cdf + x * pdf) as f32
+}
+
 /// `x ^ y` with PyTorch's conventions.
 pub fn pow(x: f32, y: f32) -> f32 {
     (x as f64).powf(y as f64) as f32

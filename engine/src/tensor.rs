@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use crate::autodiff::{Node, TensorId};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::shape::{contiguous_strides, normalize_axis, numel};
@@ -52,11 +53,22 @@ pub struct Tensor {
     strides: Vec<usize>,
     offset: usize,
     dtype: DType,
+    /// Identity for gradient lookup (see [`crate::autodiff`]).
+    pub(crate) id: TensorId,
+    /// Gradients flow to or through this tensor.
+    pub(crate) requires_grad: bool,
+    /// The op that produced it, when recorded.
+    pub(crate) node: Option<Arc<Node>>,
 }
 
 impl std::fmt::Debug for Tensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tensor({:?}, {:?})", self.dtype, self.shape)
+        let grad = if self.requires_grad {
+            ", requires grad"
+        } else {
+            ""
+        };
+        write!(f, "Tensor({:?}, {:?}{grad})", self.dtype, self.shape)
     }
 }
 
@@ -80,6 +92,9 @@ impl Tensor {
             strides: contiguous_strides(shape),
             offset: 0,
             dtype,
+            id: TensorId::fresh(),
+            requires_grad: false,
+            node: None,
         })
     }
 
@@ -165,7 +180,8 @@ impl Tensor {
         self.storage.buffer()
     }
 
-    /// A view of the same buffer with another layout. Callers guarantee it stays in bounds.
+    /// A view of the same buffer with another layout, outside the graph (public view ops
+    /// record their own gradient rule). Callers guarantee it stays in bounds.
     pub(crate) fn view(&self, shape: Vec<usize>, strides: Vec<usize>, offset: usize) -> Tensor {
         Tensor {
             storage: self.storage.clone(),
@@ -173,7 +189,15 @@ impl Tensor {
             strides,
             offset,
             dtype: self.dtype,
+            id: TensorId::fresh(),
+            requires_grad: false,
+            node: None,
         }
+    }
+
+    /// The identity under which [`crate::Gradients`] stores this tensor's gradient.
+    pub fn id(&self) -> TensorId {
+        self.id
     }
 
     pub(crate) fn expect_dtype(&self, op: &'static str, dtype: DType) -> Result<()> {

@@ -26,6 +26,9 @@ fn unary_ref(op: UnaryOp, x: f32, s: f32) -> f32 {
         UnaryOp::RdivScalar => s as f64 / xd,
         UnaryOp::MaxScalar => xd.max(s as f64),
         UnaryOp::MinScalar => xd.min(s as f64),
+        UnaryOp::Sign => xd.signum() * (xd != 0.0) as u8 as f64,
+        UnaryOp::Step => (xd > 0.0) as u8 as f64,
+        UnaryOp::GeluGrad => return reference::gelu_grad(x),
     };
     r as f32
 }
@@ -48,6 +51,9 @@ const UNARY: &[UnaryOp] = &[
     UnaryOp::RdivScalar,
     UnaryOp::MaxScalar,
     UnaryOp::MinScalar,
+    UnaryOp::Sign,
+    UnaryOp::Step,
+    UnaryOp::GeluGrad,
 ];
 
 #[test]

@@ -1,6 +1,7 @@
 //! Tensors made on the device: constants, ranges, seeded random numbers, dropout.
 
 use super::elementwise_grid;
+use crate::autodiff::no_grad;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::kernels::{DROPOUT_K, FILL_K, RANDOM_K};
@@ -162,6 +163,14 @@ impl Tensor {
     /// # Errors
     /// [`Error::Shape`] unless `0 <= p < 1`; [`Error::DType`] for a `U32` tensor.
     pub fn dropout(&self, p: f32, seed: u64) -> Result<Tensor> {
+        let y = no_grad(|| self.dropout_untracked(p, seed))?;
+        // The same seed drops the same elements of the gradient and scales the rest alike.
+        Ok(y.record("dropout", &[self], move |g| {
+            Ok(vec![Some(g.dropout(p, seed)?)])
+        }))
+    }
+
+    fn dropout_untracked(&self, p: f32, seed: u64) -> Result<Tensor> {
         self.expect_dtype("dropout", DType::F32)?;
         if !(0.0..1.0).contains(&p) {
             return Err(Error::shape(

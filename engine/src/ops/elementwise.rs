@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::kernels::{BINARY, COMPARE_K, COPY_K, SELECT_K, UNARY};
 use crate::shape::broadcast_shape;
 use crate::tensor::{DType, Tensor};
+use crate::DType::F32;
 
 /// Unary functions of `elementwise.wgsl`; the discriminant is the shader's `OP` code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +37,12 @@ pub enum UnaryOp {
     MaxScalar = 15,
     /// `min(x, s)`
     MinScalar = 16,
+    /// `-1`, `0` or `1` by the sign of `x` (the derivative of `abs`).
+    Sign = 17,
+    /// `1` where `x > 0`, else `0` (the derivative of `relu`).
+    Step = 18,
+    /// The derivative of the exact GELU, `Phi(x) + x * phi(x)`.
+    GeluGrad = 19,
 }
 
 /// Binary arithmetic of `elementwise.wgsl`, with broadcasting.
@@ -83,6 +90,9 @@ impl UnaryOp {
             UnaryOp::RdivScalar => "rdiv_scalar",
             UnaryOp::MaxScalar => "max_scalar",
             UnaryOp::MinScalar => "min_scalar",
+            UnaryOp::Sign => "sign",
+            UnaryOp::Step => "step",
+            UnaryOp::GeluGrad => "gelu_grad",
         }
     }
 }
@@ -171,6 +181,14 @@ impl Tensor {
     /// # Errors
     /// [`crate::Error::DType`] for a `U32` tensor.
     pub fn unary(&self, op: UnaryOp, s: f32) -> Result<Tensor> {
+        let y = self.unary_kernel(op, s)?;
+        let (x, out) = (self.detach(), y.detach());
+        Ok(y.record(op.name(), &[self], move |g| {
+            Ok(vec![Some(unary_backward(op, s, &x, &out, g)?)])
+        }))
+    }
+
+    fn unary_kernel(&self, op: UnaryOp, s: f32) -> Result<Tensor> {
         let name = op.name();
         self.expect_dtype(name, DType::F32)?;
         let out = Tensor::empty(self.device(), name, self.shape(), DType::F32)?;
@@ -198,6 +216,15 @@ impl Tensor {
     /// [`crate::Error::Shape`] when the shapes do not broadcast; [`crate::Error::DType`] for
     /// `U32` operands.
     pub fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
+        let y = self.binary_kernel(op, other)?;
+        let (a, b, out) = (self.detach(), other.detach(), y.detach());
+        let need = (self.requires_grad, other.requires_grad);
+        Ok(y.record(op.name(), &[self, other], move |g| {
+            binary_backward(op, &a, &b, &out, g, need)
+        }))
+    }
+
+    fn binary_kernel(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
         let name = op.name();
         self.expect_dtype(name, DType::F32)?;
         other.expect_dtype(name, DType::F32)?;
@@ -368,6 +395,22 @@ impl Tensor {
     /// [`crate::Error::DType`] unless `cond` is `U32` and the values are `F32`;
     /// [`crate::Error::Shape`] when the shapes do not broadcast.
     pub fn where_cond(cond: &Tensor, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
+        let y = Tensor::where_kernel(cond, on_true, on_false)?;
+        let (c, ts, fs) = (
+            cond.detach(),
+            on_true.shape().to_vec(),
+            on_false.shape().to_vec(),
+        );
+        Ok(y.record("where", &[on_true, on_false], move |g| {
+            let zero = Tensor::zeros(g.device(), &[])?;
+            Ok(vec![
+                Some(Tensor::where_kernel(&c, g, &zero)?.sum_to(&ts)?),
+                Some(Tensor::where_kernel(&c, &zero, g)?.sum_to(&fs)?),
+            ])
+        }))
+    }
+
+    fn where_kernel(cond: &Tensor, on_true: &Tensor, on_false: &Tensor) -> Result<Tensor> {
         let name = "where";
         cond.expect_dtype(name, DType::U32)?;
         on_true.expect_dtype(name, DType::F32)?;
@@ -448,4 +491,78 @@ impl Tensor {
         );
         Ok(())
     }
+}
+
+/// Gradient of a unary op from its input `x`, output `y` and output gradient `g`.
+fn unary_backward(op: UnaryOp, s: f32, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
+    match op {
+        UnaryOp::Neg | UnaryOp::RsubScalar => g.neg(),
+        UnaryOp::Exp => g.mul(y),
+        UnaryOp::Log => g.div(x),
+        UnaryOp::Sqrt => g.mul(&y.rdiv_scalar(0.5)?),
+        UnaryOp::Rsqrt => g.mul(&y.pow_scalar(3.0)?.mul_scalar(-0.5)?),
+        UnaryOp::Abs => g.mul(&x.unary(UnaryOp::Sign, 0.0)?),
+        UnaryOp::Tanh => g.mul(&y.mul(y)?.rsub_scalar(1.0)?),
+        UnaryOp::Sigmoid => g.mul(&y.mul(&y.rsub_scalar(1.0)?)?),
+        UnaryOp::Relu => g.mul(&x.unary(UnaryOp::Step, 0.0)?),
+        UnaryOp::Gelu => g.mul(&x.unary(UnaryOp::GeluGrad, 0.0)?),
+        UnaryOp::AddScalar => Ok(g.clone()),
+        UnaryOp::MulScalar => g.mul_scalar(s),
+        UnaryOp::PowScalar => g.mul(&x.pow_scalar(s - 1.0)?.mul_scalar(s)?),
+        UnaryOp::RdivScalar => g.mul(&x.mul(x)?.rdiv_scalar(-s)?),
+        UnaryOp::MaxScalar => g.mul(&x.ge_scalar(s)?.to_dtype(F32)?),
+        UnaryOp::MinScalar => g.mul(&x.le_scalar(s)?.to_dtype(F32)?),
+        UnaryOp::Sign | UnaryOp::Step | UnaryOp::GeluGrad => g.mul_scalar(0.0),
+    }
+}
+
+/// Gradients of a binary op for the inputs that need one, summed over broadcast axes.
+fn binary_backward(
+    op: BinaryOp,
+    a: &Tensor,
+    b: &Tensor,
+    y: &Tensor,
+    g: &Tensor,
+    (need_a, need_b): (bool, bool),
+) -> Result<Vec<Option<Tensor>>> {
+    // Ties of maximum/minimum split the gradient in half, as PyTorch does.
+    let pick = |first: CompareOp| -> Result<Tensor> {
+        let wins = a.compare(first, b)?.to_dtype(F32)?;
+        let ties = a.eq(b)?.to_dtype(F32)?.mul_scalar(0.5)?;
+        wins.add(&ties)
+    };
+    let (ga, gb) = match op {
+        BinaryOp::Add => (Some(g.clone()), Some(g.clone())),
+        BinaryOp::Sub => (Some(g.clone()), need_b.then(|| g.neg()).transpose()?),
+        BinaryOp::Mul => (
+            need_a.then(|| g.mul(b)).transpose()?,
+            need_b.then(|| g.mul(a)).transpose()?,
+        ),
+        BinaryOp::Div => (
+            need_a.then(|| g.div(b)).transpose()?,
+            need_b.then(|| g.mul(y)?.div(b)?.neg()).transpose()?,
+        ),
+        BinaryOp::Pow => (
+            need_a
+                .then(|| g.mul(b)?.mul(&a.pow(&b.sub_scalar(1.0)?)?))
+                .transpose()?,
+            need_b.then(|| g.mul(y)?.mul(&a.log()?)).transpose()?,
+        ),
+        BinaryOp::Maximum => (
+            need_a.then(|| g.mul(&pick(CompareOp::Gt)?)).transpose()?,
+            need_b.then(|| g.mul(&pick(CompareOp::Lt)?)).transpose()?,
+        ),
+        BinaryOp::Minimum => (
+            need_a.then(|| g.mul(&pick(CompareOp::Lt)?)).transpose()?,
+            need_b.then(|| g.mul(&pick(CompareOp::Gt)?)).transpose()?,
+        ),
+    };
+    Ok(vec![
+        ga.filter(|_| need_a)
+            .map(|t| t.sum_to(a.shape()))
+            .transpose()?,
+        gb.filter(|_| need_b)
+            .map(|t| t.sum_to(b.shape()))
+            .transpose()?,
+    ])
 }

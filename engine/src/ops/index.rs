@@ -5,7 +5,8 @@
 
 use super::{elementwise_grid, strided_params};
 use crate::error::{Error, Result};
-use crate::kernels::GATHER_K;
+use crate::kernels::{GATHER_K, SCATTER_K};
+use crate::params::{dims, ScatterParams};
 use crate::shape::normalize_axis;
 use crate::tensor::{DType, Tensor};
 
@@ -75,6 +76,23 @@ impl Tensor {
         index: &Tensor,
         idx_strides: &[usize],
     ) -> Result<Tensor> {
+        let y = self.gather_untracked(op, shape, ax, x_strides, index, idx_strides)?;
+        let (from, idx, idx_strides) =
+            (self.shape().to_vec(), index.detach(), idx_strides.to_vec());
+        Ok(y.record(op, &[self], move |g| {
+            Ok(vec![Some(scatter_add(g, &from, ax, &idx, &idx_strides)?)])
+        }))
+    }
+
+    fn gather_untracked(
+        &self,
+        op: &'static str,
+        shape: &[usize],
+        ax: usize,
+        x_strides: &[usize],
+        index: &Tensor,
+        idx_strides: &[usize],
+    ) -> Result<Tensor> {
         let out = Tensor::empty(self.device(), op, shape, self.dtype())?;
         let mut p = strided_params(
             op,
@@ -99,4 +117,38 @@ impl Tensor {
         );
         Ok(out)
     }
+}
+
+/// The gradient of a gather along `ax` from an input of shape `shape`: `g` has the shape of
+/// the index view (`idx` read through `idx_strides`), and every element of the result sums
+/// the entries of `g` whose index picked it, in a fixed order.
+fn scatter_add(
+    g: &Tensor,
+    shape: &[usize],
+    ax: usize,
+    idx: &Tensor,
+    idx_strides: &[usize],
+) -> Result<Tensor> {
+    let out = Tensor::empty(g.device(), "gather_backward", shape, DType::F32)?;
+    let p = ScatterParams {
+        numel: out.numel() as u32,
+        rank: shape.len() as u32,
+        axis: ax as u32,
+        k: g.shape()[ax] as u32,
+        g_offset: g.offset() as u32,
+        idx_offset: idx.offset() as u32,
+        shape: dims(shape),
+        idx_shape: dims(g.shape()),
+        g_strides: dims(g.strides()),
+        idx_strides: dims(idx_strides),
+        ..Default::default()
+    };
+    g.device().dispatch(
+        &SCATTER_K,
+        &[],
+        &p,
+        &[out.buffer(), g.buffer(), idx.buffer()],
+        elementwise_grid(out.numel()),
+    );
+    Ok(out)
 }

@@ -1,5 +1,6 @@
 //! Views (no copy) and the copies that change layout: `contiguous` and `concat`.
 
+use crate::autodiff::no_grad;
 use crate::error::{Error, Result};
 use crate::shape::{contiguous_strides, normalize_axis, numel};
 use crate::tensor::Tensor;
@@ -12,6 +13,14 @@ impl Tensor {
     /// # Errors
     /// [`Error::Shape`] when the element counts differ.
     pub fn reshape(&self, shape: &[usize]) -> Result<Tensor> {
+        let y = no_grad(|| self.reshape_untracked(shape))?;
+        let from = self.shape().to_vec();
+        Ok(y.record("reshape", &[self], move |g| {
+            Ok(vec![Some(g.reshape(&from)?)])
+        }))
+    }
+
+    fn reshape_untracked(&self, shape: &[usize]) -> Result<Tensor> {
         let mut shape = shape.to_vec();
         if let Some(pos) = shape.iter().position(|&d| d == usize::MAX) {
             let known: usize = shape.iter().filter(|&&d| d != usize::MAX).product();
@@ -68,6 +77,17 @@ impl Tensor {
     /// # Errors
     /// [`Error::Shape`] when `perm` is not a permutation of `0..rank`.
     pub fn permute(&self, perm: &[usize]) -> Result<Tensor> {
+        let y = self.permute_untracked(perm)?;
+        let mut inverse = vec![0; perm.len()];
+        for (i, &p) in perm.iter().enumerate() {
+            inverse[p] = i;
+        }
+        Ok(y.record("permute", &[self], move |g| {
+            Ok(vec![Some(g.permute(&inverse)?)])
+        }))
+    }
+
+    fn permute_untracked(&self, perm: &[usize]) -> Result<Tensor> {
         let mut seen = vec![false; self.rank()];
         if perm.len() != self.rank()
             || perm
@@ -92,6 +112,17 @@ impl Tensor {
     /// # Errors
     /// [`Error::Axis`]; [`Error::Shape`] when the range leaves the axis.
     pub fn narrow(&self, axis: isize, start: usize, len: usize) -> Result<Tensor> {
+        let y = self.narrow_untracked(axis, start, len)?;
+        let from = self.shape().to_vec();
+        Ok(y.record("narrow", &[self], move |g| {
+            // The gradient is zero outside the narrowed range.
+            let full = Tensor::zeros(g.device(), &from)?;
+            g.copy_to("narrow", 0, &full.narrow_untracked(axis, start, len)?)?;
+            Ok(vec![Some(full)])
+        }))
+    }
+
+    fn narrow_untracked(&self, axis: isize, start: usize, len: usize) -> Result<Tensor> {
         let ax = normalize_axis("narrow", axis, self.shape())?;
         if start + len > self.shape()[ax] {
             return Err(Error::shape(
@@ -114,6 +145,14 @@ impl Tensor {
     /// # Errors
     /// [`Error::Axis`].
     pub fn unsqueeze(&self, axis: isize) -> Result<Tensor> {
+        let y = self.unsqueeze_untracked(axis)?;
+        let from = self.shape().to_vec();
+        Ok(y.record("unsqueeze", &[self], move |g| {
+            Ok(vec![Some(g.reshape(&from)?)])
+        }))
+    }
+
+    fn unsqueeze_untracked(&self, axis: isize) -> Result<Tensor> {
         let rank = self.rank() as isize + 1;
         let ax = if axis < 0 { axis + rank } else { axis };
         if ax < 0 || ax >= rank {
@@ -137,6 +176,14 @@ impl Tensor {
     /// # Errors
     /// [`Error::Axis`]; [`Error::Shape`] when the axis is not of size 1.
     pub fn squeeze(&self, axis: isize) -> Result<Tensor> {
+        let y = self.squeeze_untracked(axis)?;
+        let from = self.shape().to_vec();
+        Ok(y.record("squeeze", &[self], move |g| {
+            Ok(vec![Some(g.reshape(&from)?)])
+        }))
+    }
+
+    fn squeeze_untracked(&self, axis: isize) -> Result<Tensor> {
         let ax = normalize_axis("squeeze", axis, self.shape())?;
         if self.shape()[ax] != 1 {
             return Err(Error::shape(
@@ -156,6 +203,14 @@ impl Tensor {
     /// # Errors
     /// [`Error::Shape`] when the shape does not broadcast to `shape`.
     pub fn broadcast_to(&self, shape: &[usize]) -> Result<Tensor> {
+        let y = self.broadcast_to_untracked(shape)?;
+        let from = self.shape().to_vec();
+        Ok(y.record("broadcast_to", &[self], move |g| {
+            Ok(vec![Some(g.sum_to(&from)?)])
+        }))
+    }
+
+    fn broadcast_to_untracked(&self, shape: &[usize]) -> Result<Tensor> {
         let ok = shape.len() >= self.rank()
             && self
                 .shape()
@@ -180,7 +235,8 @@ impl Tensor {
         if self.is_contiguous() {
             return Ok(self.clone());
         }
-        self.copy_into_new("contiguous", 0, self.dtype())
+        let y = self.copy_into_new("contiguous", 0, self.dtype())?;
+        Ok(y.record("contiguous", &[self], |g| Ok(vec![Some(g.clone())])))
     }
 
     /// Join tensors along an axis; all other axes must agree, and so must the dtypes.
@@ -218,6 +274,15 @@ impl Tensor {
             }
             start += len;
         }
-        Ok(out)
+        let lens: Vec<usize> = tensors.iter().map(|t| t.shape()[ax]).collect();
+        Ok(out.record("concat", tensors, move |g| {
+            let mut start = 0;
+            let mut grads = Vec::with_capacity(lens.len());
+            for &len in &lens {
+                grads.push(Some(g.narrow(ax as isize, start, len)?));
+                start += len;
+            }
+            Ok(grads)
+        }))
     }
 }

@@ -1,5 +1,6 @@
 //! Matrix products, 2-D and batched, reading transposed operands in place.
 
+use crate::autodiff::no_grad;
 use crate::error::{Error, Result};
 use crate::kernels::{MATMUL_K, MATMUL_VEC4_K};
 use crate::params::MatmulParams;
@@ -72,6 +73,23 @@ impl Tensor {
     /// [`Error::Shape`] for rank below 2, mismatched inner sizes or batch axes that do not
     /// broadcast, or more rows than one dispatch can cover; [`Error::DType`] for `U32`.
     pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
+        let y = no_grad(|| self.matmul_untracked(other))?;
+        let (a, b) = (self.detach(), other.detach());
+        let need = (self.requires_grad, other.requires_grad);
+        Ok(y.record("matmul", &[self, other], move |g| {
+            // dA = dY B^T and dB = A^T dY, summed over batch axes that were broadcast.
+            Ok(vec![
+                need.0
+                    .then(|| g.matmul(&b.t()?)?.sum_to(a.shape()))
+                    .transpose()?,
+                need.1
+                    .then(|| a.t()?.matmul(g)?.sum_to(b.shape()))
+                    .transpose()?,
+            ])
+        }))
+    }
+
+    fn matmul_untracked(&self, other: &Tensor) -> Result<Tensor> {
         let op = "matmul";
         self.expect_dtype(op, DType::F32)?;
         other.expect_dtype(op, DType::F32)?;

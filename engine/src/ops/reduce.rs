@@ -2,10 +2,11 @@
 //! argmin. The input is viewed as `(outer, n, inner)` around the reduced axis.
 
 use super::grid;
+use crate::autodiff::no_grad;
 use crate::error::{Error, Result};
 use crate::kernels::REDUCE_K;
 use crate::params::ReduceParams;
-use crate::shape::{normalize_axis, numel};
+use crate::shape::{broadcast_shape, normalize_axis, numel};
 use crate::tensor::{DType, Tensor};
 
 /// Reductions with at most this many outputs over an axis of at least `SPLIT_MIN_AXIS`
@@ -58,6 +59,17 @@ enum Reduction {
 
 impl Tensor {
     fn reduce(
+        &self,
+        op: &'static str,
+        kind: Reduction,
+        axis: isize,
+        keepdim: bool,
+        scale: impl Fn(usize) -> f32,
+    ) -> Result<Tensor> {
+        no_grad(|| self.reduce_untracked(op, kind, axis, keepdim, scale))
+    }
+
+    fn reduce_untracked(
         &self,
         op: &'static str,
         kind: Reduction,
@@ -119,7 +131,14 @@ impl Tensor {
     /// # Errors
     /// [`Error::Axis`]; [`Error::DType`] for `U32`.
     pub fn sum(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
-        self.reduce("sum", Reduction::Sum, axis, keepdim, |_| 1.0)
+        let y = self.reduce("sum", Reduction::Sum, axis, keepdim, |_| 1.0)?;
+        let (shape, ax) = (
+            self.shape().to_vec(),
+            normalize_axis("sum", axis, self.shape())?,
+        );
+        Ok(y.record("sum", &[self], move |g| {
+            Ok(vec![Some(spread(g, &shape, ax, keepdim)?)])
+        }))
     }
 
     /// Mean over one axis.
@@ -127,7 +146,16 @@ impl Tensor {
     /// # Errors
     /// As [`Tensor::sum`].
     pub fn mean(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
-        self.reduce("mean", Reduction::Sum, axis, keepdim, |n| 1.0 / n as f32)
+        let y = self.reduce("mean", Reduction::Sum, axis, keepdim, |n| 1.0 / n as f32)?;
+        let (shape, ax) = (
+            self.shape().to_vec(),
+            normalize_axis("mean", axis, self.shape())?,
+        );
+        Ok(y.record("mean", &[self], move |g| {
+            Ok(vec![Some(
+                spread(g, &shape, ax, keepdim)?.div_scalar(shape[ax] as f32)?,
+            )])
+        }))
     }
 
     /// Maximum over one axis.
@@ -135,7 +163,17 @@ impl Tensor {
     /// # Errors
     /// As [`Tensor::sum`], and [`Error::Shape`] for an empty axis.
     pub fn max(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
-        self.reduce("max", Reduction::Max, axis, keepdim, |_| 1.0)
+        let y = self.reduce("max", Reduction::Max, axis, keepdim, |_| 1.0)?;
+        let x = self.detach();
+        Ok(y.record("max", &[self], move |g| {
+            Ok(vec![Some(extreme_backward(
+                &x,
+                axis,
+                keepdim,
+                g,
+                Tensor::argmax,
+            )?)])
+        }))
     }
 
     /// Minimum over one axis.
@@ -143,7 +181,17 @@ impl Tensor {
     /// # Errors
     /// As [`Tensor::max`].
     pub fn min(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
-        self.reduce("min", Reduction::Min, axis, keepdim, |_| 1.0)
+        let y = self.reduce("min", Reduction::Min, axis, keepdim, |_| 1.0)?;
+        let x = self.detach();
+        Ok(y.record("min", &[self], move |g| {
+            Ok(vec![Some(extreme_backward(
+                &x,
+                axis,
+                keepdim,
+                g,
+                Tensor::argmin,
+            )?)])
+        }))
     }
 
     /// Variance over one axis: unbiased (divide by n - 1, as `torch.var`'s default and MAE's
@@ -153,9 +201,20 @@ impl Tensor {
     /// As [`Tensor::max`].
     pub fn var(&self, axis: isize, keepdim: bool, unbiased: bool) -> Result<Tensor> {
         let correction = if unbiased { 1.0 } else { 0.0 };
-        self.reduce("var", Reduction::Var, axis, keepdim, |n| {
+        let y = self.reduce("var", Reduction::Var, axis, keepdim, |n| {
             1.0 / (n as f32 - correction)
-        })
+        })?;
+        let x = self.detach();
+        let ax = normalize_axis("var", axis, self.shape())?;
+        Ok(y.record("var", &[self], move |g| {
+            // d var / dx = 2 (x - mean) / (n - correction)
+            let n = x.shape()[ax] as f32;
+            let centred = x.sub(&x.mean(ax as isize, true)?)?;
+            let g = spread(g, x.shape(), ax, keepdim)?;
+            Ok(vec![Some(
+                g.mul(&centred)?.mul_scalar(2.0 / (n - correction))?,
+            )])
+        }))
     }
 
     /// Index of the largest element along an axis (the first on ties), as `U32`.
@@ -172,6 +231,33 @@ impl Tensor {
     /// As [`Tensor::max`].
     pub fn argmin(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
         self.reduce("argmin", Reduction::Argmin, axis, keepdim, |_| 1.0)
+    }
+
+    /// Sum over the axes that were broadcast to turn `shape` into this tensor's shape: the
+    /// gradient of a broadcast. `shape` must broadcast to `self.shape()`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when it does not.
+    pub fn sum_to(&self, shape: &[usize]) -> Result<Tensor> {
+        if self.shape() == shape {
+            return Ok(self.clone());
+        }
+        if broadcast_shape("sum_to", shape, self.shape())? != self.shape() {
+            return Err(Error::shape(
+                "sum_to",
+                format!("shape {shape:?} does not broadcast to {:?}", self.shape()),
+            ));
+        }
+        let mut t = self.clone();
+        while t.rank() > shape.len() {
+            t = t.sum(0, false)?;
+        }
+        for (i, &d) in shape.iter().enumerate() {
+            if d == 1 && t.shape()[i] != 1 {
+                t = t.sum(i as isize, true)?;
+            }
+        }
+        Ok(t)
     }
 
     fn flat(&self) -> Result<Tensor> {
@@ -217,4 +303,33 @@ impl Tensor {
     pub fn var_all(&self, unbiased: bool) -> Result<Tensor> {
         self.flat()?.var(0, false, unbiased)
     }
+}
+
+/// The gradient of a reduction over `ax` spread back over the input's `shape`.
+fn spread(g: &Tensor, shape: &[usize], ax: usize, keepdim: bool) -> Result<Tensor> {
+    let g = if keepdim {
+        g.clone()
+    } else {
+        g.unsqueeze(ax as isize)?
+    };
+    g.broadcast_to(shape)
+}
+
+/// Gradient of max/min over an axis: all of it to the first extreme element, as PyTorch's
+/// `max(dim)` does through its indices.
+fn extreme_backward(
+    x: &Tensor,
+    axis: isize,
+    keepdim: bool,
+    g: &Tensor,
+    arg: fn(&Tensor, isize, bool) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let ax = normalize_axis("max", axis, x.shape())?;
+    let n = x.shape()[ax];
+    let mut pos_shape = vec![1; x.rank()];
+    pos_shape[ax] = n;
+    let pos = Tensor::arange(x.device(), 0.0, n as f32, 1.0)?.reshape(&pos_shape)?;
+    let winner = arg(x, axis, true)?.to_dtype(DType::F32)?;
+    let mask = pos.eq(&winner)?.to_dtype(DType::F32)?;
+    mask.mul(&spread(g, x.shape(), ax, keepdim)?)
 }

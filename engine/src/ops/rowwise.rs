@@ -2,6 +2,7 @@
 //! cross-entropy with logits, argsort.
 
 use super::grid;
+use crate::autodiff::no_grad;
 use crate::error::{Error, Result};
 use crate::kernels::{ARGSORT_K, CROSS_ENTROPY_K, LAYER_NORM_K, SOFTMAX_K};
 use crate::params::RowParams;
@@ -24,6 +25,16 @@ impl Tensor {
     /// # Errors
     /// [`Error::DType`] for `U32`; [`Error::Shape`] for a scalar.
     pub fn softmax(&self) -> Result<Tensor> {
+        let y = no_grad(|| self.softmax_untracked())?;
+        let out = y.detach();
+        Ok(y.record("softmax", &[self], move |g| {
+            // dx = y * (g - sum(g * y))
+            let dot = g.mul(&out)?.sum(-1, true)?;
+            Ok(vec![Some(out.mul(&g.sub(&dot)?)?)])
+        }))
+    }
+
+    fn softmax_untracked(&self) -> Result<Tensor> {
         let (rows, cols) = self.rows_cols("softmax")?;
         let x = self.contiguous()?;
         let out = Tensor::empty(x.device(), "softmax", x.shape(), DType::F32)?;
@@ -59,6 +70,21 @@ impl Tensor {
     /// # Errors
     /// As [`Tensor::layer_norm`].
     pub fn layer_norm_with_stats(
+        &self,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f32,
+    ) -> Result<(Tensor, Tensor)> {
+        let (y, stats) = no_grad(|| self.layer_norm_untracked(weight, bias, eps))?;
+        let (x, w, saved) = (self.detach(), weight.detach(), stats.clone());
+        let need = [self.requires_grad, weight.requires_grad, bias.requires_grad];
+        let y = y.record("layer_norm", &[self, weight, bias], move |g| {
+            layer_norm_backward(&x, &w, &saved, g, need)
+        });
+        Ok((y, stats))
+    }
+
+    fn layer_norm_untracked(
         &self,
         weight: &Tensor,
         bias: &Tensor,
@@ -117,6 +143,26 @@ impl Tensor {
     /// [`Error::Shape`] for shapes other than `(N, C)` and `(N,)`; [`Error::DType`];
     /// [`Error::Index`] at the next read-back for a target outside `0..C`.
     pub fn cross_entropy(&self, targets: &Tensor, label_smoothing: f32) -> Result<Tensor> {
+        let y = no_grad(|| self.cross_entropy_untracked(targets, label_smoothing))?;
+        let (x, t) = (self.detach(), targets.detach());
+        Ok(y.record("cross_entropy", &[self], move |g| {
+            // dx = (softmax(x) - target distribution) * g per row, the target distribution
+            // being (1 - eps) * onehot + eps / C.
+            let classes = x.shape()[1];
+            let class_ids = Tensor::arange(x.device(), 0.0, classes as f32, 1.0)?;
+            let onehot = class_ids
+                .eq(&t.to_dtype(DType::F32)?.unsqueeze(1)?)?
+                .to_dtype(DType::F32)?;
+            let target = onehot
+                .mul_scalar(1.0 - label_smoothing)?
+                .add_scalar(label_smoothing / classes as f32)?;
+            Ok(vec![Some(
+                x.softmax()?.sub(&target)?.mul(&g.unsqueeze(1)?)?,
+            )])
+        }))
+    }
+
+    fn cross_entropy_untracked(&self, targets: &Tensor, label_smoothing: f32) -> Result<Tensor> {
         let op = "cross_entropy";
         self.expect_dtype(op, DType::F32)?;
         targets.expect_dtype(op, DType::U32)?;
@@ -183,4 +229,34 @@ impl Tensor {
         );
         Ok(out)
     }
+}
+
+/// Gradients of layer norm from the saved per-row `(mean, rstd)`:
+/// with `xhat = (x - mean) * rstd` and `gh = g * weight`,
+/// `dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))`, `dweight = sum_rows(g * xhat)`,
+/// `dbias = sum_rows(g)`.
+fn layer_norm_backward(
+    x: &Tensor,
+    w: &Tensor,
+    stats: &Tensor,
+    g: &Tensor,
+    [need_x, need_w, need_b]: [bool; 3],
+) -> Result<Vec<Option<Tensor>>> {
+    let cols = *x.shape().last().expect("layer_norm input has an axis");
+    let rows = x.numel() / cols.max(1);
+    let (x2, g2) = (x.reshape(&[rows, cols])?, g.reshape(&[rows, cols])?);
+    let mean = stats.narrow(1, 0, 1)?;
+    let rstd = stats.narrow(1, 1, 1)?;
+    let xhat = x2.sub(&mean)?.mul(&rstd)?;
+    let dx = if need_x {
+        let gh = g2.mul(w)?;
+        let centred = gh.sub(&gh.mean(1, true)?)?;
+        let along = xhat.mul(&gh.mul(&xhat)?.mean(1, true)?)?;
+        Some(centred.sub(&along)?.mul(&rstd)?.reshape(x.shape())?)
+    } else {
+        None
+    };
+    let dw = need_w.then(|| g2.mul(&xhat)?.sum(0, false)).transpose()?;
+    let db = need_b.then(|| g2.sum(0, false)).transpose()?;
+    Ok(vec![dx, dw, db])
 }
