@@ -1,7 +1,7 @@
 //! Reverse-mode automatic differentiation.
 //!
 //! A tensor marked with [`Tensor::requires_grad`] is a leaf. Every op whose inputs include a
-//! tensor that requires grad records a [`Node`] on its output: the inputs and a closure,
+//! tensor that requires grad records a node on its output: the inputs and a closure,
 //! written beside the op's forward, that turns the output's gradient into the inputs'.
 //! [`Tensor::backward`] walks the recorded graph from a scalar in reverse topological order
 //! and returns a [`Gradients`] container keyed by tensor id, as burn does.
