@@ -290,6 +290,22 @@ impl Gradients {
         })
     }
 
+    /// Drop every gradient (PyTorch's `zero_grad(set_to_none=True)`).
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Tensor> {
+        self.map.values()
+    }
+
+    pub(crate) fn map_values(&mut self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<()> {
+        for g in self.map.values_mut() {
+            *g = f(g)?;
+        }
+        Ok(())
+    }
+
     /// Number of tensors with a gradient.
     pub fn len(&self) -> usize {
         self.map.len()

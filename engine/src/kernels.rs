@@ -48,6 +48,7 @@ shader!(SOFTMAX, "softmax.wgsl", with "rows.wgsl");
 shader!(LAYER_NORM, "layer_norm.wgsl", with "rows.wgsl");
 shader!(CROSS_ENTROPY, "cross_entropy.wgsl", with "rows.wgsl");
 shader!(ARGSORT, "argsort.wgsl", with "rows.wgsl");
+shader!(OPTIM, "optim.wgsl");
 
 /// Every shader the engine compiles; the validation test checks each with naga and checks
 /// that no `.wgsl` file in `shaders/` is missing from this list.
@@ -66,6 +67,7 @@ pub static ALL_SHADERS: &[&Shader] = &[
     &LAYER_NORM,
     &CROSS_ENTROPY,
     &ARGSORT,
+    &OPTIM,
 ];
 
 /// Helper files that are only ever prepended to other shaders.
@@ -116,6 +118,8 @@ kernel!(SOFTMAX_K: SOFTMAX::"softmax", [W, R], ["WG"]);
 kernel!(LAYER_NORM_K: LAYER_NORM::"layer_norm", [W, W, R, R, R], ["WG"]);
 kernel!(CROSS_ENTROPY_K: CROSS_ENTROPY::"cross_entropy", [W, R, R, W], ["WG"]);
 kernel!(ARGSORT_K: ARGSORT::"argsort", [W, R], ["DESCENDING"]);
+kernel!(ADAMW_K: OPTIM::"adamw", [W, R, W, W], []);
+kernel!(SGD_K: OPTIM::"sgd", [W, R, W], []);
 
 /// A compiled kernel specialisation.
 pub(crate) struct Pipeline {

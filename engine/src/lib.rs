@@ -27,6 +27,7 @@ pub mod gradcheck;
 #[doc(hidden)]
 pub mod kernels;
 mod ops;
+pub mod optim;
 #[doc(hidden)]
 pub mod params;
 mod pool;
@@ -39,5 +40,6 @@ pub use device::{Device, DeviceInfo, DISPATCHES_PER_BATCH};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, GradMismatch, GradcheckOptions, GradcheckReport};
 pub use ops::{BinaryOp, CompareOp, UnaryOp};
+pub use optim::{warmup_cosine_lr, AdamW, OptimizerState, ParamGroup, Sgd};
 pub use pool::PoolStats;
 pub use tensor::{DType, Tensor};

@@ -155,6 +155,28 @@ uniform! {
     }
 }
 
+uniform! {
+    /// Fused AdamW and SGD updates of one parameter tensor.
+    OptimParams in ["optim.wgsl"] {
+        numel: u32,
+        param_offset: u32,
+        grad_offset: u32,
+        first: u32,
+        lr: f32,
+        weight_decay: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        step_size: f32,
+        bc2_sqrt: f32,
+        momentum: f32,
+        dampening: f32,
+        nesterov: u32,
+        _pad0: u32,
+        _pad1: u32,
+    }
+}
+
 /// Every uniform twin, for the layout test.
 #[doc(hidden)]
 pub static ALL_UNIFORMS: &[UniformLayout] = &[
@@ -165,4 +187,5 @@ pub static ALL_UNIFORMS: &[UniformLayout] = &[
     ReduceParams::LAYOUT,
     MatmulParams::LAYOUT,
     RowParams::LAYOUT,
+    OptimParams::LAYOUT,
 ];

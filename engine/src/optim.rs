@@ -1,0 +1,421 @@
+//! Optimizers with their update math in fused WGSL kernels (`shaders/optim.wgsl`), one
+//! dispatch per parameter tensor, following `torch.optim` to the letter; global-norm
+//! gradient clipping; and MAE's learning-rate schedule.
+//!
+//! Parameters are updated in place: every clone of a parameter tensor sees the new values
+//! and its id (the key of its gradient) stays the same. Call `step` after `backward`, since
+//! a graph recorded before the step reads the parameters' buffers.
+
+use std::collections::HashMap;
+
+use crate::autodiff::{no_grad, Gradients, TensorId};
+use crate::error::{Error, Result};
+use crate::kernels::{ADAMW_K, SGD_K};
+use crate::ops::elementwise_grid;
+use crate::params::OptimParams;
+use crate::tensor::{DType, Tensor};
+
+/// Parameters that share a learning rate and weight decay (MAE exempts biases and 1-D
+/// parameters from decay by putting them in a group with `weight_decay = 0`).
+#[derive(Clone, Debug)]
+pub struct ParamGroup {
+    /// The parameter tensors: `F32`, contiguous, requiring grad.
+    pub params: Vec<Tensor>,
+    /// Learning rate; schedules set it before each step.
+    pub lr: f32,
+    /// Decoupled (AdamW) or L2 (SGD) weight decay.
+    pub weight_decay: f32,
+}
+
+impl ParamGroup {
+    /// A group of `params` with learning rate `lr` and weight decay `weight_decay`.
+    pub fn new(params: Vec<Tensor>, lr: f32, weight_decay: f32) -> ParamGroup {
+        ParamGroup {
+            params,
+            lr,
+            weight_decay,
+        }
+    }
+}
+
+fn check_groups(op: &'static str, groups: &[ParamGroup]) -> Result<()> {
+    for (g, group) in groups.iter().enumerate() {
+        for (i, p) in group.params.iter().enumerate() {
+            p.expect_dtype(op, DType::F32)?;
+            if !p.is_contiguous() || !p.is_tracked() {
+                return Err(Error::shape(
+                    op,
+                    format!("parameter {i} of group {g} (shape {:?}) must be contiguous and require grad", p.shape()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Optimizer state as named host tensors, for checkpoints: `step` and, per parameter
+/// (`"{group}.{index}.{name}"`), its moment buffers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct OptimizerState {
+    /// Steps taken.
+    pub step: u64,
+    /// `(name, shape, values)` of every state buffer.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+}
+
+/// Shared bookkeeping of the optimizers: per-parameter state buffers.
+#[derive(Default)]
+struct Slots {
+    buffers: HashMap<TensorId, Vec<Tensor>>,
+}
+
+impl Slots {
+    fn get(&mut self, p: &Tensor, count: usize) -> Result<&Vec<Tensor>> {
+        match self.buffers.entry(p.id()) {
+            std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let zeros = (0..count)
+                    .map(|_| Tensor::zeros(p.device(), p.shape()))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(e.insert(zeros))
+            }
+        }
+    }
+
+    fn export(&self, groups: &[ParamGroup], names: &[&str], step: u64) -> Result<OptimizerState> {
+        let mut state = OptimizerState {
+            step,
+            tensors: Vec::new(),
+        };
+        for (g, group) in groups.iter().enumerate() {
+            for (i, p) in group.params.iter().enumerate() {
+                if let Some(bufs) = self.buffers.get(&p.id()) {
+                    for (name, b) in names.iter().zip(bufs) {
+                        state.tensors.push((
+                            format!("{g}.{i}.{name}"),
+                            b.shape().to_vec(),
+                            b.to_vec()?,
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    fn import(
+        &mut self,
+        groups: &[ParamGroup],
+        names: &[&str],
+        state: &OptimizerState,
+    ) -> Result<()> {
+        let by_name: HashMap<&str, (&Vec<usize>, &Vec<f32>)> = state
+            .tensors
+            .iter()
+            .map(|(n, s, v)| (n.as_str(), (s, v)))
+            .collect();
+        let mut buffers = HashMap::new();
+        let mut problems = Vec::new();
+        let mut used = 0;
+        for (g, group) in groups.iter().enumerate() {
+            for (i, p) in group.params.iter().enumerate() {
+                let mut bufs = Vec::new();
+                for name in names {
+                    let key = format!("{g}.{i}.{name}");
+                    match by_name.get(key.as_str()) {
+                        Some((shape, values)) if shape.as_slice() == p.shape() => {
+                            bufs.push(Tensor::from_slice(p.device(), values, shape)?);
+                            used += 1;
+                        }
+                        Some((shape, _)) => problems.push(format!(
+                            "{key}: shape {shape:?}, parameter has {:?}",
+                            p.shape()
+                        )),
+                        None => {}
+                    }
+                }
+                if bufs.len() == names.len() {
+                    buffers.insert(p.id(), bufs);
+                } else if !bufs.is_empty() {
+                    problems.push(format!("{g}.{i}: incomplete state"));
+                }
+            }
+        }
+        if used != state.tensors.len() {
+            problems.push(format!(
+                "{} state tensors match no parameter",
+                state.tensors.len() - used
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(Error::shape("load_state", problems.join("; ")));
+        }
+        self.buffers = buffers;
+        Ok(())
+    }
+}
+
+/// AdamW with PyTorch's semantics: decoupled weight decay, bias-corrected moments.
+pub struct AdamW {
+    /// Parameter groups, with their learning rates (set them per iteration for a schedule).
+    pub groups: Vec<ParamGroup>,
+    /// `(beta1, beta2)`; MAE pretraining uses `(0.9, 0.95)`.
+    pub betas: (f32, f32),
+    /// Added to the denominator.
+    pub eps: f32,
+    step: u64,
+    slots: Slots,
+}
+
+impl AdamW {
+    /// An optimizer over `groups`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a parameter that is not contiguous or does not require grad;
+    /// [`Error::DType`] for a `U32` one.
+    pub fn new(groups: Vec<ParamGroup>, betas: (f32, f32), eps: f32) -> Result<AdamW> {
+        check_groups("AdamW", &groups)?;
+        Ok(AdamW {
+            groups,
+            betas,
+            eps,
+            step: 0,
+            slots: Slots::default(),
+        })
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Update every parameter that has a gradient in `grads` (others are skipped, as in
+    /// PyTorch). Records one fused dispatch per parameter; nothing is read back.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when a gradient's shape differs from its parameter's.
+    pub fn step(&mut self, grads: &Gradients) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let (b1, b2) = self.betas;
+        let bc1 = 1.0 - (b1 as f64).powi(t);
+        let bc2 = 1.0 - (b2 as f64).powi(t);
+        no_grad(|| {
+            for group in &self.groups {
+                for p in &group.params {
+                    let Some(g) = grads.get(p) else { continue };
+                    let g = grad_for("AdamW", p, g)?;
+                    let state = self.slots.get(p, 2)?;
+                    let params = OptimParams {
+                        numel: p.numel() as u32,
+                        param_offset: p.offset() as u32,
+                        grad_offset: g.offset() as u32,
+                        lr: group.lr,
+                        weight_decay: group.weight_decay,
+                        beta1: b1,
+                        beta2: b2,
+                        eps: self.eps,
+                        step_size: (group.lr as f64 / bc1) as f32,
+                        bc2_sqrt: bc2.sqrt() as f32,
+                        ..Default::default()
+                    };
+                    p.device().dispatch(
+                        &ADAMW_K,
+                        &[],
+                        &params,
+                        &[p.buffer(), g.buffer(), state[0].buffer(), state[1].buffer()],
+                        elementwise_grid(p.numel()),
+                    );
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The step count and moments, for a checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::Device`] when reading back fails.
+    pub fn state(&self) -> Result<OptimizerState> {
+        self.slots
+            .export(&self.groups, &["exp_avg", "exp_avg_sq"], self.step)
+    }
+
+    /// Restore a state saved by [`AdamW::state`] for the same parameter layout.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] listing every state tensor that is missing, mis-shaped or unused.
+    pub fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+        self.slots
+            .import(&self.groups, &["exp_avg", "exp_avg_sq"], state)?;
+        self.step = state.step;
+        Ok(())
+    }
+}
+
+/// SGD with momentum, dampening, Nesterov and L2 weight decay, as `torch.optim.SGD`.
+pub struct Sgd {
+    /// Parameter groups.
+    pub groups: Vec<ParamGroup>,
+    /// Momentum factor (0 for plain SGD).
+    pub momentum: f32,
+    /// Dampening of the momentum's new term.
+    pub dampening: f32,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    step: u64,
+    slots: Slots,
+}
+
+impl Sgd {
+    /// An optimizer over `groups`.
+    ///
+    /// # Errors
+    /// As [`AdamW::new`].
+    pub fn new(
+        groups: Vec<ParamGroup>,
+        momentum: f32,
+        dampening: f32,
+        nesterov: bool,
+    ) -> Result<Sgd> {
+        check_groups("SGD", &groups)?;
+        Ok(Sgd {
+            groups,
+            momentum,
+            dampening,
+            nesterov,
+            step: 0,
+            slots: Slots::default(),
+        })
+    }
+
+    /// Update every parameter that has a gradient in `grads`.
+    ///
+    /// # Errors
+    /// As [`AdamW::step`].
+    pub fn step(&mut self, grads: &Gradients) -> Result<()> {
+        no_grad(|| {
+            for group in &self.groups {
+                for p in &group.params {
+                    let Some(g) = grads.get(p) else { continue };
+                    let g = grad_for("SGD", p, g)?;
+                    let first = !self.slots.buffers.contains_key(&p.id());
+                    let buf = &self.slots.get(p, 1)?[0];
+                    let params = OptimParams {
+                        numel: p.numel() as u32,
+                        param_offset: p.offset() as u32,
+                        grad_offset: g.offset() as u32,
+                        first: first as u32,
+                        lr: group.lr,
+                        weight_decay: group.weight_decay,
+                        momentum: self.momentum,
+                        dampening: self.dampening,
+                        nesterov: self.nesterov as u32,
+                        ..Default::default()
+                    };
+                    p.device().dispatch(
+                        &SGD_K,
+                        &[],
+                        &params,
+                        &[p.buffer(), g.buffer(), buf.buffer()],
+                        elementwise_grid(p.numel()),
+                    );
+                }
+            }
+            Ok(())
+        })?;
+        self.step += 1;
+        Ok(())
+    }
+
+    /// The step count and momentum buffers, for a checkpoint.
+    ///
+    /// # Errors
+    /// As [`AdamW::state`].
+    pub fn state(&self) -> Result<OptimizerState> {
+        self.slots
+            .export(&self.groups, &["momentum_buffer"], self.step)
+    }
+
+    /// Restore a state saved by [`Sgd::state`].
+    ///
+    /// # Errors
+    /// As [`AdamW::load_state`].
+    pub fn load_state(&mut self, state: &OptimizerState) -> Result<()> {
+        self.slots
+            .import(&self.groups, &["momentum_buffer"], state)?;
+        self.step = state.step;
+        Ok(())
+    }
+}
+
+fn grad_for(op: &'static str, p: &Tensor, g: &Tensor) -> Result<Tensor> {
+    if g.shape() != p.shape() {
+        return Err(Error::shape(
+            op,
+            format!(
+                "gradient of shape {:?} for a parameter of shape {:?}",
+                g.shape(),
+                p.shape()
+            ),
+        ));
+    }
+    g.contiguous()
+}
+
+impl Gradients {
+    /// Scale all gradients so that their global L2 norm is at most `max_norm`, as
+    /// `torch.nn.utils.clip_grad_norm_`; returns the norm before clipping as a rank-0
+    /// tensor. Everything stays on the device: no read-back.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a non-positive `max_norm`.
+    pub fn clip_norm(&mut self, max_norm: f32) -> Result<Tensor> {
+        if max_norm.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+            return Err(Error::shape(
+                "clip_norm",
+                format!("max_norm must be positive, got {max_norm}"),
+            ));
+        }
+        no_grad(|| {
+            let mut total: Option<Tensor> = None;
+            for g in self.values() {
+                let sq = g.mul(g)?.sum_all()?;
+                total = Some(match total {
+                    Some(t) => t.add(&sq)?,
+                    None => sq,
+                });
+            }
+            let Some(total) = total else {
+                return Err(Error::Autodiff("clip_norm: no gradients to clip".into()));
+            };
+            let norm = total.sqrt()?;
+            // coef = min(max_norm / (norm + 1e-6), 1)
+            let coef = norm
+                .add_scalar(1e-6)?
+                .rdiv_scalar(max_norm)?
+                .clamp_max(1.0)?;
+            self.map_values(|g| g.mul(&coef))?;
+            Ok(norm)
+        })
+    }
+}
+
+/// MAE's learning rate at a fractional epoch: linear warmup from 0 over `warmup_epochs`,
+/// then a half-cycle cosine from `base_lr` down to `min_lr` at `epochs`. Evaluated per
+/// iteration with `epoch = epoch_index + step_in_epoch / steps_per_epoch`, as the
+/// reference's `adjust_learning_rate`.
+pub fn warmup_cosine_lr(
+    epoch: f64,
+    base_lr: f64,
+    min_lr: f64,
+    warmup_epochs: f64,
+    epochs: f64,
+) -> f64 {
+    if epoch < warmup_epochs {
+        base_lr * epoch / warmup_epochs
+    } else {
+        let progress = (epoch - warmup_epochs) / (epochs - warmup_epochs);
+        min_lr + (base_lr - min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
