@@ -51,6 +51,162 @@ fn matmul_line(dev: &Device, batch: usize, m: usize, k: usize, n: usize, trans_b
     );
 }
 
+/// The parameter shapes of a ViT-B/16 encoder (patch embedding, cls token, 12 blocks, final
+/// norm): 85.8 million parameters.
+fn vit_base_shapes() -> Vec<Vec<usize>> {
+    let mut shapes = vec![
+        vec![768, 768],
+        vec![768],
+        vec![1, 1, 768],
+        vec![768],
+        vec![768],
+    ];
+    for _ in 0..12 {
+        shapes.extend([
+            vec![768],
+            vec![768],
+            vec![768, 2304],
+            vec![2304],
+            vec![768, 768],
+            vec![768],
+            vec![768],
+            vec![768],
+            vec![768, 3072],
+            vec![3072],
+            vec![3072, 768],
+            vec![768],
+        ]);
+    }
+    shapes
+}
+
+fn adamw_step(dev: &Device) {
+    let shapes = vit_base_shapes();
+    let params: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            Tensor::randn(dev, s, i as u64)
+                .unwrap()
+                .requires_grad(true)
+                .unwrap()
+        })
+        .collect();
+    let mut grads = engine::Gradients::default();
+    for (i, p) in params.iter().enumerate() {
+        grads
+            .insert(p, Tensor::randn(dev, p.shape(), 1000 + i as u64).unwrap())
+            .unwrap();
+    }
+    let count: usize = params.iter().map(Tensor::numel).sum();
+    let (decay, no_decay): (Vec<Tensor>, Vec<Tensor>) =
+        params.into_iter().partition(|p| p.rank() > 1);
+    let mut opt = engine::AdamW::new(
+        vec![
+            engine::ParamGroup::new(decay, 1.5e-4, 0.05),
+            engine::ParamGroup::new(no_decay, 1.5e-4, 0.0),
+        ],
+        (0.9, 0.95),
+        1e-8,
+    )
+    .unwrap();
+    let (ms, best_ms) = time_ms(dev, 3, 2.0, || opt.step(&grads).unwrap());
+    println!(
+        r#"{{"op":"adamw_step","params":{count},"tensors":{},"ms":{ms:.1},"best_ms":{best_ms:.1}}}"#,
+        shapes.len()
+    );
+}
+
+/// Forward and backward of one pre-norm transformer block, width 768, 12 heads, MLP 3072,
+/// on 8 x 197 tokens (ViT-B/16 at batch 8), composed from engine ops.
+fn block_forward_backward(dev: &Device, quick: bool) {
+    let (b, n, d, h) = (8, 197, 768, 12);
+    let param = |shape: &[usize], seed: u64| {
+        Tensor::randn(dev, shape, seed)
+            .unwrap()
+            .mul_scalar(0.02)
+            .unwrap()
+            .requires_grad(true)
+            .unwrap()
+    };
+    let ones = || {
+        Tensor::ones(dev, &[d])
+            .unwrap()
+            .requires_grad(true)
+            .unwrap()
+    };
+    let zeros = |k: usize| {
+        Tensor::zeros(dev, &[k])
+            .unwrap()
+            .requires_grad(true)
+            .unwrap()
+    };
+    let (g1, b1, g2, b2) = (ones(), zeros(d), ones(), zeros(d));
+    let (wqkv, bqkv, wproj, bproj) = (
+        param(&[d, 3 * d], 1),
+        zeros(3 * d),
+        param(&[d, d], 2),
+        zeros(d),
+    );
+    let (w1, c1, w2, c2) = (
+        param(&[d, 4 * d], 3),
+        zeros(4 * d),
+        param(&[4 * d, d], 4),
+        zeros(d),
+    );
+    let x = Tensor::randn(dev, &[b, n, d], 5).unwrap();
+    let run = || {
+        let y = x.layer_norm(&g1, &b1, 1e-6).unwrap();
+        let qkv = y.matmul(&wqkv).unwrap().add(&bqkv).unwrap();
+        let qkv = qkv
+            .reshape(&[b, n, 3, h, d / h])
+            .unwrap()
+            .permute(&[2, 0, 3, 1, 4])
+            .unwrap();
+        let head = |i| qkv.narrow(0, i, 1).unwrap().squeeze(0).unwrap();
+        let (q, k, v) = (head(0), head(1), head(2));
+        let attn = q
+            .matmul(&k.t().unwrap())
+            .unwrap()
+            .mul_scalar(0.125)
+            .unwrap()
+            .softmax()
+            .unwrap();
+        let o = attn
+            .matmul(&v)
+            .unwrap()
+            .permute(&[0, 2, 1, 3])
+            .unwrap()
+            .reshape(&[b, n, d])
+            .unwrap();
+        let x1 = x
+            .add(&o.matmul(&wproj).unwrap().add(&bproj).unwrap())
+            .unwrap();
+        let m = x1
+            .layer_norm(&g2, &b2, 1e-6)
+            .unwrap()
+            .matmul(&w1)
+            .unwrap()
+            .add(&c1)
+            .unwrap()
+            .gelu()
+            .unwrap();
+        let out = x1.add(&m.matmul(&w2).unwrap().add(&c2).unwrap()).unwrap();
+        let grads = out.mean_all().unwrap().backward().unwrap();
+        assert_eq!(grads.len(), 12);
+    };
+    dev.reset_peak();
+    let (ms, best_ms) = time_ms(dev, if quick { 1 } else { 2 }, 0.0, run);
+    // Forward 2·tokens·12·d² (projections and MLP) plus attention 4·b·n²·d; backward twice.
+    let tokens = (b * n) as f64;
+    let flop = 3.0 * (2.0 * tokens * 12.0 * (d * d) as f64 + 4.0 * (b * n * n * d) as f64);
+    println!(
+        r#"{{"op":"block_fwd_bwd","shape":[{b},{n},{d}],"heads":{h},"ms":{ms:.0},"best_ms":{best_ms:.0},"gflops":{:.2},"peak_bytes":{}}}"#,
+        flop / (ms * 1e-3) / 1e9,
+        dev.pool_stats().peak_bytes
+    );
+}
+
 fn dispatch_overhead(dev: &Device, chain: usize) {
     let x = Tensor::zeros(dev, &[64]).unwrap();
     let run = || {
@@ -126,6 +282,8 @@ fn main() {
         );
     }
 
+    adamw_step(&dev);
+    block_forward_backward(&dev, quick);
     dispatch_overhead(&dev, 10_000);
     let stats = dev.pool_stats();
     println!(

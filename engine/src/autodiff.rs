@@ -290,6 +290,26 @@ impl Gradients {
         })
     }
 
+    /// Set the gradient of `t` by hand (for tests, benchmarks, or gradients computed
+    /// elsewhere).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the shapes differ.
+    pub fn insert(&mut self, t: &Tensor, grad: Tensor) -> Result<()> {
+        if grad.shape() != t.shape() {
+            return Err(Error::shape(
+                "Gradients::insert",
+                format!(
+                    "gradient of shape {:?} for a tensor of shape {:?}",
+                    grad.shape(),
+                    t.shape()
+                ),
+            ));
+        }
+        self.map.insert(t.id, grad);
+        Ok(())
+    }
+
     /// Drop every gradient (PyTorch's `zero_grad(set_to_none=True)`).
     pub fn clear(&mut self) {
         self.map.clear();
