@@ -1,3 +1,22 @@
-//! Transformer building blocks on top of [`engine`]. Empty until the nn issue lands;
-//! the crate exists so the workspace layout is final from the start.
+//! # nn
+//!
+//! Vision Transformer building blocks on top of [`engine`]: modules with hierarchical
+//! parameter names (`blocks.3.attn.qkv.weight`), the layers a ViT is made of, seeded
+//! initialisation, the MAE sin-cos position embedding and safetensors checkpoints.
+//!
+//! Modules follow candle's shape: a struct per layer, built with `new(dims, &mut Init)` and
+//! run with `forward(&x, &mut Ctx)`; [`Module::visit`] walks the named parameters, which
+//! is what optimizers, parameter groups and checkpoints use.
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod init;
+pub mod layers;
+mod module;
+pub mod pos_embed;
+
+pub use checkpoint::{load_safetensors, read_safetensors, save_safetensors, CheckpointError};
 pub use engine;
+pub use init::Init;
+pub use layers::{Attention, Block, LayerNorm, Linear, Mlp, PatchEmbed};
+pub use module::{named_parameters, Ctx, Module};

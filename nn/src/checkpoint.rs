@@ -1,0 +1,255 @@
+//! Checkpoints in safetensors, the format of the PyTorch and Hugging Face world.
+//!
+//! Loading is strict: one error lists every missing, unexpected and mis-shaped tensor.
+//! Files are validated by the `safetensors` crate before any tensor is read (header length,
+//! offsets, sizes), so a truncated, corrupt or hostile file gives an error, never a panic
+//! or a huge allocation. `f16` and `bf16` tensors are converted to `f32`. Saving writes a
+//! temporary file beside the target, syncs it and renames it over the target: a process
+//! killed mid-save leaves the previous checkpoint intact.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use engine::{Device, Tensor};
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+
+use crate::module::Module;
+
+/// What can go wrong with a checkpoint file.
+#[derive(Debug)]
+pub enum CheckpointError {
+    /// The file could not be read or written.
+    Io(PathBuf, std::io::Error),
+    /// The file is not valid safetensors, or holds a dtype we cannot convert.
+    Format(PathBuf, String),
+    /// Strict loading found tensors that do not match the model.
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// Parameters the file lacks.
+        missing: Vec<String>,
+        /// Tensors the model lacks.
+        unexpected: Vec<String>,
+        /// `name: file shape vs model shape`.
+        mis_shaped: Vec<String>,
+    },
+    /// A device error while reading parameters back or creating tensors.
+    Engine(engine::Error),
+}
+
+impl fmt::Display for CheckpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckpointError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+            CheckpointError::Format(p, e) => write!(
+                f,
+                "{}: not a valid safetensors checkpoint: {e}",
+                p.display()
+            ),
+            CheckpointError::Mismatch {
+                path,
+                missing,
+                unexpected,
+                mis_shaped,
+            } => {
+                write!(f, "{}: does not match the model:", path.display())?;
+                if !missing.is_empty() {
+                    write!(f, " missing [{}];", missing.join(", "))?;
+                }
+                if !unexpected.is_empty() {
+                    write!(f, " unexpected [{}];", unexpected.join(", "))?;
+                }
+                if !mis_shaped.is_empty() {
+                    write!(f, " mis-shaped [{}];", mis_shaped.join(", "))?;
+                }
+                Ok(())
+            }
+            CheckpointError::Engine(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for CheckpointError {}
+
+impl From<engine::Error> for CheckpointError {
+    fn from(e: engine::Error) -> Self {
+        CheckpointError::Engine(e)
+    }
+}
+
+/// One tensor as stored: f32 values, row-major.
+struct HostTensor {
+    shape: Vec<usize>,
+    values: Vec<f32>,
+}
+
+impl safetensors::View for &HostTensor {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+        self.values
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    fn data_len(&self) -> usize {
+        self.values.len() * 4
+    }
+}
+
+/// Write named tensors to `path` as f32 safetensors, atomically (temporary file, sync,
+/// rename). `metadata` goes into the header's `__metadata__`.
+///
+/// # Errors
+/// [`CheckpointError::Io`] when writing fails (the previous file at `path` is untouched);
+/// [`CheckpointError::Engine`] when reading a tensor back fails.
+pub fn save_safetensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), CheckpointError> {
+    let mut host = BTreeMap::new();
+    for (name, t) in tensors {
+        host.insert(
+            name.clone(),
+            HostTensor {
+                shape: t.shape().to_vec(),
+                values: t.to_vec()?,
+            },
+        );
+    }
+    let bytes = safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), metadata)
+        .map_err(|e| CheckpointError::Format(path.to_path_buf(), e.to_string()))?;
+    let io = |e| CheckpointError::Io(path.to_path_buf(), e);
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io(std::io::Error::other("no file name")))?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
+    Ok(())
+}
+
+/// Read every tensor of a safetensors file as f32 (converting f16 and bf16), by name.
+///
+/// # Errors
+/// [`CheckpointError::Io`]; [`CheckpointError::Format`] for an invalid file or an
+/// unsupported dtype.
+pub fn read_safetensors(
+    path: &Path,
+) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>, CheckpointError> {
+    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io(path.to_path_buf(), e))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| CheckpointError::Format(path.to_path_buf(), e.to_string()))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in file.tensors() {
+        let values = to_f32(&view)
+            .map_err(|e| CheckpointError::Format(path.to_path_buf(), format!("{name}: {e}")))?;
+        out.insert(name, (view.shape().to_vec(), values));
+    }
+    Ok(out)
+}
+
+fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
+    let data = view.data();
+    Ok(match view.dtype() {
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => data
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        other => {
+            return Err(format!(
+                "dtype {other:?} is not supported (f32, f16 and bf16 are)"
+            ))
+        }
+    })
+}
+
+/// Load every parameter of `module` from `path`, strictly: the file must hold exactly the
+/// module's parameter names with the same shapes. Nothing is changed unless everything
+/// matches. Loaded parameters require grad.
+///
+/// # Errors
+/// [`CheckpointError::Mismatch`] listing every missing, unexpected and mis-shaped tensor;
+/// the errors of [`read_safetensors`].
+pub fn load_safetensors(
+    path: &Path,
+    module: &mut dyn Module,
+    device: &Device,
+) -> Result<(), CheckpointError> {
+    let mut file = read_safetensors(path)?;
+    let mut expected: Vec<(String, Vec<usize>)> = Vec::new();
+    module.visit("", &mut |name, t| {
+        expected.push((name.to_string(), t.shape().to_vec()))
+    });
+    let mut missing = Vec::new();
+    let mut mis_shaped = Vec::new();
+    for (name, shape) in &expected {
+        match file.get(name) {
+            None => missing.push(name.clone()),
+            Some((s, _)) if s != shape => {
+                mis_shaped.push(format!("{name}: file {s:?} vs model {shape:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let unexpected: Vec<String> = file
+        .keys()
+        .filter(|k| !known.contains(k.as_str()))
+        .cloned()
+        .collect();
+    if !missing.is_empty() || !unexpected.is_empty() || !mis_shaped.is_empty() {
+        return Err(CheckpointError::Mismatch {
+            path: path.to_path_buf(),
+            missing,
+            unexpected,
+            mis_shaped,
+        });
+    }
+    let mut loaded: HashMap<String, Tensor> = HashMap::new();
+    for (name, shape) in &expected {
+        let (_, values) = file.remove(name).expect("checked above");
+        loaded.insert(
+            name.clone(),
+            Tensor::from_slice(device, &values, shape)?.requires_grad(true)?,
+        );
+    }
+    module.visit_mut("", &mut |name, t| {
+        if let Some(new) = loaded.remove(name) {
+            *t = new;
+        }
+    });
+    Ok(())
+}

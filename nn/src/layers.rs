@@ -1,0 +1,390 @@
+//! The layers of a Vision Transformer, with the parameter names of the MAE reference (timm):
+//! `fc1`, `qkv`, `norm1`, `patch_embed.proj`, ...
+//!
+//! Shapes use `B` batch, `N` tokens, `D` width, `H` heads.
+
+use engine::{Result, Tensor};
+
+use crate::init::Init;
+use crate::module::{join, Ctx, Module};
+
+/// `y = x W^T + b`, with `W` stored `[out, in]` as in PyTorch (read transposed in place by
+/// the matmul kernel).
+pub struct Linear {
+    /// `[out, in]`
+    pub weight: Tensor,
+    /// `[out]`, or none.
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Xavier-uniform weight, zero bias (when `bias`).
+    ///
+    /// # Errors
+    /// Engine errors only.
+    pub fn new(in_dim: usize, out_dim: usize, bias: bool, init: &mut Init) -> Result<Linear> {
+        Ok(Linear {
+            weight: init.xavier_uniform(out_dim, in_dim)?,
+            bias: bias.then(|| init.constant(&[out_dim], 0.0)).transpose()?,
+        })
+    }
+
+    /// `(.., in) -> (.., out)`
+    ///
+    /// # Errors
+    /// [`engine::Error::Shape`] when the last axis is not `in`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight.t()?)?;
+        match &self.bias {
+            Some(b) => y.add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        f(&join(prefix, "weight"), &self.weight);
+        if let Some(b) = &self.bias {
+            f(&join(prefix, "bias"), b);
+        }
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f(&join(prefix, "weight"), &mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f(&join(prefix, "bias"), b);
+        }
+    }
+}
+
+/// Layer normalisation over the last axis with learned scale and shift.
+pub struct LayerNorm {
+    /// `[D]`, initialised to 1.
+    pub weight: Tensor,
+    /// `[D]`, initialised to 0.
+    pub bias: Tensor,
+    /// Added to the variance: 1e-6 in the MAE reference, 1e-12 in transformers' ViTMAE.
+    pub eps: f32,
+}
+
+impl LayerNorm {
+    /// Weight 1, bias 0.
+    ///
+    /// # Errors
+    /// Engine errors only.
+    pub fn new(dim: usize, eps: f32, init: &mut Init) -> Result<LayerNorm> {
+        Ok(LayerNorm {
+            weight: init.constant(&[dim], 1.0)?,
+            bias: init.constant(&[dim], 0.0)?,
+            eps,
+        })
+    }
+
+    /// `(.., D) -> (.., D)`
+    ///
+    /// # Errors
+    /// [`engine::Error::Shape`] when the last axis is not `D`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.layer_norm(&self.weight, &self.bias, self.eps)
+    }
+}
+
+impl Module for LayerNorm {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        f(&join(prefix, "weight"), &self.weight);
+        f(&join(prefix, "bias"), &self.bias);
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f(&join(prefix, "weight"), &mut self.weight);
+        f(&join(prefix, "bias"), &mut self.bias);
+    }
+}
+
+/// Inverted dropout in train mode, identity in eval mode.
+///
+/// # Errors
+/// Engine errors only.
+pub fn dropout(x: &Tensor, p: f32, ctx: &mut Ctx) -> Result<Tensor> {
+    if !ctx.train || p == 0.0 {
+        return Ok(x.clone());
+    }
+    x.dropout(p, ctx.next_seed())
+}
+
+/// Stochastic depth: in train mode each sample's residual branch is dropped with
+/// probability `p` and the kept ones scaled by `1 / (1 - p)`. `x` is `(B, ..)`.
+///
+/// # Errors
+/// Engine errors only.
+pub fn drop_path(x: &Tensor, p: f32, ctx: &mut Ctx) -> Result<Tensor> {
+    if !ctx.train || p == 0.0 {
+        return Ok(x.clone());
+    }
+    let mut shape = vec![1; x.rank()];
+    shape[0] = x.shape()[0];
+    let keep = 1.0 - p;
+    let mask = Tensor::rand(x.device(), &shape, ctx.next_seed())?
+        .lt_scalar(keep)?
+        .to_dtype(engine::DType::F32)?
+        .div_scalar(keep)?;
+    x.mul(&mask)
+}
+
+/// `fc2(gelu(fc1(x)))`
+pub struct Mlp {
+    /// `D -> hidden`
+    pub fc1: Linear,
+    /// `hidden -> D`
+    pub fc2: Linear,
+}
+
+impl Mlp {
+    /// Two linear layers around the exact GELU.
+    ///
+    /// # Errors
+    /// Engine errors only.
+    pub fn new(dim: usize, hidden: usize, init: &mut Init) -> Result<Mlp> {
+        Ok(Mlp {
+            fc1: Linear::new(dim, hidden, true, init)?,
+            fc2: Linear::new(hidden, dim, true, init)?,
+        })
+    }
+
+    /// `(.., D) -> (.., D)`
+    ///
+    /// # Errors
+    /// As [`Linear::forward`].
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
+    }
+}
+
+impl Module for Mlp {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.fc1.visit(&join(prefix, "fc1"), f);
+        self.fc2.visit(&join(prefix, "fc2"), f);
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.fc1.visit_mut(&join(prefix, "fc1"), f);
+        self.fc2.visit_mut(&join(prefix, "fc2"), f);
+    }
+}
+
+/// Multi-head self-attention with a fused qkv projection:
+/// `softmax(q k^T / sqrt(head_dim)) v`, heads concatenated, then `proj`.
+pub struct Attention {
+    /// `D -> 3D`: rows are q, then k, then v.
+    pub qkv: Linear,
+    /// `D -> D`
+    pub proj: Linear,
+    /// Number of heads `H` (`D % H == 0`).
+    pub heads: usize,
+    /// Dropout on the attention weights in train mode.
+    pub attn_drop: f32,
+}
+
+impl Attention {
+    /// `heads` heads over width `dim`; `qkv_bias` as the config says.
+    ///
+    /// # Errors
+    /// [`engine::Error::Shape`] when `dim` is not a multiple of `heads`.
+    pub fn new(dim: usize, heads: usize, qkv_bias: bool, init: &mut Init) -> Result<Attention> {
+        if heads == 0 || dim % heads != 0 {
+            return Err(engine::Error::Shape {
+                op: "Attention::new",
+                msg: format!("width {dim} is not divisible into {heads} heads"),
+            });
+        }
+        Ok(Attention {
+            qkv: Linear::new(dim, 3 * dim, qkv_bias, init)?,
+            proj: Linear::new(dim, dim, true, init)?,
+            heads,
+            attn_drop: 0.0,
+        })
+    }
+
+    /// `(B, N, D) -> (B, N, D)`
+    ///
+    /// # Errors
+    /// [`engine::Error::Shape`] for an input that is not `(B, N, D)`.
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let &[b, n, d] = x.shape() else {
+            return Err(engine::Error::Shape {
+                op: "Attention",
+                msg: format!("needs (B, N, D), got {:?}", x.shape()),
+            });
+        };
+        let hd = d / self.heads;
+        // (B, N, 3D) -> (3, B, H, N, hd)
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape(&[b, n, 3, self.heads, hd])?
+            .permute(&[2, 0, 3, 1, 4])?;
+        let part = |i| -> Result<Tensor> { qkv.narrow(0, i, 1)?.squeeze(0) };
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        // attn: (B, H, N, N)
+        let attn = q
+            .matmul(&k.t()?)?
+            .mul_scalar((hd as f32).powf(-0.5))?
+            .softmax()?;
+        let attn = dropout(&attn, self.attn_drop, ctx)?;
+        // (B, H, N, hd) -> (B, N, D)
+        let out = attn
+            .matmul(&v)?
+            .permute(&[0, 2, 1, 3])?
+            .reshape(&[b, n, d])?;
+        self.proj.forward(&out)
+    }
+}
+
+impl Module for Attention {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.qkv.visit(&join(prefix, "qkv"), f);
+        self.proj.visit(&join(prefix, "proj"), f);
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.qkv.visit_mut(&join(prefix, "qkv"), f);
+        self.proj.visit_mut(&join(prefix, "proj"), f);
+    }
+}
+
+/// The pre-norm transformer block:
+/// `x = x + drop_path(attn(norm1(x)))`, then `x = x + drop_path(mlp(norm2(x)))`.
+pub struct Block {
+    /// Before attention.
+    pub norm1: LayerNorm,
+    /// Self-attention.
+    pub attn: Attention,
+    /// Before the MLP.
+    pub norm2: LayerNorm,
+    /// The MLP.
+    pub mlp: Mlp,
+    /// Stochastic-depth probability of both residual branches.
+    pub drop_path: f32,
+}
+
+impl Block {
+    /// A block of width `dim` with `heads` heads and an MLP of `mlp_ratio * dim`.
+    ///
+    /// # Errors
+    /// As [`Attention::new`].
+    pub fn new(
+        dim: usize,
+        heads: usize,
+        mlp_ratio: f32,
+        qkv_bias: bool,
+        eps: f32,
+        init: &mut Init,
+    ) -> Result<Block> {
+        Ok(Block {
+            norm1: LayerNorm::new(dim, eps, init)?,
+            attn: Attention::new(dim, heads, qkv_bias, init)?,
+            norm2: LayerNorm::new(dim, eps, init)?,
+            mlp: Mlp::new(dim, (dim as f32 * mlp_ratio) as usize, init)?,
+            drop_path: 0.0,
+        })
+    }
+
+    /// `(B, N, D) -> (B, N, D)`
+    ///
+    /// # Errors
+    /// As [`Attention::forward`].
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        let a = self.attn.forward(&self.norm1.forward(x)?, ctx)?;
+        let x = x.add(&drop_path(&a, self.drop_path, ctx)?)?;
+        let m = self.mlp.forward(&self.norm2.forward(&x)?)?;
+        x.add(&drop_path(&m, self.drop_path, ctx)?)
+    }
+}
+
+impl Module for Block {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        self.norm1.visit(&join(prefix, "norm1"), f);
+        self.attn.visit(&join(prefix, "attn"), f);
+        self.norm2.visit(&join(prefix, "norm2"), f);
+        self.mlp.visit(&join(prefix, "mlp"), f);
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        self.norm1.visit_mut(&join(prefix, "norm1"), f);
+        self.attn.visit_mut(&join(prefix, "attn"), f);
+        self.norm2.visit_mut(&join(prefix, "norm2"), f);
+        self.mlp.visit_mut(&join(prefix, "mlp"), f);
+    }
+}
+
+/// Image to patch tokens: a convolution with kernel and stride `p`, done as patchify (in the
+/// convolution's `(C, p, p)` order) followed by a matrix product.
+pub struct PatchEmbed {
+    /// `[D, C, p, p]`, as PyTorch's `Conv2d` stores it.
+    pub weight: Tensor,
+    /// `[D]`
+    pub bias: Tensor,
+    /// Patch size `p`.
+    pub patch: usize,
+}
+
+impl PatchEmbed {
+    /// Xavier-uniform weight over the weight viewed as `[D, C*p*p]`, zero bias.
+    ///
+    /// # Errors
+    /// Engine errors only.
+    pub fn new(channels: usize, patch: usize, dim: usize, init: &mut Init) -> Result<PatchEmbed> {
+        let weight = init
+            .xavier_uniform(dim, channels * patch * patch)?
+            .reshape(&[dim, channels, patch, patch])?
+            .requires_grad(true)?;
+        Ok(PatchEmbed {
+            weight,
+            bias: init.constant(&[dim], 0.0)?,
+            patch,
+        })
+    }
+
+    /// `(B, C, H, W) -> (B, L, D)` with `L = (H/p) (W/p)` patches in row-major order.
+    ///
+    /// # Errors
+    /// [`engine::Error::Shape`] when the image is not `(B, C, H, W)` with `H` and `W`
+    /// multiples of `p` and `C` matching the weight.
+    pub fn forward(&self, img: &Tensor) -> Result<Tensor> {
+        let (d, c, p) = (self.weight.shape()[0], self.weight.shape()[1], self.patch);
+        let ok = img.rank() == 4
+            && img.shape()[1] == c
+            && img.shape()[2] % p == 0
+            && img.shape()[3] % p == 0;
+        if !ok {
+            return Err(engine::Error::Shape {
+                op: "PatchEmbed",
+                msg: format!(
+                    "needs images (B, {c}, H, W) with H and W multiples of {p}, got {:?}",
+                    img.shape()
+                ),
+            });
+        }
+        let (b, gh, gw) = (img.shape()[0], img.shape()[2] / p, img.shape()[3] / p);
+        // (B, C, gh, p, gw, p) -> (B, gh, gw, C, p, p) -> (B, L, C*p*p)
+        let patches = img
+            .reshape(&[b, c, gh, p, gw, p])?
+            .permute(&[0, 2, 4, 1, 3, 5])?
+            .reshape(&[b, gh * gw, c * p * p])?;
+        let w = self.weight.reshape(&[d, c * p * p])?;
+        patches.matmul(&w.t()?)?.add(&self.bias)
+    }
+}
+
+impl Module for PatchEmbed {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        f(&join(prefix, "proj.weight"), &self.weight);
+        f(&join(prefix, "proj.bias"), &self.bias);
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f(&join(prefix, "proj.weight"), &mut self.weight);
+        f(&join(prefix, "proj.bias"), &mut self.bias);
+    }
+}
