@@ -80,6 +80,9 @@ impl From<engine::Error> for CheckpointError {
     }
 }
 
+/// Tensors of a file by name: shape and f32 values, row-major.
+pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// One tensor as stored: f32 values, row-major.
 struct HostTensor {
     shape: Vec<usize>,
@@ -158,9 +161,7 @@ pub fn save_safetensors(
 /// # Errors
 /// [`CheckpointError::Io`]; [`CheckpointError::Format`] for an invalid file or an
 /// unsupported dtype.
-pub fn read_safetensors(
-    path: &Path,
-) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>, CheckpointError> {
+pub fn read_safetensors(path: &Path) -> Result<TensorMap, CheckpointError> {
     let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io(path.to_path_buf(), e))?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| CheckpointError::Format(path.to_path_buf(), e.to_string()))?;

@@ -192,7 +192,7 @@ impl Attention {
     /// # Errors
     /// [`engine::Error::Shape`] when `dim` is not a multiple of `heads`.
     pub fn new(dim: usize, heads: usize, qkv_bias: bool, init: &mut Init) -> Result<Attention> {
-        if heads == 0 || dim % heads != 0 {
+        if heads == 0 || !dim.is_multiple_of(heads) {
             return Err(engine::Error::Shape {
                 op: "Attention::new",
                 msg: format!("width {dim} is not divisible into {heads} heads"),
@@ -355,8 +355,8 @@ impl PatchEmbed {
         let (d, c, p) = (self.weight.shape()[0], self.weight.shape()[1], self.patch);
         let ok = img.rank() == 4
             && img.shape()[1] == c
-            && img.shape()[2] % p == 0
-            && img.shape()[3] % p == 0;
+            && img.shape()[2].is_multiple_of(p)
+            && img.shape()[3].is_multiple_of(p);
         if !ok {
             return Err(engine::Error::Shape {
                 op: "PatchEmbed",

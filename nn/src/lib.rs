@@ -15,7 +15,9 @@ pub mod layers;
 mod module;
 pub mod pos_embed;
 
-pub use checkpoint::{load_safetensors, read_safetensors, save_safetensors, CheckpointError};
+pub use checkpoint::{
+    load_safetensors, read_safetensors, save_safetensors, CheckpointError, TensorMap,
+};
 pub use engine;
 pub use init::Init;
 pub use layers::{Attention, Block, LayerNorm, Linear, Mlp, PatchEmbed};

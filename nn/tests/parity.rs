@@ -2,13 +2,12 @@
 //! weights (fixtures from tools/fixtures/gen_nn.py): relative error of at most 1e-5 in the
 //! L2 norm, elementwise within 1e-5 absolute plus 1e-4 relative.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use engine::{Device, Tensor};
-use nn::{read_safetensors, Attention, Block, Ctx, Init, LayerNorm, Linear, Module};
+use nn::{read_safetensors, Attention, Block, Ctx, Init, LayerNorm, Linear, Module, TensorMap};
 
-type Fixture = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+type Fixture = TensorMap;
 
 fn fixture() -> Fixture {
     read_safetensors(Path::new(concat!(
