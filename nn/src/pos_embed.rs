@@ -11,7 +11,7 @@
 /// config's validation first).
 pub fn sincos_2d(dim: usize, grid: usize) -> Vec<f32> {
     assert!(
-        dim % 4 == 0,
+        dim.is_multiple_of(4),
         "sin-cos position embedding needs a width divisible by 4, got {dim}"
     );
     let quarter = dim / 4;
