@@ -130,3 +130,20 @@ fn block_matches_torch_with_both_eps() {
         });
     }
 }
+
+#[test]
+fn patch_embed_matches_torch_conv() {
+    let mut m = nn::PatchEmbed::new(3, 4, 8, &mut init()).unwrap();
+    check("patch_embed", &mut m, |m, x| m.forward(x).unwrap());
+}
+
+#[test]
+fn position_embedding_matches_the_reference_code() {
+    let f = fixture();
+    let (shape, want) = &f["pos_embed_16_4"];
+    assert_eq!(shape, &[17, 16]);
+    let got = nn::pos_embed::sincos_2d(16, 4);
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() <= 1e-6, "element {i}: {a} vs {b}");
+    }
+}
