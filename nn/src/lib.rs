@@ -14,6 +14,7 @@ pub mod init;
 pub mod layers;
 mod module;
 pub mod pos_embed;
+pub mod vit;
 
 pub use checkpoint::{
     load_safetensors, read_safetensors, save_safetensors, CheckpointError, TensorMap,
@@ -22,3 +23,4 @@ pub use engine;
 pub use init::Init;
 pub use layers::{Attention, Block, LayerNorm, Linear, Mlp, PatchEmbed};
 pub use module::{named_parameters, Ctx, Module};
+pub use vit::{VisionTransformer, VitConfig};

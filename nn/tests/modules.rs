@@ -1,0 +1,159 @@
+//! Initialisation, names, train and eval modes, the ViT classifier, and gradcheck on small
+//! layers.
+
+use engine::{gradcheck, Device, GradcheckOptions, Tensor};
+use nn::layers::{drop_path, dropout};
+use nn::{
+    named_parameters, Attention, Block, Ctx, Init, Linear, Module, VisionTransformer, VitConfig,
+};
+
+fn dev() -> Device {
+    Device::shared().unwrap()
+}
+
+fn all_values(m: &dyn Module) -> Vec<(String, Vec<f32>)> {
+    named_parameters(m)
+        .into_iter()
+        .map(|(n, t)| (n, t.to_vec().unwrap()))
+        .collect()
+}
+
+fn tiny_vit(global_pool: bool) -> VitConfig {
+    VitConfig {
+        image_size: 8,
+        patch_size: 4,
+        channels: 1,
+        dim: 8,
+        depth: 2,
+        heads: 2,
+        mlp_ratio: 4.0,
+        qkv_bias: true,
+        eps: 1e-6,
+        classes: 3,
+        global_pool,
+        drop_path: 0.1,
+    }
+}
+
+#[test]
+fn same_seed_same_weights_bit_for_bit() {
+    let a = VisionTransformer::new(tiny_vit(true), &mut Init::new(&dev(), 7)).unwrap();
+    let b = VisionTransformer::new(tiny_vit(true), &mut Init::new(&dev(), 7)).unwrap();
+    let c = VisionTransformer::new(tiny_vit(true), &mut Init::new(&dev(), 8)).unwrap();
+    assert_eq!(all_values(&a), all_values(&b));
+    assert_ne!(all_values(&a), all_values(&c));
+}
+
+#[test]
+fn initialisation_follows_the_reference() {
+    let mut init = Init::new(&dev(), 1);
+    let l = Linear::new(64, 32, true, &mut init).unwrap();
+    let bound = (6.0f32 / 96.0).sqrt();
+    let w = l.weight.to_vec().unwrap();
+    assert!(w.iter().all(|v| v.abs() <= bound));
+    assert!(
+        w.iter().any(|v| v.abs() > 0.9 * bound),
+        "xavier draws reach the bound"
+    );
+    assert!(l
+        .bias
+        .as_ref()
+        .unwrap()
+        .to_vec()
+        .unwrap()
+        .iter()
+        .all(|&v| v == 0.0));
+    let b = Block::new(8, 2, 4.0, true, 1e-6, &mut init).unwrap();
+    assert!(b.norm1.weight.to_vec().unwrap().iter().all(|&v| v == 1.0));
+    assert!(b.norm1.bias.to_vec().unwrap().iter().all(|&v| v == 0.0));
+    let head = init.trunc_normal(&[1000], 0.01).unwrap().to_vec().unwrap();
+    assert!(head.iter().all(|v| v.abs() <= 0.02 + 1e-9));
+    let std = (head.iter().map(|v| v * v).sum::<f32>() / 1000.0).sqrt();
+    assert!((std - 0.0088).abs() < 0.001, "truncated normal std {std}");
+    let tok = init.normal(&[4000], 0.02).unwrap().to_vec().unwrap();
+    let std = (tok.iter().map(|v| v * v).sum::<f32>() / 4000.0).sqrt();
+    assert!((std - 0.02).abs() < 0.001, "normal std {std}");
+}
+
+#[test]
+fn vit_names_shapes_and_pooling() {
+    for global_pool in [true, false] {
+        let vit = VisionTransformer::new(tiny_vit(global_pool), &mut Init::new(&dev(), 0)).unwrap();
+        let names: Vec<String> = named_parameters(&vit).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names[0], "patch_embed.proj.weight");
+        assert!(names.contains(&"blocks.1.mlp.fc2.bias".to_string()));
+        assert!(names.contains(&"cls_token".to_string()));
+        let norm = if global_pool {
+            "fc_norm.weight"
+        } else {
+            "norm.weight"
+        };
+        assert!(names.contains(&norm.to_string()), "{names:?}");
+        assert_eq!(names.last().unwrap(), "head.bias");
+        let img = Tensor::randn(&dev(), &[2, 1, 8, 8], 1).unwrap();
+        let logits = vit.forward(&img, &mut Ctx::eval()).unwrap();
+        assert_eq!(logits.shape(), &[2, 3]);
+        assert_eq!(
+            vit.features(&img, &mut Ctx::eval()).unwrap().shape(),
+            &[2, 8]
+        );
+        assert_eq!(vit.blocks[1].drop_path, 0.1);
+    }
+    let bad = VitConfig {
+        image_size: 9,
+        ..tiny_vit(true)
+    };
+    assert!(VisionTransformer::new(bad, &mut Init::new(&dev(), 0)).is_err());
+}
+
+#[test]
+fn dropout_and_drop_path_only_in_train_mode() {
+    let x = Tensor::ones(&dev(), &[64, 4, 8]).unwrap();
+    assert_eq!(
+        dropout(&x, 0.5, &mut Ctx::eval())
+            .unwrap()
+            .to_vec()
+            .unwrap(),
+        x.to_vec().unwrap()
+    );
+    assert_eq!(
+        drop_path(&x, 0.5, &mut Ctx::eval())
+            .unwrap()
+            .to_vec()
+            .unwrap(),
+        x.to_vec().unwrap()
+    );
+    let mut ctx = Ctx::train(3);
+    let y = drop_path(&x, 0.5, &mut ctx).unwrap().to_vec().unwrap();
+    // Whole samples are dropped or scaled by 2.
+    for sample in y.chunks(32) {
+        assert!(sample.iter().all(|&v| v == sample[0]) && (sample[0] == 0.0 || sample[0] == 2.0));
+    }
+    let kept = y.chunks(32).filter(|s| s[0] != 0.0).count();
+    assert!((16..=48).contains(&kept), "kept {kept} of 64 samples");
+    // Each call draws a fresh mask.
+    let z = drop_path(&x, 0.5, &mut ctx).unwrap().to_vec().unwrap();
+    assert_ne!(y, z);
+}
+
+#[test]
+fn small_layers_pass_gradcheck() {
+    let mut init = Init::new(&dev(), 5);
+    let attn = Attention::new(4, 2, true, &mut init).unwrap();
+    let x = Tensor::randn(&dev(), &[1, 3, 4], 9).unwrap();
+    let report = gradcheck(
+        |t| attn.forward(&t[0], &mut Ctx::eval()),
+        &[x.clone()],
+        GradcheckOptions::default(),
+    )
+    .unwrap();
+    assert!(report.passed, "attention: {report}");
+    let block = Block::new(4, 2, 2.0, true, 1e-6, &mut init).unwrap();
+    let report = gradcheck(
+        |t| block.forward(&t[0], &mut Ctx::eval()),
+        &[x],
+        GradcheckOptions::default(),
+    )
+    .unwrap();
+    assert!(report.passed, "block: {report}");
+}
