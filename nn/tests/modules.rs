@@ -143,7 +143,7 @@ fn small_layers_pass_gradcheck() {
     let x = Tensor::randn(&dev(), &[1, 3, 4], 9).unwrap();
     let report = gradcheck(
         |t| attn.forward(&t[0], &mut Ctx::eval()),
-        &[x.clone()],
+        std::slice::from_ref(&x),
         GradcheckOptions::default(),
     )
     .unwrap();
