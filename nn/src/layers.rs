@@ -6,7 +6,7 @@
 use engine::{Result, Tensor};
 
 use crate::init::Init;
-use crate::module::{join, Ctx, Module};
+use crate::module::{module_fields, Ctx};
 
 /// `y = x W^T + b`, with `W` stored `[out, in]` as in PyTorch (read transposed in place by
 /// the matmul kernel).
@@ -42,22 +42,6 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        f(&join(prefix, "weight"), &self.weight);
-        if let Some(b) = &self.bias {
-            f(&join(prefix, "bias"), b);
-        }
-    }
-
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "weight"), &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f(&join(prefix, "bias"), b);
-        }
-    }
-}
-
 /// Layer normalisation over the last axis with learned scale and shift.
 pub struct LayerNorm {
     /// `[D]`, initialised to 1.
@@ -87,18 +71,6 @@ impl LayerNorm {
     /// [`engine::Error::Shape`] when the last axis is not `D`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         x.layer_norm(&self.weight, &self.bias, self.eps)
-    }
-}
-
-impl Module for LayerNorm {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        f(&join(prefix, "weight"), &self.weight);
-        f(&join(prefix, "bias"), &self.bias);
-    }
-
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "weight"), &mut self.weight);
-        f(&join(prefix, "bias"), &mut self.bias);
     }
 }
 
@@ -158,18 +130,6 @@ impl Mlp {
     /// As [`Linear::forward`].
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
-    }
-}
-
-impl Module for Mlp {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        self.fc1.visit(&join(prefix, "fc1"), f);
-        self.fc2.visit(&join(prefix, "fc2"), f);
-    }
-
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.fc1.visit_mut(&join(prefix, "fc1"), f);
-        self.fc2.visit_mut(&join(prefix, "fc2"), f);
     }
 }
 
@@ -241,18 +201,6 @@ impl Attention {
     }
 }
 
-impl Module for Attention {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        self.qkv.visit(&join(prefix, "qkv"), f);
-        self.proj.visit(&join(prefix, "proj"), f);
-    }
-
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.qkv.visit_mut(&join(prefix, "qkv"), f);
-        self.proj.visit_mut(&join(prefix, "proj"), f);
-    }
-}
-
 /// The pre-norm transformer block:
 /// `x = x + drop_path(attn(norm1(x)))`, then `x = x + drop_path(mlp(norm2(x)))`.
 pub struct Block {
@@ -299,22 +247,6 @@ impl Block {
         let x = x.add(&drop_path(&a, self.drop_path, ctx)?)?;
         let m = self.mlp.forward(&self.norm2.forward(&x)?)?;
         x.add(&drop_path(&m, self.drop_path, ctx)?)
-    }
-}
-
-impl Module for Block {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        self.norm1.visit(&join(prefix, "norm1"), f);
-        self.attn.visit(&join(prefix, "attn"), f);
-        self.norm2.visit(&join(prefix, "norm2"), f);
-        self.mlp.visit(&join(prefix, "mlp"), f);
-    }
-
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        self.norm1.visit_mut(&join(prefix, "norm1"), f);
-        self.attn.visit_mut(&join(prefix, "attn"), f);
-        self.norm2.visit_mut(&join(prefix, "norm2"), f);
-        self.mlp.visit_mut(&join(prefix, "mlp"), f);
     }
 }
 
@@ -377,14 +309,29 @@ impl PatchEmbed {
     }
 }
 
-impl Module for PatchEmbed {
-    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
-        f(&join(prefix, "proj.weight"), &self.weight);
-        f(&join(prefix, "proj.bias"), &self.bias);
-    }
-
-    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
-        f(&join(prefix, "proj.weight"), &mut self.weight);
-        f(&join(prefix, "proj.bias"), &mut self.bias);
-    }
-}
+module_fields!(Linear {
+    weight: "weight",
+    bias: "bias"
+});
+module_fields!(LayerNorm {
+    weight: "weight",
+    bias: "bias"
+});
+module_fields!(Mlp {
+    fc1: "fc1",
+    fc2: "fc2"
+});
+module_fields!(Attention {
+    qkv: "qkv",
+    proj: "proj"
+});
+module_fields!(Block {
+    norm1: "norm1",
+    attn: "attn",
+    norm2: "norm2",
+    mlp: "mlp"
+});
+module_fields!(PatchEmbed {
+    weight: "proj.weight",
+    bias: "proj.bias"
+});

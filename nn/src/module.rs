@@ -13,6 +13,64 @@ pub trait Module {
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor));
 }
 
+/// A tensor is the leaf of the naming tree: it is the parameter named `prefix`.
+impl Module for Tensor {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        f(prefix, self);
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        f(prefix, self);
+    }
+}
+
+/// An optional part (a bias) has parameters only when present.
+impl<M: Module> Module for Option<M> {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        if let Some(m) = self {
+            m.visit(prefix, f);
+        }
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        if let Some(m) = self {
+            m.visit_mut(prefix, f);
+        }
+    }
+}
+
+/// A list of parts (`blocks`) names them by index: `blocks.0`, `blocks.1`, ...
+impl<M: Module> Module for Vec<M> {
+    fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
+        for (i, m) in self.iter().enumerate() {
+            m.visit(&join(prefix, &i.to_string()), f);
+        }
+    }
+
+    fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        for (i, m) in self.iter_mut().enumerate() {
+            m.visit_mut(&join(prefix, &i.to_string()), f);
+        }
+    }
+}
+
+/// Implement [`Module`] for a struct by naming its parameter fields in order:
+/// `module_fields!(Mlp { fc1: "fc1", fc2: "fc2" })`.
+macro_rules! module_fields {
+    ($ty:ty { $($field:ident: $name:literal),+ $(,)? }) => {
+        impl $crate::module::Module for $ty {
+            fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &engine::Tensor)) {
+                $($crate::module::Module::visit(&self.$field, &$crate::module::join(prefix, $name), f);)+
+            }
+
+            fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut engine::Tensor)) {
+                $($crate::module::Module::visit_mut(&mut self.$field, &$crate::module::join(prefix, $name), f);)+
+            }
+        }
+    };
+}
+pub(crate) use module_fields;
+
 /// Join a prefix and a local name with a dot.
 pub(crate) fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {

@@ -143,6 +143,15 @@ impl VisionTransformer {
         }
     }
 
+    /// The final norm's name: `fc_norm` with global pooling, `norm` otherwise (timm's).
+    fn norm_name(&self) -> &'static str {
+        if self.config.global_pool {
+            "fc_norm"
+        } else {
+            "norm"
+        }
+    }
+
     /// Logits `(B, classes)`.
     ///
     /// # Errors
@@ -155,30 +164,17 @@ impl VisionTransformer {
 impl Module for VisionTransformer {
     fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &Tensor)) {
         self.patch_embed.visit(&join(prefix, "patch_embed"), f);
-        f(&join(prefix, "cls_token"), &self.cls_token);
-        for (i, b) in self.blocks.iter().enumerate() {
-            b.visit(&join(prefix, &format!("blocks.{i}")), f);
-        }
-        let norm = if self.config.global_pool {
-            "fc_norm"
-        } else {
-            "norm"
-        };
-        self.norm.visit(&join(prefix, norm), f);
+        self.cls_token.visit(&join(prefix, "cls_token"), f);
+        self.blocks.visit(&join(prefix, "blocks"), f);
+        self.norm.visit(&join(prefix, self.norm_name()), f);
         self.head.visit(&join(prefix, "head"), f);
     }
 
     fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut Tensor)) {
+        let norm = self.norm_name();
         self.patch_embed.visit_mut(&join(prefix, "patch_embed"), f);
-        f(&join(prefix, "cls_token"), &mut self.cls_token);
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            b.visit_mut(&join(prefix, &format!("blocks.{i}")), f);
-        }
-        let norm = if self.config.global_pool {
-            "fc_norm"
-        } else {
-            "norm"
-        };
+        self.cls_token.visit_mut(&join(prefix, "cls_token"), f);
+        self.blocks.visit_mut(&join(prefix, "blocks"), f);
         self.norm.visit_mut(&join(prefix, norm), f);
         self.head.visit_mut(&join(prefix, "head"), f);
     }
