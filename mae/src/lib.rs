@@ -1,3 +1,14 @@
-//! The Masked Autoencoder. Empty until the mae issues land; the crate exists so the
-//! workspace layout is final from the start.
+//! # mae
+//!
+//! The Masked Autoencoder of "Masked Autoencoders Are Scalable Vision Learners" (He et al.):
+//! an asymmetric ViT encoder that sees only the visible patches and a light decoder that
+//! reconstructs the masked ones. `model.rs` reads like the reference `models_mae.py`:
+//! `patchify`, `random_masking`, `forward_encoder`, `forward_decoder`, `forward_loss`.
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod model;
+
+pub use config::MaeConfig;
+pub use model::{patchify, unpatchify, MaeOutput, MaskedAutoencoder};
 pub use nn;

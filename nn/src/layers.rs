@@ -6,7 +6,8 @@
 use engine::{Result, Tensor};
 
 use crate::init::Init;
-use crate::module::{module_fields, Ctx};
+use crate::module::Ctx;
+use crate::module_fields;
 
 /// `y = x W^T + b`, with `W` stored `[out, in]` as in PyTorch (read transposed in place by
 /// the matmul kernel).

@@ -22,5 +22,5 @@ pub use checkpoint::{
 pub use engine;
 pub use init::Init;
 pub use layers::{Attention, Block, LayerNorm, Linear, Mlp, PatchEmbed};
-pub use module::{named_parameters, Ctx, Module};
+pub use module::{join, named_parameters, Ctx, Module};
 pub use vit::{VisionTransformer, VitConfig};

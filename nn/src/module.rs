@@ -55,24 +55,25 @@ impl<M: Module> Module for Vec<M> {
 }
 
 /// Implement [`Module`] for a struct by naming its parameter fields in order:
-/// `module_fields!(Mlp { fc1: "fc1", fc2: "fc2" })`.
+/// `module_fields!(Mlp { fc1: "fc1", fc2: "fc2" })`. Fields may be tensors, modules,
+/// `Option`s and `Vec`s of them.
+#[macro_export]
 macro_rules! module_fields {
     ($ty:ty { $($field:ident: $name:literal),+ $(,)? }) => {
-        impl $crate::module::Module for $ty {
-            fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &engine::Tensor)) {
-                $($crate::module::Module::visit(&self.$field, &$crate::module::join(prefix, $name), f);)+
+        impl $crate::Module for $ty {
+            fn visit(&self, prefix: &str, f: &mut dyn FnMut(&str, &$crate::engine::Tensor)) {
+                $($crate::Module::visit(&self.$field, &$crate::join(prefix, $name), f);)+
             }
 
-            fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut engine::Tensor)) {
-                $($crate::module::Module::visit_mut(&mut self.$field, &$crate::module::join(prefix, $name), f);)+
+            fn visit_mut(&mut self, prefix: &str, f: &mut dyn FnMut(&str, &mut $crate::engine::Tensor)) {
+                $($crate::Module::visit_mut(&mut self.$field, &$crate::join(prefix, $name), f);)+
             }
         }
     };
 }
-pub(crate) use module_fields;
 
-/// Join a prefix and a local name with a dot.
-pub(crate) fn join(prefix: &str, name: &str) -> String {
+/// Join a prefix and a local name with a dot (`""` + `"fc1"` is `"fc1"`).
+pub fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
         name.to_string()
     } else {
