@@ -34,7 +34,15 @@ pub struct MaeConfig {
 }
 
 impl MaeConfig {
-    fn preset(image_size: usize, patch_size: usize, channels: usize, dim: usize, depth: usize, heads: usize, decoder: (usize, usize, usize)) -> MaeConfig {
+    fn preset(
+        image_size: usize,
+        patch_size: usize,
+        channels: usize,
+        dim: usize,
+        depth: usize,
+        heads: usize,
+        decoder: (usize, usize, usize),
+    ) -> MaeConfig {
         MaeConfig {
             image_size,
             patch_size,
@@ -117,15 +125,26 @@ impl MaeConfig {
     /// A message naming the first inconsistency.
     pub fn validate(&self) -> Result<(), String> {
         if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
-            return Err(format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size));
+            return Err(format!(
+                "image_size {} is not a multiple of patch_size {}",
+                self.image_size, self.patch_size
+            ));
         }
-        for (what, dim, heads) in [("encoder", self.dim, self.heads), ("decoder", self.decoder_dim, self.decoder_heads)] {
+        for (what, dim, heads) in [
+            ("encoder", self.dim, self.heads),
+            ("decoder", self.decoder_dim, self.decoder_heads),
+        ] {
             if heads == 0 || !dim.is_multiple_of(heads) || !dim.is_multiple_of(4) {
-                return Err(format!("{what} width {dim} must be a multiple of 4 and of its {heads} heads"));
+                return Err(format!(
+                    "{what} width {dim} must be a multiple of 4 and of its {heads} heads"
+                ));
             }
         }
         if !(0.0..1.0).contains(&self.mask_ratio) {
-            return Err(format!("mask_ratio must be in [0, 1), got {}", self.mask_ratio));
+            return Err(format!(
+                "mask_ratio must be in [0, 1), got {}",
+                self.mask_ratio
+            ));
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod hf;
 pub mod model;
 
 pub use config::MaeConfig;

@@ -17,14 +17,22 @@ use crate::config::MaeConfig;
 /// [`engine::Error::Shape`] when the image sides are not multiples of `p`.
 pub fn patchify(imgs: &Tensor, p: usize) -> Result<Tensor> {
     let &[n, c, h, w] = imgs.shape() else {
-        return Err(engine::Error::Shape { op: "patchify", msg: format!("needs (N, C, H, W), got {:?}", imgs.shape()) });
+        return Err(engine::Error::Shape {
+            op: "patchify",
+            msg: format!("needs (N, C, H, W), got {:?}", imgs.shape()),
+        });
     };
     if p == 0 || !h.is_multiple_of(p) || !w.is_multiple_of(p) {
-        return Err(engine::Error::Shape { op: "patchify", msg: format!("image {h}x{w} is not divisible into {p}x{p} patches") });
+        return Err(engine::Error::Shape {
+            op: "patchify",
+            msg: format!("image {h}x{w} is not divisible into {p}x{p} patches"),
+        });
     }
     let (gh, gw) = (h / p, w / p);
     // (N, C, gh, p, gw, p) -> (N, gh, gw, p, p, C)
-    imgs.reshape(&[n, c, gh, p, gw, p])?.permute(&[0, 2, 4, 3, 5, 1])?.reshape(&[n, gh * gw, p * p * c])
+    imgs.reshape(&[n, c, gh, p, gw, p])?
+        .permute(&[0, 2, 4, 3, 5, 1])?
+        .reshape(&[n, gh * gw, p * p * c])
 }
 
 /// The inverse of [`patchify`]: `(N, L, p*p*C)` -> `(N, C, H, W)` for square images.
@@ -33,14 +41,22 @@ pub fn patchify(imgs: &Tensor, p: usize) -> Result<Tensor> {
 /// [`engine::Error::Shape`] when `L` is not a square or `P != p*p*c`.
 pub fn unpatchify(x: &Tensor, p: usize, c: usize) -> Result<Tensor> {
     let &[n, l, pp] = x.shape() else {
-        return Err(engine::Error::Shape { op: "unpatchify", msg: format!("needs (N, L, P), got {:?}", x.shape()) });
+        return Err(engine::Error::Shape {
+            op: "unpatchify",
+            msg: format!("needs (N, L, P), got {:?}", x.shape()),
+        });
     };
     let g = (l as f64).sqrt().round() as usize;
     if g * g != l || pp != p * p * c {
-        return Err(engine::Error::Shape { op: "unpatchify", msg: format!("{:?} is not (N, g*g, {p}*{p}*{c})", x.shape()) });
+        return Err(engine::Error::Shape {
+            op: "unpatchify",
+            msg: format!("{:?} is not (N, g*g, {p}*{p}*{c})", x.shape()),
+        });
     }
     // (N, g, g, p, p, C) -> (N, C, g, p, g, p)
-    x.reshape(&[n, g, g, p, p, c])?.permute(&[0, 5, 1, 3, 2, 4])?.reshape(&[n, c, g * p, g * p])
+    x.reshape(&[n, g, g, p, p, c])?
+        .permute(&[0, 5, 1, 3, 2, 4])?
+        .reshape(&[n, c, g * p, g * p])
 }
 
 /// What [`MaskedAutoencoder::forward`] returns.
@@ -89,12 +105,17 @@ impl MaskedAutoencoder {
     /// # Errors
     /// [`engine::Error::Shape`] for an inconsistent config.
     pub fn new(config: MaeConfig, init: &mut Init) -> Result<MaskedAutoencoder> {
-        config.validate().map_err(|msg| engine::Error::Shape { op: "MaeConfig", msg })?;
+        config.validate().map_err(|msg| engine::Error::Shape {
+            op: "MaeConfig",
+            msg,
+        })?;
         let c = &config;
         let (l, g) = (c.num_patches(), c.grid());
         let dev = init.device().clone();
         let blocks = |dim, heads, depth, init: &mut Init| -> Result<Vec<Block>> {
-            (0..depth).map(|_| Block::new(dim, heads, c.mlp_ratio, c.qkv_bias, c.eps, init)).collect()
+            (0..depth)
+                .map(|_| Block::new(dim, heads, c.mlp_ratio, c.qkv_bias, c.eps, init))
+                .collect()
         };
         Ok(MaskedAutoencoder {
             patch_embed: PatchEmbed::new(c.channels, c.patch_size, c.dim, init)?,
@@ -104,7 +125,11 @@ impl MaskedAutoencoder {
             norm: LayerNorm::new(c.dim, c.eps, init)?,
             decoder_embed: Linear::new(c.dim, c.decoder_dim, true, init)?,
             mask_token: init.normal(&[1, 1, c.decoder_dim], 0.02)?,
-            decoder_pos_embed: Tensor::from_slice(&dev, &sincos_2d(c.decoder_dim, g), &[1, 1 + l, c.decoder_dim])?,
+            decoder_pos_embed: Tensor::from_slice(
+                &dev,
+                &sincos_2d(c.decoder_dim, g),
+                &[1, 1 + l, c.decoder_dim],
+            )?,
             decoder_blocks: blocks(c.decoder_dim, c.decoder_heads, c.decoder_depth, init)?,
             decoder_norm: LayerNorm::new(c.decoder_dim, c.eps, init)?,
             decoder_pred: Linear::new(c.decoder_dim, c.patch_dim(), true, init)?,
@@ -121,7 +146,10 @@ impl MaskedAutoencoder {
     pub fn random_masking(&self, x: &Tensor, noise: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let (n, l, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         if noise.shape() != [n, l] {
-            return Err(engine::Error::Shape { op: "random_masking", msg: format!("noise must be ({n}, {l}), got {:?}", noise.shape()) });
+            return Err(engine::Error::Shape {
+                op: "random_masking",
+                msg: format!("noise must be ({n}, {l}), got {:?}", noise.shape()),
+            });
         }
         let k = self.config.len_keep();
         let ids_shuffle = noise.argsort(false)?; // ascend: small is keep
@@ -129,7 +157,9 @@ impl MaskedAutoencoder {
         let ids_keep = ids_shuffle.narrow(1, 0, k)?;
         let x_masked = x.gather(1, &ids_keep.unsqueeze(-1)?.broadcast_to(&[n, k, d])?)?;
         // 0 for the first K of the shuffled order, 1 after; then back in original order.
-        let sorted_mask = Tensor::arange(x.device(), 0.0, l as f32, 1.0)?.ge_scalar(k as f32)?.to_dtype(DType::F32)?;
+        let sorted_mask = Tensor::arange(x.device(), 0.0, l as f32, 1.0)?
+            .ge_scalar(k as f32)?
+            .to_dtype(DType::F32)?;
         let mask = sorted_mask.broadcast_to(&[n, l])?.gather(1, &ids_restore)?;
         Ok((x_masked, mask, ids_restore))
     }
@@ -139,13 +169,24 @@ impl MaskedAutoencoder {
     ///
     /// # Errors
     /// [`engine::Error::Shape`] for images or noise of the wrong shape.
-    pub fn forward_encoder(&self, imgs: &Tensor, noise: &Tensor, ctx: &mut Ctx) -> Result<(Tensor, Tensor, Tensor)> {
+    pub fn forward_encoder(
+        &self,
+        imgs: &Tensor,
+        noise: &Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let l = self.config.num_patches();
         // embed patches and add the position embedding without the cls row: (N, L, D)
-        let x = self.patch_embed.forward(imgs)?.add(&self.pos_embed.narrow(1, 1, l)?)?;
+        let x = self
+            .patch_embed
+            .forward(imgs)?
+            .add(&self.pos_embed.narrow(1, 1, l)?)?;
         let (x, mask, ids_restore) = self.random_masking(&x, noise)?; // (N, K, D)
         let n = x.shape()[0];
-        let cls = self.cls_token.add(&self.pos_embed.narrow(1, 0, 1)?)?.broadcast_to(&[n, 1, self.config.dim])?;
+        let cls = self
+            .cls_token
+            .add(&self.pos_embed.narrow(1, 0, 1)?)?
+            .broadcast_to(&[n, 1, self.config.dim])?;
         let mut x = Tensor::concat(&[&cls, &x], 1)?; // (N, 1 + K, D)
         for block in &self.blocks {
             x = block.forward(&x, ctx)?;
@@ -157,7 +198,12 @@ impl MaskedAutoencoder {
     ///
     /// # Errors
     /// [`engine::Error::Shape`] for inputs of the wrong shape.
-    pub fn forward_decoder(&self, latent: &Tensor, ids_restore: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+    pub fn forward_decoder(
+        &self,
+        latent: &Tensor,
+        ids_restore: &Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<Tensor> {
         let x = self.decoder_embed.forward(latent)?; // (N, 1 + K, Dd)
         let (n, k1, dd) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let l = self.config.num_patches();
@@ -200,7 +246,12 @@ impl MaskedAutoencoder {
         let (latent, mask, ids_restore) = self.forward_encoder(imgs, noise, ctx)?;
         let pred = self.forward_decoder(&latent, &ids_restore, ctx)?;
         let loss = self.forward_loss(imgs, &pred, &mask)?;
-        Ok(MaeOutput { loss, pred, mask, ids_restore })
+        Ok(MaeOutput {
+            loss,
+            pred,
+            mask,
+            ids_restore,
+        })
     }
 
     /// [`MaskedAutoencoder::forward`] with uniform noise drawn on the device from `seed`.
@@ -208,7 +259,11 @@ impl MaskedAutoencoder {
     /// # Errors
     /// As [`MaskedAutoencoder::forward`].
     pub fn forward_seeded(&self, imgs: &Tensor, seed: u64, ctx: &mut Ctx) -> Result<MaeOutput> {
-        let noise = Tensor::rand(imgs.device(), &[imgs.shape()[0], self.config.num_patches()], seed)?;
+        let noise = Tensor::rand(
+            imgs.device(),
+            &[imgs.shape()[0], self.config.num_patches()],
+            seed,
+        )?;
         self.forward(imgs, &noise, ctx)
     }
 }

@@ -1,0 +1,238 @@
+//! Hugging Face interop: `ViTMAEForPreTraining` model directories (`config.json` +
+//! `model.safetensors`) as transformers writes them, in both decoder name layouts found in
+//! the wild (`decoder.decoder_layers.N` in the published facebook/vit-mae-* checkpoints,
+//! `decoder.decoder_encoder.layer.N` in current transformers releases).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use engine::{Device, Tensor};
+use nn::{read_safetensors, CheckpointError, Init, Module, TensorMap};
+use serde_json::Value;
+
+use crate::config::MaeConfig;
+use crate::model::MaskedAutoencoder;
+
+/// Read a transformers `ViTMAEConfig` (`config.json`), refusing settings this crate does not
+/// implement.
+///
+/// # Errors
+/// A one-line reason naming the field.
+pub fn config_from_json(json: &Value) -> Result<MaeConfig, String> {
+    let int = |k: &str, default: u64| -> Result<usize, String> {
+        match json.get(k) {
+            None => Ok(default as usize),
+            Some(v) => v
+                .as_u64()
+                .map(|v| v as usize)
+                .ok_or_else(|| format!("config field {k} must be an integer, got {v}")),
+        }
+    };
+    let float = |k: &str, default: f64| -> Result<f64, String> {
+        match json.get(k) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| format!("config field {k} must be a number, got {v}")),
+        }
+    };
+    let boolean = |k: &str, default: bool| -> Result<bool, String> {
+        match json.get(k) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| format!("config field {k} must be true or false, got {v}")),
+        }
+    };
+    if let Some(act) = json.get("hidden_act") {
+        if act.as_str() != Some("gelu") {
+            return Err(format!(
+                "hidden_act {act} is not supported (only \"gelu\", the exact erf form)"
+            ));
+        }
+    }
+    let dim = int("hidden_size", 768)?;
+    let decoder_dim = int("decoder_hidden_size", 512)?;
+    let intermediate = int("intermediate_size", 3072)?;
+    let decoder_intermediate = int("decoder_intermediate_size", 2048)?;
+    if intermediate * decoder_dim != decoder_intermediate * dim {
+        return Err(format!(
+            "intermediate sizes {intermediate} and {decoder_intermediate} use different MLP ratios for widths {dim} and {decoder_dim}; one ratio is supported"
+        ));
+    }
+    let config = MaeConfig {
+        image_size: int("image_size", 224)?,
+        patch_size: int("patch_size", 16)?,
+        channels: int("num_channels", 3)?,
+        dim,
+        depth: int("num_hidden_layers", 12)?,
+        heads: int("num_attention_heads", 12)?,
+        decoder_dim,
+        decoder_depth: int("decoder_num_hidden_layers", 8)?,
+        decoder_heads: int("decoder_num_attention_heads", 16)?,
+        mlp_ratio: intermediate as f32 / dim as f32,
+        mask_ratio: float("mask_ratio", 0.75)? as f32,
+        norm_pix_loss: boolean("norm_pix_loss", false)?,
+        eps: float("layer_norm_eps", 1e-12)? as f32,
+        qkv_bias: boolean("qkv_bias", true)?,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Our name for a transformers tensor name, or `None` for the fixed position tables.
+/// q, k and v map to the fused qkv with a part index (0, 1, 2).
+fn our_name(hf: &str) -> Option<(String, Option<usize>)> {
+    let layer = |rest: &str, prefix: &str| -> Option<(String, Option<usize>)> {
+        let (i, inner) = rest.split_once('.')?;
+        let (local, part) = match inner {
+            s if s.starts_with("attention.attention.query.") => {
+                (format!("attn.qkv.{}", &s[26..]), Some(0))
+            }
+            s if s.starts_with("attention.attention.key.") => {
+                (format!("attn.qkv.{}", &s[24..]), Some(1))
+            }
+            s if s.starts_with("attention.attention.value.") => {
+                (format!("attn.qkv.{}", &s[26..]), Some(2))
+            }
+            s if s.starts_with("attention.output.dense.") => {
+                (format!("attn.proj.{}", &s[23..]), None)
+            }
+            s if s.starts_with("intermediate.dense.") => (format!("mlp.fc1.{}", &s[19..]), None),
+            s if s.starts_with("output.dense.") => (format!("mlp.fc2.{}", &s[13..]), None),
+            s if s.starts_with("layernorm_before.") => (format!("norm1.{}", &s[17..]), None),
+            s if s.starts_with("layernorm_after.") => (format!("norm2.{}", &s[16..]), None),
+            _ => return Some((format!("{prefix}.{i}.?{inner}"), None)),
+        };
+        Some((format!("{prefix}.{i}.{local}"), part))
+    };
+    let plain = |s: &str| Some((s.to_string(), None));
+    match hf {
+        "vit.embeddings.position_embeddings" | "decoder.decoder_pos_embed" => None,
+        "vit.embeddings.cls_token" => plain("cls_token"),
+        "decoder.mask_token" => plain("mask_token"),
+        _ => {
+            if let Some(rest) = hf.strip_prefix("vit.embeddings.patch_embeddings.projection.") {
+                plain(&format!("patch_embed.proj.{rest}"))
+            } else if let Some(rest) = hf.strip_prefix("vit.encoder.layer.") {
+                layer(rest, "blocks")
+            } else if let Some(rest) = hf
+                .strip_prefix("decoder.decoder_layers.")
+                .or_else(|| hf.strip_prefix("decoder.decoder_encoder.layer."))
+            {
+                layer(rest, "decoder_blocks")
+            } else if let Some(rest) = hf.strip_prefix("vit.layernorm.") {
+                plain(&format!("norm.{rest}"))
+            } else if let Some(rest) = hf.strip_prefix("decoder.") {
+                plain(rest)
+            } else {
+                plain(&format!("?{hf}"))
+            }
+        }
+    }
+}
+
+/// Rename a transformers state dict into ours, fusing q, k and v (rows q, then k, then v).
+fn to_ours(hf: TensorMap) -> TensorMap {
+    let mut out: TensorMap = BTreeMap::new();
+    let mut parts: BTreeMap<String, [Option<(Vec<usize>, Vec<f32>)>; 3]> = BTreeMap::new();
+    for (name, t) in hf {
+        match our_name(&name) {
+            None => {}
+            Some((ours, None)) => {
+                out.insert(ours, t);
+            }
+            Some((ours, Some(i))) => {
+                parts.entry(ours).or_default()[i] = Some(t);
+            }
+        }
+    }
+    for (name, [q, k, v]) in parts {
+        match (q, k, v) {
+            (Some(q), Some(k), Some(v)) if q.0 == k.0 && k.0 == v.0 => {
+                let mut shape = q.0.clone();
+                shape[0] *= 3;
+                out.insert(name, (shape, [q.1, k.1, v.1].concat()));
+            }
+            _ => {
+                out.insert(
+                    format!("{name} (q, k and v incomplete or of different shapes)"),
+                    (vec![], vec![]),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Load a transformers `ViTMAEForPreTraining` directory: `config.json` and
+/// `model.safetensors`, strictly (every parameter present with its shape, nothing left over).
+///
+/// # Errors
+/// [`CheckpointError`] with one line naming the problem: a missing or unreadable file, an
+/// unsupported config, or the missing, unexpected and mis-shaped tensors.
+pub fn load_pretrained(dir: &Path, device: &Device) -> Result<MaskedAutoencoder, CheckpointError> {
+    let config_path = dir.join("config.json");
+    let text = std::fs::read_to_string(&config_path)
+        .map_err(|e| CheckpointError::Io(config_path.clone(), e))?;
+    let json: Value = serde_json::from_str(&text)
+        .map_err(|e| CheckpointError::Format(config_path.clone(), e.to_string()))?;
+    let config =
+        config_from_json(&json).map_err(|e| CheckpointError::Format(config_path.clone(), e))?;
+    let weights_path = dir.join("model.safetensors");
+    let file = read_safetensors(&weights_path)?;
+    let mut model = MaskedAutoencoder::new(config, &mut Init::new(device, 0))?;
+    // The fixed position tables: the file's, when it has them (as transformers runs it).
+    let mut mis_shaped = Vec::new();
+    for (hf_name, table) in [
+        ("vit.embeddings.position_embeddings", &mut model.pos_embed),
+        ("decoder.decoder_pos_embed", &mut model.decoder_pos_embed),
+    ] {
+        if let Some((shape, values)) = file.get(hf_name) {
+            if shape.as_slice() == table.shape() {
+                *table = Tensor::from_slice(device, values, shape)?;
+            } else {
+                mis_shaped.push(format!(
+                    "{hf_name}: file {shape:?} vs model {:?}",
+                    table.shape()
+                ));
+            }
+        }
+    }
+    let mut tensors = to_ours(file);
+    let mut missing = Vec::new();
+    let mut expected = Vec::new();
+    model.visit("", &mut |name, t| {
+        expected.push((name.to_string(), t.shape().to_vec()))
+    });
+    let mut loaded = BTreeMap::new();
+    for (name, shape) in expected {
+        match tensors.remove(&name) {
+            None => missing.push(name),
+            Some((s, _)) if s != shape => {
+                mis_shaped.push(format!("{name}: file {s:?} vs model {shape:?}"))
+            }
+            Some((s, v)) => {
+                loaded.insert(
+                    name,
+                    Tensor::from_slice(device, &v, &s)?.requires_grad(true)?,
+                );
+            }
+        }
+    }
+    let unexpected: Vec<String> = tensors.into_keys().collect();
+    if !missing.is_empty() || !unexpected.is_empty() || !mis_shaped.is_empty() {
+        return Err(CheckpointError::Mismatch {
+            path: weights_path,
+            missing,
+            unexpected,
+            mis_shaped,
+        });
+    }
+    model.visit_mut("", &mut |name, t| {
+        if let Some(new) = loaded.remove(name) {
+            *t = new;
+        }
+    });
+    Ok(model)
+}
