@@ -135,7 +135,8 @@ fn our_name(hf: &str) -> Option<(String, Option<usize>)> {
 /// Rename a transformers state dict into ours, fusing q, k and v (rows q, then k, then v).
 fn to_ours(hf: TensorMap) -> TensorMap {
     let mut out: TensorMap = BTreeMap::new();
-    let mut parts: BTreeMap<String, [Option<(Vec<usize>, Vec<f32>)>; 3]> = BTreeMap::new();
+    type Part = Option<(Vec<usize>, Vec<f32>)>;
+    let mut parts: BTreeMap<String, [Part; 3]> = BTreeMap::new();
     for (name, t) in hf {
         match our_name(&name) {
             None => {}
