@@ -237,3 +237,69 @@ pub fn load_pretrained(dir: &Path, device: &Device) -> Result<MaskedAutoencoder,
     });
     Ok(model)
 }
+
+/// The published-layout name(s) of one of our parameters: the fused qkv splits into
+/// query, key and value (rows q, then k, then v).
+fn published_names(ours: &str) -> Vec<String> {
+    let layer = |prefix: &str, rest: &str| -> Vec<String> {
+        let (i, inner) = rest.split_once('.').unwrap_or((rest, ""));
+        let base = format!("{prefix}.{i}");
+        if let Some(p) = inner.strip_prefix("attn.qkv.") {
+            return ["query", "key", "value"]
+                .iter()
+                .map(|q| format!("{base}.attention.attention.{q}.{p}"))
+                .collect();
+        }
+        let mapped = [
+            ("attn.proj.", "attention.output.dense."),
+            ("mlp.fc1.", "intermediate.dense."),
+            ("mlp.fc2.", "output.dense."),
+            ("norm1.", "layernorm_before."),
+            ("norm2.", "layernorm_after."),
+        ]
+        .iter()
+        .find_map(|(from, to)| inner.strip_prefix(from).map(|p| format!("{base}.{to}{p}")));
+        vec![mapped.unwrap_or_else(|| format!("{base}.{inner}"))]
+    };
+    if let Some(rest) = ours.strip_prefix("decoder_blocks.") {
+        return layer("decoder.decoder_layers", rest);
+    }
+    if let Some(rest) = ours.strip_prefix("blocks.") {
+        return layer("vit.encoder.layer", rest);
+    }
+    let name = match ours {
+        "cls_token" => "vit.embeddings.cls_token".to_string(),
+        s if s.starts_with("patch_embed.proj.") => {
+            format!("vit.embeddings.patch_embeddings.projection.{}", &s[17..])
+        }
+        s if s.starts_with("norm.") => format!("vit.layernorm.{}", &s[5..]),
+        s => format!("decoder.{s}"),
+    };
+    vec![name]
+}
+
+/// Tensors named as in the published checkpoints (facebook/vit-mae-*), from ours: `(name,
+/// shape, values)` in, the same out with the fused qkv split into query, key and value.
+pub fn to_published(
+    ours: Vec<(String, Vec<usize>, Vec<f32>)>,
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut out = Vec::new();
+    for (name, shape, values) in ours {
+        let names = published_names(&name);
+        if names.len() == 1 {
+            out.push((names[0].clone(), shape, values));
+            continue;
+        }
+        let mut part_shape = shape.clone();
+        part_shape[0] /= 3;
+        let len = values.len() / 3;
+        for (i, n) in names.into_iter().enumerate() {
+            out.push((
+                n,
+                part_shape.clone(),
+                values[i * len..(i + 1) * len].to_vec(),
+            ));
+        }
+    }
+    out
+}
