@@ -303,3 +303,56 @@ pub fn to_published(
     }
     out
 }
+
+/// The transformers `config.json` of a model.
+pub fn config_to_json(c: &MaeConfig) -> Value {
+    serde_json::json!({
+        "architectures": ["ViTMAEForPreTraining"],
+        "model_type": "vit_mae",
+        "image_size": c.image_size,
+        "patch_size": c.patch_size,
+        "num_channels": c.channels,
+        "hidden_size": c.dim,
+        "num_hidden_layers": c.depth,
+        "num_attention_heads": c.heads,
+        "intermediate_size": (c.dim as f32 * c.mlp_ratio) as usize,
+        "decoder_hidden_size": c.decoder_dim,
+        "decoder_num_hidden_layers": c.decoder_depth,
+        "decoder_num_attention_heads": c.decoder_heads,
+        "decoder_intermediate_size": (c.decoder_dim as f32 * c.mlp_ratio) as usize,
+        "mask_ratio": c.mask_ratio,
+        "norm_pix_loss": c.norm_pix_loss,
+        "layer_norm_eps": c.eps,
+        "hidden_act": "gelu",
+        "qkv_bias": c.qkv_bias,
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+    })
+}
+
+/// Write `dir/config.json` and `dir/model.safetensors` in the published layout (the
+/// position tables included), so that transformers' `ViTMAEForPreTraining.from_pretrained`
+/// loads them without missing or unexpected keys. The weights are written atomically.
+///
+/// # Errors
+/// [`CheckpointError::Io`] when the directory or files cannot be written.
+pub fn save_pretrained(model: &MaskedAutoencoder, dir: &Path) -> Result<(), CheckpointError> {
+    std::fs::create_dir_all(dir).map_err(|e| CheckpointError::Io(dir.to_path_buf(), e))?;
+    let mut ours = Vec::new();
+    for (name, t) in nn::named_parameters(model) {
+        ours.push((name, t.shape().to_vec(), t.to_vec()?));
+    }
+    let device = model.cls_token.device();
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for (name, shape, values) in to_published(ours) {
+        tensors.push((name, Tensor::from_slice(device, &values, &shape)?));
+    }
+    tensors.push(("vit.embeddings.position_embeddings".into(), model.pos_embed.clone()));
+    tensors.push(("decoder.decoder_pos_embed".into(), model.decoder_pos_embed.clone()));
+    let config_path = dir.join("config.json");
+    let text = serde_json::to_string_pretty(&config_to_json(&model.config)).expect("a JSON value serialises");
+    std::fs::write(&config_path, text).map_err(|e| CheckpointError::Io(config_path, e))?;
+    let metadata = [("format".to_string(), "pt".to_string())].into_iter().collect();
+    nn::save_safetensors(&dir.join("model.safetensors"), &tensors, Some(metadata))
+}
