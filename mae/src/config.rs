@@ -82,9 +82,10 @@ impl MaeConfig {
         MaeConfig::preset(28, 4, 1, 128, 6, 4, (64, 2, 4))
     }
 
-    /// 32x32 RGB (CIFAR-sized), patch 4: 64 patches, same widths as the 28x28 preset.
+    /// 32x32 RGB (CIFAR-sized), patch 4: 64 patches; a 192-wide 12-block encoder with 3
+    /// heads (ViT-Ti) and a 128-wide 4-block decoder with 4 heads.
     pub fn mae_tiny_32_patch4() -> MaeConfig {
-        MaeConfig::preset(32, 4, 3, 128, 6, 4, (64, 2, 4))
+        MaeConfig::preset(32, 4, 3, 192, 12, 3, (128, 4, 4))
     }
 
     /// A preset by name.
