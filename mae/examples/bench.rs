@@ -12,14 +12,29 @@ use mae::{MaeConfig, MaskedAutoencoder};
 use nn::{named_parameters, Ctx, Init};
 
 fn step_images_per_s(dev: &Device, mask_ratio: f32, batch: usize) -> f64 {
-    let config = MaeConfig { mask_ratio, ..MaeConfig::mae_tiny_32_patch4() };
+    let config = MaeConfig {
+        mask_ratio,
+        ..MaeConfig::mae_tiny_32_patch4()
+    };
     let model = MaskedAutoencoder::new(config, &mut Init::new(dev, 0)).unwrap();
-    let (decay, no_decay): (Vec<Tensor>, Vec<Tensor>) =
-        named_parameters(&model).into_iter().map(|(_, t)| t).partition(|t| t.rank() > 1);
-    let mut opt = AdamW::new(vec![ParamGroup::new(decay, 1.5e-4, 0.05), ParamGroup::new(no_decay, 1.5e-4, 0.0)], (0.9, 0.95), 1e-8).unwrap();
+    let (decay, no_decay): (Vec<Tensor>, Vec<Tensor>) = named_parameters(&model)
+        .into_iter()
+        .map(|(_, t)| t)
+        .partition(|t| t.rank() > 1);
+    let mut opt = AdamW::new(
+        vec![
+            ParamGroup::new(decay, 1.5e-4, 0.05),
+            ParamGroup::new(no_decay, 1.5e-4, 0.0),
+        ],
+        (0.9, 0.95),
+        1e-8,
+    )
+    .unwrap();
     let imgs = Tensor::randn(dev, &[batch, 3, 32, 32], 1).unwrap();
     let mut step = |seed| {
-        let out = model.forward_seeded(&imgs, seed, &mut Ctx::train(seed)).unwrap();
+        let out = model
+            .forward_seeded(&imgs, seed, &mut Ctx::train(seed))
+            .unwrap();
         let grads = out.loss.backward().unwrap();
         opt.step(&grads).unwrap();
         dev.synchronize().unwrap();
@@ -35,7 +50,11 @@ fn step_images_per_s(dev: &Device, mask_ratio: f32, batch: usize) -> f64 {
 
 fn main() {
     let dev = Device::new().expect("a wgpu adapter");
-    println!(r#"{{"adapter":{:?},"backend":{:?}}}"#, dev.info().name, dev.info().backend);
+    println!(
+        r#"{{"adapter":{:?},"backend":{:?}}}"#,
+        dev.info().name,
+        dev.info().backend
+    );
     let masked = step_images_per_s(&dev, 0.75, 64);
     let full = step_images_per_s(&dev, 0.0, 64);
     println!(

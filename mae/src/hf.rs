@@ -348,11 +348,20 @@ pub fn save_pretrained(model: &MaskedAutoencoder, dir: &Path) -> Result<(), Chec
     for (name, shape, values) in to_published(ours) {
         tensors.push((name, Tensor::from_slice(device, &values, &shape)?));
     }
-    tensors.push(("vit.embeddings.position_embeddings".into(), model.pos_embed.clone()));
-    tensors.push(("decoder.decoder_pos_embed".into(), model.decoder_pos_embed.clone()));
+    tensors.push((
+        "vit.embeddings.position_embeddings".into(),
+        model.pos_embed.clone(),
+    ));
+    tensors.push((
+        "decoder.decoder_pos_embed".into(),
+        model.decoder_pos_embed.clone(),
+    ));
     let config_path = dir.join("config.json");
-    let text = serde_json::to_string_pretty(&config_to_json(&model.config)).expect("a JSON value serialises");
+    let text = serde_json::to_string_pretty(&config_to_json(&model.config))
+        .expect("a JSON value serialises");
     std::fs::write(&config_path, text).map_err(|e| CheckpointError::Io(config_path, e))?;
-    let metadata = [("format".to_string(), "pt".to_string())].into_iter().collect();
+    let metadata = [("format".to_string(), "pt".to_string())]
+        .into_iter()
+        .collect();
     nn::save_safetensors(&dir.join("model.safetensors"), &tensors, Some(metadata))
 }

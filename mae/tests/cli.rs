@@ -18,7 +18,10 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn mae(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mae")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn write_input(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
@@ -35,8 +38,21 @@ fn forward_writes_outputs_and_gradients() {
     let out = tmp("out.safetensors");
     let model = fixture("rgb_eps12");
     let input = model.join("io.safetensors");
-    let run = mae(&["forward", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--grads"]);
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let run = mae(&[
+        "forward",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--grads",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let got = read_safetensors(&out);
     // ids_restore is written as i64, which read_safetensors refuses: read the raw file.
     assert!(got.is_err());
@@ -47,10 +63,18 @@ fn forward_writes_outputs_and_gradients() {
     assert!((loss - io["loss"].1[0]).abs() <= 1e-5 * io["loss"].1[0].abs());
     let ids = file.tensor("ids_restore").unwrap();
     assert_eq!(ids.dtype(), safetensors::Dtype::I64);
-    let ids: Vec<f32> = ids.data().chunks(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32).collect();
+    let ids: Vec<f32> = ids
+        .data()
+        .chunks(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f32)
+        .collect();
     assert_eq!(ids, io["ids_restore"].1);
-    assert!(file.tensor("grad.vit.encoder.layer.0.attention.attention.query.weight").is_ok());
-    assert!(file.tensor("grad.decoder.decoder_layers.0.output.dense.bias").is_ok());
+    assert!(file
+        .tensor("grad.vit.encoder.layer.0.attention.attention.query.weight")
+        .is_ok());
+    assert!(file
+        .tensor("grad.decoder.decoder_layers.0.output.dense.bias")
+        .is_ok());
     assert!(file.tensor("logits").is_ok() && file.tensor("mask").is_ok());
 }
 
@@ -59,10 +83,21 @@ fn bad_input_exits_with_code_2_and_one_line() {
     let model = fixture("rgb_eps12");
     let out = tmp("never.safetensors");
     let check = |input: &Path, model: &Path, expect: &str| {
-        let run = mae(&["forward", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+        let run = mae(&[
+            "forward",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
         let err = String::from_utf8_lossy(&run.stderr).to_string();
         assert_eq!(run.status.code(), Some(2), "{err}");
-        let lines: Vec<&str> = err.lines().filter(|l| !l.contains("XDG_RUNTIME_DIR")).collect();
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+            .collect();
         assert_eq!(lines.len(), 1, "{err}");
         assert!(lines[0].contains(expect), "{err}");
     };
@@ -70,10 +105,19 @@ fn bad_input_exits_with_code_2_and_one_line() {
     write_input(&no_pixels, &[("noise", vec![2, 16], vec![0.5; 32])]);
     check(&no_pixels, &model, "no tensor named pixel_values");
     let wrong = tmp("wrong.safetensors");
-    write_input(&wrong, &[("pixel_values", vec![1, 1, 16, 16], vec![0.0; 256])]);
+    write_input(
+        &wrong,
+        &[("pixel_values", vec![1, 1, 16, 16], vec![0.0; 256])],
+    );
     check(&wrong, &model, "pixel_values has shape [1, 1, 16, 16]");
     let bad_noise = tmp("bad-noise.safetensors");
-    write_input(&bad_noise, &[("pixel_values", vec![1, 3, 16, 16], vec![0.0; 768]), ("noise", vec![1, 5], vec![0.0; 5])]);
+    write_input(
+        &bad_noise,
+        &[
+            ("pixel_values", vec![1, 3, 16, 16], vec![0.0; 768]),
+            ("noise", vec![1, 5], vec![0.0; 5]),
+        ],
+    );
     check(&bad_noise, &model, "noise has shape [1, 5]");
     let bad_model = tmp("bad-model");
     std::fs::create_dir_all(&bad_model).unwrap();
@@ -86,18 +130,41 @@ fn bad_input_exits_with_code_2_and_one_line() {
 fn forward_without_noise_uses_the_seed() {
     let model = fixture("gray_normpix_eps6");
     let input = tmp("pixels-only.safetensors");
-    write_input(&input, &[("pixel_values", vec![1, 1, 12, 12], (0..144).map(|i| i as f32 / 144.0).collect())]);
-    let read_loss = |seed: &str, name: &str| {
+    write_input(
+        &input,
+        &[(
+            "pixel_values",
+            vec![1, 1, 12, 12],
+            (0..144).map(|i| i as f32 / 144.0).collect(),
+        )],
+    );
+    let mask_for = |seed: &str, name: &str| {
         let out = tmp(name);
-        let run = mae(&["forward", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", out.to_str().unwrap(), "--seed", seed]);
+        let run = mae(&[
+            "forward",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--seed",
+            seed,
+        ]);
         assert!(run.status.success());
         let bytes = std::fs::read(&out).unwrap();
         let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let v: Vec<u8> = file.tensor("mask").unwrap().data().to_vec();
         v
     };
-    assert_eq!(read_loss("3", "a.safetensors"), read_loss("3", "b.safetensors"));
-    assert_ne!(read_loss("3", "a.safetensors"), read_loss("4", "c.safetensors"));
+    assert_eq!(
+        mask_for("3", "a.safetensors"),
+        mask_for("3", "b.safetensors")
+    );
+    assert_ne!(
+        mask_for("3", "a.safetensors"),
+        mask_for("4", "c.safetensors")
+    );
 }
 
 #[test]
@@ -108,13 +175,26 @@ fn save_pretrained_round_trips() {
     save_pretrained(&model, &dir).unwrap();
     let again = load_pretrained(&dir, &dev).unwrap();
     let values = |m: &mae::MaskedAutoencoder| -> Vec<(String, Vec<f32>)> {
-        named_parameters(m).into_iter().map(|(n, t)| (n, t.to_vec().unwrap())).collect()
+        named_parameters(m)
+            .into_iter()
+            .map(|(n, t)| (n, t.to_vec().unwrap()))
+            .collect()
     };
     assert_eq!(values(&model), values(&again));
     let io = read_safetensors(&fixture("rgb_eps12").join("io.safetensors")).unwrap();
     let t = |k: &str| Tensor::from_slice(&dev, &io[k].1, &io[k].0).unwrap();
-    let a = model.forward(&t("pixel_values"), &t("noise"), &mut Ctx::eval()).unwrap().loss.item().unwrap();
-    let b = again.forward(&t("pixel_values"), &t("noise"), &mut Ctx::eval()).unwrap().loss.item().unwrap();
+    let a = model
+        .forward(&t("pixel_values"), &t("noise"), &mut Ctx::eval())
+        .unwrap()
+        .loss
+        .item()
+        .unwrap();
+    let b = again
+        .forward(&t("pixel_values"), &t("noise"), &mut Ctx::eval())
+        .unwrap()
+        .loss
+        .item()
+        .unwrap();
     assert_eq!(a, b);
     let file = read_safetensors(&dir.join("model.safetensors")).unwrap();
     assert!(file.contains_key("decoder.decoder_layers.0.attention.attention.query.weight"));
