@@ -17,9 +17,14 @@ fn tmp(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-fn mae(args: &[&str]) -> std::process::Output {
+/// Run `mae forward --model M --input I --output O` with extra arguments.
+fn forward(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
+        .arg("forward")
+        .args(["--model", model.to_str().unwrap()])
+        .args(["--input", input.to_str().unwrap()])
+        .args(["--output", output.to_str().unwrap()])
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -38,16 +43,7 @@ fn forward_writes_outputs_and_gradients() {
     let out = tmp("out.safetensors");
     let model = fixture("rgb_eps12");
     let input = model.join("io.safetensors");
-    let run = mae(&[
-        "forward",
-        "--model",
-        model.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--grads",
-    ]);
+    let run = forward(&model, &input, &out, &["--grads"]);
     assert!(
         run.status.success(),
         "{}",
@@ -83,15 +79,7 @@ fn bad_input_exits_with_code_2_and_one_line() {
     let model = fixture("rgb_eps12");
     let out = tmp("never.safetensors");
     let check = |input: &Path, model: &Path, expect: &str| {
-        let run = mae(&[
-            "forward",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ]);
+        let run = forward(model, input, &out, &[]);
         let err = String::from_utf8_lossy(&run.stderr).to_string();
         assert_eq!(run.status.code(), Some(2), "{err}");
         let lines: Vec<&str> = err
@@ -140,17 +128,7 @@ fn forward_without_noise_uses_the_seed() {
     );
     let mask_for = |seed: &str, name: &str| {
         let out = tmp(name);
-        let run = mae(&[
-            "forward",
-            "--model",
-            model.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--seed",
-            seed,
-        ]);
+        let run = forward(&model, &input, &out, &["--seed", seed]);
         assert!(run.status.success());
         let bytes = std::fs::read(&out).unwrap();
         let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
