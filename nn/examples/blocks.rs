@@ -2,7 +2,7 @@
 //! ViT-B/16 (width 768, 12 heads) and ViT-Ti (width 192, 3 heads), with the buffer pool's
 //! peak bytes. One JSON object per line.
 //!
-//! `cargo run --release -p nn --example bench`
+//! `cargo run --release -p nn --example blocks`
 
 use std::time::Instant;
 

@@ -3,7 +3,7 @@
 //! the visible patches is what makes MAE cheap. (At ratio 0.0 no patch is removed, so the
 //! loss is 0/0; the step's cost is what is measured.)
 //!
-//! `cargo run --release -p mae --example bench`
+//! `cargo run --release -p mae --example speed`
 
 use std::time::Instant;
 
