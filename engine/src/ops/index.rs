@@ -21,9 +21,7 @@ impl Tensor {
     /// the axis.
     pub fn gather(&self, axis: isize, index: &Tensor) -> Result<Tensor> {
         let op = "gather";
-        index.expect_dtype(op, DType::U32)?;
-        self.expect_same_device(op, index)?;
-        let ax = normalize_axis(op, axis, self.shape())?;
+        let ax = self.index_axis(op, axis, index)?;
         let fits = index.rank() == self.rank()
             && (0..self.rank()).all(|d| d == ax || index.shape()[d] <= self.shape()[d]);
         if !fits {
@@ -36,9 +34,7 @@ impl Tensor {
                 ),
             ));
         }
-        let mut x_strides = self.strides().to_vec();
-        x_strides[ax] = 0;
-        self.gather_kernel(op, index.shape(), ax, &x_strides, index, index.strides())
+        self.gather_kernel(op, index.shape(), ax, index, index.strides())
     }
 
     /// `torch.index_select`: the slices of `axis` listed by the 1-D `index`, in its order
@@ -48,9 +44,7 @@ impl Tensor {
     /// As [`Tensor::gather`].
     pub fn index_select(&self, axis: isize, index: &Tensor) -> Result<Tensor> {
         let op = "index_select";
-        index.expect_dtype(op, DType::U32)?;
-        self.expect_same_device(op, index)?;
-        let ax = normalize_axis(op, axis, self.shape())?;
+        let ax = self.index_axis(op, axis, index)?;
         if index.rank() != 1 {
             return Err(Error::shape(
                 op,
@@ -59,24 +53,30 @@ impl Tensor {
         }
         let mut shape = self.shape().to_vec();
         shape[ax] = index.shape()[0];
-        let mut x_strides = self.strides().to_vec();
-        x_strides[ax] = 0;
         // The index read as a broadcast view over the output: it varies along `axis` only.
         let mut idx_strides = vec![0; shape.len()];
         idx_strides[ax] = index.strides()[0];
-        self.gather_kernel(op, &shape, ax, &x_strides, index, &idx_strides)
+        self.gather_kernel(op, &shape, ax, index, &idx_strides)
     }
 
+    /// Checks shared by the indexing ops: a `U32` index on the same device, a valid axis.
+    fn index_axis(&self, op: &'static str, axis: isize, index: &Tensor) -> Result<usize> {
+        index.expect_dtype(op, DType::U32)?;
+        self.expect_same_device(op, index)?;
+        normalize_axis(op, axis, self.shape())
+    }
+
+    /// Gather over iteration `shape` with the index read through `idx_strides`; records the
+    /// scatter-add gradient.
     fn gather_kernel(
         &self,
         op: &'static str,
         shape: &[usize],
         ax: usize,
-        x_strides: &[usize],
         index: &Tensor,
         idx_strides: &[usize],
     ) -> Result<Tensor> {
-        let y = self.gather_untracked(op, shape, ax, x_strides, index, idx_strides)?;
+        let y = self.gather_untracked(op, shape, ax, index, idx_strides)?;
         let (from, idx, idx_strides) =
             (self.shape().to_vec(), index.detach(), idx_strides.to_vec());
         Ok(y.record(op, &[self], move |g| {
@@ -89,16 +89,18 @@ impl Tensor {
         op: &'static str,
         shape: &[usize],
         ax: usize,
-        x_strides: &[usize],
         index: &Tensor,
         idx_strides: &[usize],
     ) -> Result<Tensor> {
+        // x is addressed with the gathered axis' stride zeroed; the kernel adds idx * stride.
+        let mut x_strides = self.strides().to_vec();
+        x_strides[ax] = 0;
         let out = Tensor::empty(self.device(), op, shape, self.dtype())?;
         let mut p = strided_params(
             op,
             shape,
             (0, out.strides()),
-            &[(self.offset(), x_strides), (index.offset(), idx_strides)],
+            &[(self.offset(), &x_strides), (index.offset(), idx_strides)],
         )?;
         p.axis_stride = self.strides()[ax] as u32;
         p.axis_size = self.shape()[ax] as u32;

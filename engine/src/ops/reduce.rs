@@ -163,17 +163,7 @@ impl Tensor {
     /// # Errors
     /// As [`Tensor::sum`], and [`Error::Shape`] for an empty axis.
     pub fn max(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
-        let y = self.reduce("max", Reduction::Max, axis, keepdim, |_| 1.0)?;
-        let x = self.detach();
-        Ok(y.record("max", &[self], move |g| {
-            Ok(vec![Some(extreme_backward(
-                &x,
-                axis,
-                keepdim,
-                g,
-                Tensor::argmax,
-            )?)])
-        }))
+        self.extreme("max", Reduction::Max, Tensor::argmax, axis, keepdim)
     }
 
     /// Minimum over one axis.
@@ -181,16 +171,23 @@ impl Tensor {
     /// # Errors
     /// As [`Tensor::max`].
     pub fn min(&self, axis: isize, keepdim: bool) -> Result<Tensor> {
-        let y = self.reduce("min", Reduction::Min, axis, keepdim, |_| 1.0)?;
+        self.extreme("min", Reduction::Min, Tensor::argmin, axis, keepdim)
+    }
+
+    /// Max or min over an axis; the gradient goes to the first extreme element, found with
+    /// `arg` (argmax or argmin).
+    fn extreme(
+        &self,
+        op: &'static str,
+        kind: Reduction,
+        arg: fn(&Tensor, isize, bool) -> Result<Tensor>,
+        axis: isize,
+        keepdim: bool,
+    ) -> Result<Tensor> {
+        let y = self.reduce(op, kind, axis, keepdim, |_| 1.0)?;
         let x = self.detach();
-        Ok(y.record("min", &[self], move |g| {
-            Ok(vec![Some(extreme_backward(
-                &x,
-                axis,
-                keepdim,
-                g,
-                Tensor::argmin,
-            )?)])
+        Ok(y.record(op, &[self], move |g| {
+            Ok(vec![Some(extreme_backward(&x, axis, keepdim, g, arg)?)])
         }))
     }
 
