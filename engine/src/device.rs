@@ -82,6 +82,21 @@ pub(crate) struct Inner {
     status: wgpu::Buffer,
     /// Invocations per workgroup of the row kernels.
     row_workgroup: u32,
+    /// Per-kernel wall time while profiling is on (see [`Device::set_profiling`]).
+    profile: Mutex<Option<Vec<KernelTime>>>,
+}
+
+/// Time spent in one kernel while profiling was on: each dispatch was submitted alone and
+/// waited for, so `seconds` includes one submission's overhead per dispatch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    /// `file::entry` of the kernel and its override values, e.g.
+    /// `matmul.wgsl::matmul_vec4 TRANS_A=0 TRANS_B=1`.
+    pub kernel: String,
+    /// How many dispatches were timed.
+    pub dispatches: u64,
+    /// Their total wall time.
+    pub seconds: f64,
 }
 
 /// Commands recorded but not yet submitted.
@@ -196,6 +211,7 @@ impl Device {
                 }),
                 status,
                 row_workgroup,
+                profile: Mutex::new(None),
             }),
         })
     }
@@ -248,6 +264,25 @@ impl Device {
     /// Command-buffer submissions so far: one per batch, read-back or upload, never one per op.
     pub fn submission_count(&self) -> u64 {
         lock(&self.inner.recorder).submissions
+    }
+
+    /// Turn per-kernel profiling on (clearing earlier figures) or off. While it is on, every
+    /// dispatch is submitted alone and waited for, which is slow but tells where a step's
+    /// time goes; [`Device::profile`] reads the figures. `ENGINE_PROFILE=1` in the
+    /// environment is how the programs turn it on.
+    pub fn set_profiling(&self, on: bool) {
+        if on {
+            self.synchronize().ok();
+        }
+        *lock(&self.inner.profile) = on.then(Vec::new);
+    }
+
+    /// Per-kernel times gathered since profiling was turned on, slowest first; empty when
+    /// profiling is off.
+    pub fn profile(&self) -> Vec<KernelTime> {
+        let mut times = lock(&self.inner.profile).clone().unwrap_or_default();
+        times.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        times
     }
 
     /// Submit what has been recorded and wait until the GPU has finished it.
@@ -342,7 +377,29 @@ impl Device {
         pass.set_bind_group(0, &bind_group, &[offset as u32]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         rec.dispatches += 1;
-        if rec.dispatches >= DISPATCHES_PER_BATCH {
+        let mut profile = lock(&self.inner.profile);
+        if let Some(times) = profile.as_mut() {
+            let start = std::time::Instant::now();
+            let index = self.submit(&mut rec);
+            drop(rec);
+            self.wait(index).ok();
+            let seconds = start.elapsed().as_secs_f64();
+            let mut name = format!("{}::{}", kernel.shader.file, kernel.entry);
+            for (k, v) in kernel.overrides.iter().zip(overrides) {
+                name += &format!(" {k}={v}");
+            }
+            match times.iter_mut().find(|t| t.kernel == name) {
+                Some(t) => {
+                    t.dispatches += 1;
+                    t.seconds += seconds;
+                }
+                None => times.push(KernelTime {
+                    kernel: name,
+                    dispatches: 1,
+                    seconds,
+                }),
+            }
+        } else if rec.dispatches >= DISPATCHES_PER_BATCH {
             self.submit(&mut rec);
         }
     }

@@ -35,11 +35,22 @@ impl Linear {
     /// # Errors
     /// [`engine::Error::Shape`] when the last axis is not `in`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight.t()?)?;
-        match &self.bias {
-            Some(b) => y.add(b),
-            None => Ok(y),
+        let (out_dim, in_dim) = (self.weight.shape()[0], self.weight.shape()[1]);
+        let Some((&last, lead)) = x.shape().split_last().filter(|(&l, _)| l == in_dim) else {
+            return Err(engine::Error::Shape {
+                op: "Linear",
+                msg: format!("needs (.., {in_dim}), got {:?}", x.shape()),
+            });
+        };
+        // One (rows, in) x (in, out) product rather than a batched one: the weight gradient
+        // then sums over all rows inside the matmul, and the row count is B*N, which keeps
+        // the fast aligned kernel in reach.
+        let rows = x.numel() / last.max(1);
+        let mut y = x.reshape(&[rows, in_dim])?.matmul(&self.weight.t()?)?;
+        if let Some(b) = &self.bias {
+            y = y.add(b)?;
         }
+        y.reshape(&[lead, &[out_dim]].concat())
     }
 }
 

@@ -66,20 +66,54 @@ pub(crate) fn strided_params(
             ),
         ));
     }
+    let mut operands = vec![out.1];
+    operands.extend(inputs.iter().map(|i| i.1));
+    let (shape, strides) = coalesce(shape, &operands);
     let mut p = StridedParams {
-        numel: crate::shape::numel(shape) as u32,
+        numel: crate::shape::numel(&shape) as u32,
         rank: shape.len() as u32,
-        shape: dims(shape),
-        out_strides: dims(out.1),
+        shape: dims(&shape),
+        out_strides: dims(&strides[0]),
         ..Default::default()
     };
     p.offsets[0] = out.0 as u32;
     let slots = [&mut p.strides0, &mut p.strides1, &mut p.strides2];
-    for (i, ((offset, strides), slot)) in inputs.iter().zip(slots).enumerate() {
+    for (i, ((offset, _), slot)) in inputs.iter().zip(slots).enumerate() {
         p.offsets[i + 1] = *offset as u32;
-        *slot = dims(strides);
+        *slot = dims(&strides[i + 1]);
     }
     Ok(p)
+}
+
+/// The same walk over fewer axes: size-1 axes are dropped and neighbours that every operand
+/// steps through as one (`stride[i] == stride[i + 1] * shape[i + 1]`) are merged, so a bias
+/// added to `(B, N, D)` is indexed as `(B*N, D)`. Row-major element order is unchanged,
+/// which is all the strided kernels rely on.
+fn coalesce(shape: &[usize], operands: &[&[usize]]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let mut out_shape: Vec<usize> = Vec::new();
+    let mut out_strides: Vec<Vec<usize>> = vec![Vec::new(); operands.len()];
+    for (axis, &size) in shape.iter().enumerate() {
+        if size == 1 {
+            continue;
+        }
+        let mergeable = out_shape.last().is_some()
+            && operands
+                .iter()
+                .zip(&out_strides)
+                .all(|(s, merged)| merged.last() == Some(&(s[axis] * size)));
+        if mergeable {
+            *out_shape.last_mut().expect("checked above") *= size;
+            for (s, merged) in operands.iter().zip(&mut out_strides) {
+                *merged.last_mut().expect("checked above") = s[axis];
+            }
+        } else {
+            out_shape.push(size);
+            for (s, merged) in operands.iter().zip(&mut out_strides) {
+                merged.push(s[axis]);
+            }
+        }
+    }
+    (out_shape, out_strides)
 }
 
 /// Groups for a grid-stride kernel over `numel` elements: one invocation per element up to
@@ -90,4 +124,24 @@ pub(crate) fn elementwise_grid(numel: usize) -> [u32; 3] {
         1,
         1,
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coalesce;
+
+    #[test]
+    fn coalesce_merges_what_every_operand_walks_as_one() {
+        // A bias (stride 0, 1) added to a contiguous (2, 3, 4): the leading axes merge.
+        let (shape, strides) = coalesce(&[2, 3, 4], &[&[12, 4, 1], &[0, 0, 1]]);
+        assert_eq!(shape, [6, 4]);
+        assert_eq!(strides, [vec![4, 1], vec![0, 1]]);
+        // A transposed operand keeps its axes apart; size-1 axes vanish.
+        let (shape, strides) = coalesce(&[3, 1, 4], &[&[4, 4, 1], &[1, 9, 3]]);
+        assert_eq!(shape, [3, 4]);
+        assert_eq!(strides, [vec![4, 1], vec![1, 3]]);
+        // All contiguous: one axis.
+        let (shape, _) = coalesce(&[2, 3, 4], &[&[12, 4, 1], &[12, 4, 1]]);
+        assert_eq!(shape, [24]);
+    }
 }
