@@ -2,6 +2,8 @@
 // TRANS_A / TRANS_B read an operand stored transposed (A as (k, m), B as (n, k)) in place,
 // so a transposed view is never materialised. lda / ldb are the row strides of the
 // operands as stored; a batch stride of 0 broadcasts an operand over the batch.
+// HAS_BIAS adds bias[col] (n floats at bias_offset) to every output row as it is stored,
+// which is how a Linear layer's bias costs no pass of its own.
 //
 // Two entry points, both register-blocked with workgroups of 8 invocations (one SIMD
 // vector on CPU drivers such as lavapipe, which run the lanes of a workgroup together):
@@ -23,12 +25,13 @@ struct Params {
     b_batch_stride: u32,
     lda: u32,
     ldb: u32,
+    bias_offset: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 override TRANS_A: bool;
 override TRANS_B: bool;
+override HAS_BIAS: bool;
 
 const LANES: u32 = 8u;
 
@@ -36,12 +39,15 @@ const LANES: u32 = 8u;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
+// Bound to A's buffer (and never read) without HAS_BIAS.
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
 
 // ---- vec4 path. Every quantity below counts vec4s (4 floats). ----
 
 @group(0) @binding(1) var<storage, read_write> out4: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> bias4: array<vec4<f32>>;
 
 // The 4x4 block of A at rows 4q.., k = 4kq..: column j holds row 4q + j along k.
 fn a_block(base: u32, q: u32, kq: u32) -> mat4x4<f32> {
@@ -74,10 +80,14 @@ fn store_block(base: u32, q: u32, c: u32, acc: mat4x4<f32>) {
         return;
     }
     let o = base + 4u * q * n4 + c;
-    out4[o] = acc[0];
-    out4[o + n4] = acc[1];
-    out4[o + 2u * n4] = acc[2];
-    out4[o + 3u * n4] = acc[3];
+    var add = vec4<f32>();
+    if (HAS_BIAS) {
+        add = bias4[p.bias_offset / 4u + c];
+    }
+    out4[o] = acc[0] + add;
+    out4[o + n4] = acc[1] + add;
+    out4[o + 2u * n4] = acc[2] + add;
+    out4[o + 3u * n4] = acc[3] + add;
 }
 
 @compute @workgroup_size(8)
@@ -189,7 +199,11 @@ fn store_scalar_block(base: u32, row: u32, col: u32, acc: mat4x4<f32>) {
             let r = row + j;
             let c = col + i * LANES;
             if (r < p.m && c < p.n) {
-                out[base + r * p.n + c] = acc[j][i];
+                var add = 0.0;
+                if (HAS_BIAS) {
+                    add = bias[p.bias_offset + c];
+                }
+                out[base + r * p.n + c] = acc[j][i] + add;
             }
         }
     }

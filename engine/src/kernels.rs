@@ -49,6 +49,7 @@ shader!(LAYER_NORM, "layer_norm.wgsl", with "rows.wgsl");
 shader!(CROSS_ENTROPY, "cross_entropy.wgsl", with "rows.wgsl");
 shader!(ARGSORT, "argsort.wgsl", with "rows.wgsl");
 shader!(OPTIM, "optim.wgsl");
+shader!(ATTENTION, "attention.wgsl");
 
 /// Every shader the engine compiles; the validation test checks each with naga and checks
 /// that no `.wgsl` file in `shaders/` is missing from this list.
@@ -68,6 +69,7 @@ pub static ALL_SHADERS: &[&Shader] = &[
     &CROSS_ENTROPY,
     &ARGSORT,
     &OPTIM,
+    &ATTENTION,
 ];
 
 /// Helper files that are only ever prepended to other shaders.
@@ -112,14 +114,18 @@ kernel!(FILL_K: FILL::"fill", [W], ["OP"]);
 kernel!(RANDOM_K: RANDOM::"random", [W], ["OP"]);
 kernel!(DROPOUT_K: RANDOM::"dropout", [W, R], []);
 kernel!(REDUCE_K: REDUCE::"reduce", [W, R], ["OP", "WG"]);
-kernel!(MATMUL_K: MATMUL::"matmul", [W, R, R], ["TRANS_A", "TRANS_B"]);
-kernel!(MATMUL_VEC4_K: MATMUL::"matmul_vec4", [W, R, R], ["TRANS_A", "TRANS_B"]);
+kernel!(MATMUL_K: MATMUL::"matmul", [W, R, R, R], ["TRANS_A", "TRANS_B", "HAS_BIAS"]);
+kernel!(MATMUL_VEC4_K: MATMUL::"matmul_vec4", [W, R, R, R], ["TRANS_A", "TRANS_B", "HAS_BIAS"]);
 kernel!(SOFTMAX_K: SOFTMAX::"softmax", [W, R], ["WG"]);
 kernel!(LAYER_NORM_K: LAYER_NORM::"layer_norm", [W, W, R, R, R], ["WG"]);
+kernel!(LAYER_NORM_BACKWARD_K: LAYER_NORM::"layer_norm_backward", [W, W, R, R, R, R], ["WG"]);
 kernel!(CROSS_ENTROPY_K: CROSS_ENTROPY::"cross_entropy", [W, R, R, W], ["WG"]);
 kernel!(ARGSORT_K: ARGSORT::"argsort", [W, R], ["DESCENDING"]);
 kernel!(ADAMW_K: OPTIM::"adamw", [W, R, W, W], []);
 kernel!(SGD_K: OPTIM::"sgd", [W, R, W], []);
+kernel!(ATTENTION_K: ATTENTION::"attention_forward", [W, W, R], ["WG"]);
+kernel!(ATTENTION_BACKWARD_Q_K: ATTENTION::"attention_backward_q", [W, W, R, R, R, R], ["WG"]);
+kernel!(ATTENTION_BACKWARD_KV_K: ATTENTION::"attention_backward_kv", [W, W, R, R, R, R], ["WG"]);
 
 /// A compiled kernel specialisation.
 pub(crate) struct Pipeline {
@@ -128,7 +134,7 @@ pub(crate) struct Pipeline {
 }
 
 /// Most override constants a kernel has; specialisation keys are fixed-size arrays.
-pub(crate) const MAX_OVERRIDES: usize = 2;
+pub(crate) const MAX_OVERRIDES: usize = 3;
 
 type Key = (usize, [u32; MAX_OVERRIDES]);
 

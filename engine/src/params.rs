@@ -136,8 +136,8 @@ uniform! {
         b_batch_stride: u32,
         lda: u32,
         ldb: u32,
+        bias_offset: u32,
         _pad0: u32,
-        _pad1: u32,
     }
 }
 
@@ -177,6 +177,20 @@ uniform! {
     }
 }
 
+uniform! {
+    /// Fused multi-head attention, forward and backward.
+    AttentionParams in ["attention.wgsl"] {
+        batch: u32,
+        tokens: u32,
+        heads: u32,
+        head_dim: u32,
+        scale: f32,
+        qkv_offset: u32,
+        g_offset: u32,
+        _pad0: u32,
+    }
+}
+
 /// Every uniform twin, for the layout test.
 #[doc(hidden)]
 pub static ALL_UNIFORMS: &[UniformLayout] = &[
@@ -188,4 +202,5 @@ pub static ALL_UNIFORMS: &[UniformLayout] = &[
     MatmulParams::LAYOUT,
     RowParams::LAYOUT,
     OptimParams::LAYOUT,
+    AttentionParams::LAYOUT,
 ];

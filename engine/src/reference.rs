@@ -303,3 +303,37 @@ pub fn normal(seed: u64, i: u32, mean: f32, std: f32) -> f32 {
 pub fn dropout_keeps(seed: u64, i: u32, p: f32) -> bool {
     unit(random_word(seed, i, 0)) >= p
 }
+
+/// Multi-head attention from a fused `(B, N, 3D)` qkv (q, k, v side by side, heads
+/// contiguous within each): `(B, N, D)`, in f64 and without any trick.
+pub fn qkv_attention(qkv: &[f32], b: usize, n: usize, d: usize, heads: usize) -> Vec<f32> {
+    let hd = d / heads;
+    let scale = (hd as f64).powf(-0.5);
+    let at = |bi: usize, t: usize, part: usize, h: usize, e: usize| {
+        qkv[(bi * n + t) * 3 * d + part * d + h * hd + e] as f64
+    };
+    let mut out = vec![0.0f32; b * n * d];
+    for bi in 0..b {
+        for h in 0..heads {
+            for i in 0..n {
+                let scores: Vec<f64> = (0..n)
+                    .map(|j| {
+                        scale
+                            * (0..hd)
+                                .map(|e| at(bi, i, 0, h, e) * at(bi, j, 1, h, e))
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - m).exp()).sum();
+                for e in 0..hd {
+                    let v: f64 = (0..n)
+                        .map(|j| (scores[j] - m).exp() / z * at(bi, j, 2, h, e))
+                        .sum();
+                    out[(bi * n + i) * d + h * hd + e] = v as f32;
+                }
+            }
+        }
+    }
+    out
+}

@@ -214,6 +214,59 @@ fn composites() {
 }
 
 #[test]
+fn linear_with_and_without_bias() {
+    let x = away(&[2, 3, 5], 34, 0.0);
+    let w = away(&[4, 5], 35, 0.0);
+    let b = away(&[4], 36, 0.0);
+    check("linear", &[&x, &w, &b], |t| t[0].linear(&t[1], Some(&t[2])));
+    check("linear without bias", &[&x, &w], |t| {
+        t[0].linear(&t[1], None)
+    });
+}
+
+#[test]
+fn fused_attention() {
+    // (B 2, N 5, heads 2 of 3): every element of q, k and v is perturbed.
+    let qkv = away(&[2, 5, 18], 31, 0.0);
+    check("qkv_attention", &[&qkv], |t| t[0].qkv_attention(2));
+    // Larger than gradcheck affords: the gradient equals the unfused ops' exactly in law.
+    let (b, n, d, h) = (2, 13, 32, 4);
+    let qkv = away(&[b, n, 3 * d], 32, 0.0).requires_grad(true).unwrap();
+    let g = away(&[b, n, d], 33, 0.0);
+    let unfused = |x: &Tensor| -> Result<Tensor> {
+        let x = x.reshape(&[b, n, 3, h, d / h])?.permute(&[2, 0, 3, 1, 4])?;
+        let part = |i| x.narrow(0, i, 1)?.squeeze(0);
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let attn = q
+            .matmul(&k.t()?)?
+            .mul_scalar((d as f32 / h as f32).powf(-0.5))?
+            .softmax()?;
+        attn.matmul(&v)?.permute(&[0, 2, 1, 3])?.reshape(&[b, n, d])
+    };
+    let grad_of = |y: Tensor| {
+        y.mul(&g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+            .expect(&qkv)
+            .unwrap()
+            .to_vec()
+            .unwrap()
+    };
+    let fused = grad_of(qkv.qkv_attention(h).unwrap());
+    let reference = grad_of(unfused(&qkv).unwrap());
+    assert_close(
+        &fused,
+        &reference,
+        1e-5,
+        1e-4,
+        "fused against unfused attention gradient",
+    );
+}
+
+#[test]
 fn gradcheck_catches_a_wrong_rule() {
     let x = away(&[6], 31, 0.0);
     // y = 2x with a rule that claims 2.2: off by 10%.

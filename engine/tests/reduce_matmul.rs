@@ -308,3 +308,53 @@ fn matmul_batched_and_broadcast() {
         .unwrap();
     assert_eq!(z.to_vec().unwrap(), vec![0.0; 6]);
 }
+
+#[test]
+fn linear_adds_the_bias_in_the_product() {
+    // (rows, in, out): aligned (vec4 kernel), ragged (scalar kernel), and in = 0.
+    for (i, &(lead, k, n)) in [(&[2, 6][..], 8, 12), (&[3, 5][..], 7, 9), (&[4][..], 0, 3)]
+        .iter()
+        .enumerate()
+    {
+        let rows: usize = lead.iter().product();
+        let mut xs = lead.to_vec();
+        xs.push(k);
+        let (x, hx) = rand_tensor(&xs, 500 + i as u64);
+        let (w, hw) = rand_tensor(&[n, k], 510 + i as u64);
+        let (b, hb) = rand_tensor(&[n], 520 + i as u64);
+        let mut want = reference::matmul(&hx, &reference::transpose(&hw, n, k), rows, k, n);
+        for (j, v) in want.iter_mut().enumerate() {
+            *v += hb[j % n];
+        }
+        let y = x.linear(&w, Some(&b)).unwrap();
+        let mut ys = lead.to_vec();
+        ys.push(n);
+        assert_eq!(y.shape(), &ys[..]);
+        assert_close(
+            &y.to_vec().unwrap(),
+            &want,
+            1e-5,
+            1e-5,
+            &format!("linear {lead:?}x{k}->{n}"),
+        );
+        // The bias read through a view with an offset, and no bias at all.
+        let (big, hbig) = rand_tensor(&[n + 4], 530 + i as u64);
+        let view = big.narrow(0, 4, n).unwrap();
+        let no_bias = x.linear(&w, None).unwrap().to_vec().unwrap();
+        let with_view = x.linear(&w, Some(&view)).unwrap().to_vec().unwrap();
+        for (j, (a, c)) in no_bias.iter().zip(&with_view).enumerate() {
+            assert!((a + hbig[4 + j % n] - c).abs() < 1e-5, "bias view at {j}");
+        }
+    }
+    let x = Tensor::zeros(&dev(), &[2, 3]).unwrap();
+    let w = Tensor::zeros(&dev(), &[4, 3]).unwrap();
+    for (w, b) in [
+        (&w, Some(Tensor::zeros(&dev(), &[3]).unwrap())),
+        (&w.t().unwrap(), None),
+    ] {
+        assert!(matches!(
+            x.linear(w, b.as_ref()),
+            Err(engine::Error::Shape { .. })
+        ));
+    }
+}

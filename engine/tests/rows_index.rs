@@ -333,3 +333,47 @@ fn dropout_is_seeded_and_scaled() {
     assert_eq!(x.dropout(0.0, 1).unwrap().to_vec().unwrap(), vec![1.0; n]);
     assert_eq!(x.dtype(), DType::F32);
 }
+
+#[test]
+fn qkv_attention_matches_reference_and_unfused_ops() {
+    // (B, N, D, heads): one token, odd token counts, one head, and a 64-wide head.
+    for (i, &(b, n, d, h)) in [(1, 1, 4, 1), (2, 7, 12, 3), (3, 13, 16, 1), (1, 33, 128, 2)]
+        .iter()
+        .enumerate()
+    {
+        let (qkv, host) = rand_tensor(&[b, n, 3 * d], 400 + i as u64);
+        let got = qkv.qkv_attention(h).unwrap();
+        assert_eq!(got.shape(), [b, n, d]);
+        let want = reference::qkv_attention(&host, b, n, d, h);
+        assert_close(
+            &got.to_vec().unwrap(),
+            &want,
+            1e-5,
+            1e-4,
+            &format!("attention {b}x{n}x{d}/{h}"),
+        );
+    }
+    // A view with an offset: the second half of a larger buffer.
+    let (big, host) = rand_tensor(&[2, 5, 18], 410);
+    let view = big.narrow(0, 1, 1).unwrap();
+    let want = reference::qkv_attention(&host[90..], 1, 5, 6, 2);
+    assert_close(
+        &view.qkv_attention(2).unwrap().to_vec().unwrap(),
+        &want,
+        1e-5,
+        1e-4,
+        "offset view",
+    );
+    // Bad shapes are errors, not wrong answers.
+    for (shape, heads) in [
+        (&[2, 3, 12][..], 5),
+        (&[6, 12][..], 2),
+        (&[1, 2, 3 * 129][..], 1),
+    ] {
+        let x = Tensor::zeros(&dev(), shape).unwrap();
+        assert!(
+            matches!(x.qkv_attention(heads), Err(engine::Error::Shape { .. })),
+            "{shape:?}/{heads}"
+        );
+    }
+}

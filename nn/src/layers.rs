@@ -35,22 +35,7 @@ impl Linear {
     /// # Errors
     /// [`engine::Error::Shape`] when the last axis is not `in`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (out_dim, in_dim) = (self.weight.shape()[0], self.weight.shape()[1]);
-        let Some((&last, lead)) = x.shape().split_last().filter(|(&l, _)| l == in_dim) else {
-            return Err(engine::Error::Shape {
-                op: "Linear",
-                msg: format!("needs (.., {in_dim}), got {:?}", x.shape()),
-            });
-        };
-        // One (rows, in) x (in, out) product rather than a batched one: the weight gradient
-        // then sums over all rows inside the matmul, and the row count is B*N, which keeps
-        // the fast aligned kernel in reach.
-        let rows = x.numel() / last.max(1);
-        let mut y = x.reshape(&[rows, in_dim])?.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
-            y = y.add(b)?;
-        }
-        y.reshape(&[lead, &[out_dim]].concat())
+        x.linear(&self.weight, self.bias.as_ref())
     }
 }
 
@@ -190,10 +175,14 @@ impl Attention {
             });
         };
         let hd = d / self.heads;
+        let qkv = self.qkv.forward(x)?;
+        let attn_dropout = ctx.train && self.attn_drop > 0.0;
+        if !attn_dropout && hd <= engine::MAX_ATTENTION_HEAD_DIM {
+            // The fused kernel: the same function, without the score matrix in memory.
+            return self.proj.forward(&qkv.qkv_attention(self.heads)?);
+        }
         // (B, N, 3D) -> (3, B, H, N, hd)
-        let qkv = self
-            .qkv
-            .forward(x)?
+        let qkv = qkv
             .reshape(&[b, n, 3, self.heads, hd])?
             .permute(&[2, 0, 3, 1, 4])?;
         let part = |i| -> Result<Tensor> { qkv.narrow(0, i, 1)?.squeeze(0) };

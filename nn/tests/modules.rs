@@ -157,3 +157,25 @@ fn small_layers_pass_gradcheck() {
     .unwrap();
     assert!(report.passed, "block: {report}");
 }
+
+#[test]
+fn fused_and_unfused_attention_agree() {
+    // Attention dropout in train mode takes the unfused path; with p = 1e-9 it keeps every
+    // weight (scaled by 1 / (1 - p) = 1 in f32), so both paths compute the same function.
+    let mut attn = Attention::new(16, 2, true, &mut Init::new(&dev(), 6)).unwrap();
+    let x = Tensor::randn(&dev(), &[2, 5, 16], 10).unwrap();
+    let fused = attn
+        .forward(&x, &mut Ctx::eval())
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    attn.attn_drop = 1e-9;
+    let unfused = attn
+        .forward(&x, &mut Ctx::train(0))
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    for (a, b) in fused.iter().zip(&unfused) {
+        assert!((a - b).abs() <= 1e-5 + 1e-4 * b.abs(), "{a} vs {b}");
+    }
+}

@@ -89,7 +89,70 @@ impl Tensor {
         }))
     }
 
+    /// A fully connected layer, `x W^T + b`: `self` is `(.., in)`, `weight` is `[out, in]` as
+    /// PyTorch stores it, `bias` is `[out]`; the result is `(.., out)`. All leading axes are
+    /// multiplied as one `(rows, in)` matrix, so the weight gradient is summed over rows
+    /// inside one product, and the bias is added as the product is stored.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `weight` is not `[out, in]` for the last axis of `self`, or
+    /// `bias` is not `[out]`; [`Error::DType`] for `U32`.
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let op = "linear";
+        let (Some((&in_dim, lead)), &[out_dim, w_in]) = (self.shape().split_last(), weight.shape())
+        else {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "needs (.., in) and [out, in], got {:?} and {:?}",
+                    self.shape(),
+                    weight.shape()
+                ),
+            ));
+        };
+        let bias_ok = bias.is_none_or(|b| b.shape() == [out_dim]);
+        if w_in != in_dim || !bias_ok {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "input {:?}, weight {:?} and bias {:?} do not fit (.., in), [out, in], [out]",
+                    self.shape(),
+                    weight.shape(),
+                    bias.map(|b| b.shape().to_vec())
+                ),
+            ));
+        }
+        let rows = numel(lead);
+        let x = self.reshape(&[rows, in_dim])?;
+        let y = no_grad(|| x.product(&weight.t()?, bias))?;
+        let (xd, wd) = (x.detach(), weight.detach());
+        let need = [
+            x.requires_grad,
+            weight.requires_grad,
+            bias.is_some_and(|b| b.requires_grad),
+        ];
+        let has_bias = bias.is_some();
+        let mut inputs = vec![&x, weight];
+        inputs.extend(bias);
+        let y = y.record(op, &inputs, move |g| {
+            let mut grads = vec![
+                need[0].then(|| g.matmul(&wd)).transpose()?,
+                need[1].then(|| g.t()?.matmul(&xd)).transpose()?,
+            ];
+            if has_bias {
+                grads.push(need[2].then(|| g.sum(0, false)).transpose()?);
+            }
+            Ok(grads)
+        });
+        y.reshape(&[lead, &[out_dim]].concat())
+    }
+
     fn matmul_untracked(&self, other: &Tensor) -> Result<Tensor> {
+        self.product(other, None)
+    }
+
+    /// `self x other (+ bias)` without recording, `bias` a row added to every output row.
+    fn product(&self, other: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let op = "matmul";
         self.expect_dtype(op, DType::F32)?;
         other.expect_dtype(op, DType::F32)?;
@@ -129,10 +192,12 @@ impl Tensor {
         let mut shape = batch.clone();
         shape.extend([m, n]);
         if k == 0 {
-            return Tensor::zeros(dev, &shape);
+            let zeros = Tensor::zeros(dev, &shape)?;
+            return bias.map_or(Ok(zeros.clone()), |b| zeros.add(b));
         }
         let a = operand(self, &batch)?;
         let b = operand(other, &batch)?;
+        let bias = bias.map(|t| t.contiguous()).transpose()?;
         let p = MatmulParams {
             m: m as u32,
             n: n as u32,
@@ -144,6 +209,7 @@ impl Tensor {
             b_batch_stride: b.batch_stride as u32,
             lda: a.ld as u32,
             ldb: b.ld as u32,
+            bias_offset: bias.as_ref().map_or(0, |t| t.offset() as u32),
             ..Default::default()
         };
         // The vec4 kernel reads whole 4x4 blocks, so every size, stride and offset it
@@ -158,6 +224,7 @@ impl Tensor {
             b.t.offset(),
             a.batch_stride,
             b.batch_stride,
+            p.bias_offset as usize,
         ]
         .iter()
         .all(|v| v % 4 == 0);
@@ -174,9 +241,14 @@ impl Tensor {
         let out = Tensor::empty(dev, op, &shape, DType::F32)?;
         dev.dispatch(
             kernel,
-            &[a.trans as u32, b.trans as u32],
+            &[a.trans as u32, b.trans as u32, bias.is_some() as u32],
             &p,
-            &[out.buffer(), a.t.buffer(), b.t.buffer()],
+            &[
+                out.buffer(),
+                a.t.buffer(),
+                b.t.buffer(),
+                bias.as_ref().unwrap_or(&a.t).buffer(),
+            ],
             groups.map(|g| g as u32),
         );
         Ok(out)

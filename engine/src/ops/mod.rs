@@ -1,6 +1,7 @@
 //! The op launchers: each checks shapes and dtypes, allocates the output from the pool and
 //! records one dispatch (or a few) of a kernel from `shaders/`.
 
+mod attention;
 mod create;
 mod elementwise;
 mod index;
@@ -9,6 +10,7 @@ mod matmul;
 mod reduce;
 mod rowwise;
 
+pub use attention::MAX_ATTENTION_HEAD_DIM;
 pub use elementwise::{BinaryOp, CompareOp, UnaryOp};
 
 use crate::device::Device;

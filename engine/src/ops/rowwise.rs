@@ -4,7 +4,7 @@
 use super::grid;
 use crate::autodiff::no_grad;
 use crate::error::{Error, Result};
-use crate::kernels::{ARGSORT_K, CROSS_ENTROPY_K, LAYER_NORM_K, SOFTMAX_K};
+use crate::kernels::{ARGSORT_K, CROSS_ENTROPY_K, LAYER_NORM_BACKWARD_K, LAYER_NORM_K, SOFTMAX_K};
 use crate::params::RowParams;
 use crate::tensor::{DType, Tensor};
 
@@ -233,8 +233,9 @@ impl Tensor {
 
 /// Gradients of layer norm from the saved per-row `(mean, rstd)`:
 /// with `xhat = (x - mean) * rstd` and `gh = g * weight`,
-/// `dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))`, `dweight = sum_rows(g * xhat)`,
-/// `dbias = sum_rows(g)`.
+/// `dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))` with `gh = g * weight`,
+/// `dweight = sum_rows(g * xhat)`, `dbias = sum_rows(g)`: one fused row kernel writes `dx`
+/// and `g * xhat`, then two column sums.
 fn layer_norm_backward(
     x: &Tensor,
     w: &Tensor,
@@ -242,21 +243,37 @@ fn layer_norm_backward(
     g: &Tensor,
     [need_x, need_w, need_b]: [bool; 3],
 ) -> Result<Vec<Option<Tensor>>> {
-    let cols = *x.shape().last().expect("layer_norm input has an axis");
-    let rows = x.numel() / cols.max(1);
-    let (x2, g2) = (x.reshape(&[rows, cols])?, g.reshape(&[rows, cols])?);
-    let mean = stats.narrow(1, 0, 1)?;
-    let rstd = stats.narrow(1, 1, 1)?;
-    let xhat = x2.sub(&mean)?.mul(&rstd)?;
-    let dx = if need_x {
-        let gh = g2.mul(w)?;
-        let centred = gh.sub(&gh.mean(1, true)?)?;
-        let along = xhat.mul(&gh.mul(&xhat)?.mean(1, true)?)?;
-        Some(centred.sub(&along)?.mul(&rstd)?.reshape(x.shape())?)
-    } else {
-        None
+    let op = "layer_norm backward";
+    let (rows, cols) = x.rows_cols(op)?;
+    let (x, w, g) = (x.contiguous()?, w.contiguous()?, g.contiguous()?);
+    let dev = x.device();
+    let dx = Tensor::empty(dev, op, x.shape(), DType::F32)?;
+    let g_xhat = Tensor::empty(dev, op, &[rows, cols], DType::F32)?;
+    let p = RowParams {
+        rows: rows as u32,
+        cols: cols as u32,
+        x_offset: x.offset() as u32,
+        w_offset: w.offset() as u32,
+        b_offset: g.offset() as u32,
+        ..Default::default()
     };
-    let dw = need_w.then(|| g2.mul(&xhat)?.sum(0, false)).transpose()?;
-    let db = need_b.then(|| g2.sum(0, false)).transpose()?;
-    Ok(vec![dx, dw, db])
+    dev.dispatch(
+        &LAYER_NORM_BACKWARD_K,
+        &[dev.row_workgroup()],
+        &p,
+        &[
+            dx.buffer(),
+            g_xhat.buffer(),
+            x.buffer(),
+            w.buffer(),
+            g.buffer(),
+            stats.buffer(),
+        ],
+        grid(dev, rows),
+    );
+    let dw = need_w.then(|| g_xhat.sum(0, false)).transpose()?;
+    let db = need_b
+        .then(|| g.reshape(&[rows, cols])?.sum(0, false))
+        .transpose()?;
+    Ok(vec![need_x.then_some(dx), dw, db])
 }
