@@ -88,6 +88,15 @@ impl MaeConfig {
         MaeConfig::preset(32, 4, 3, 192, 12, 3, (128, 4, 4))
     }
 
+    /// The names [`MaeConfig::by_name`] knows.
+    pub const PRESETS: [&'static str; 5] = [
+        "mae_vit_base_patch16",
+        "mae_vit_large_patch16",
+        "mae_vit_huge_patch14",
+        "mae_tiny_28_patch4",
+        "mae_tiny_32_patch4",
+    ];
+
     /// A preset by name.
     pub fn by_name(name: &str) -> Option<MaeConfig> {
         Some(match name {

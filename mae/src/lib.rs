@@ -7,8 +7,12 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod data;
 pub mod hf;
 pub mod model;
+pub mod plot;
+pub mod pretrain;
+pub mod visualize;
 
 pub use config::MaeConfig;
 pub use model::{patchify, unpatchify, MaeOutput, MaskedAutoencoder};

@@ -122,16 +122,26 @@ pub fn save_safetensors(
     tensors: &[(String, Tensor)],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<(), CheckpointError> {
-    let mut host = BTreeMap::new();
+    let mut host = Vec::new();
     for (name, t) in tensors {
-        host.insert(
-            name.clone(),
-            HostTensor {
-                shape: t.shape().to_vec(),
-                values: t.to_vec()?,
-            },
-        );
+        host.push((name.clone(), t.shape().to_vec(), t.to_vec()?));
     }
+    save_host_safetensors(path, host, metadata)
+}
+
+/// [`save_safetensors`] for tensors already on the host, as `(name, shape, values)`.
+///
+/// # Errors
+/// [`CheckpointError::Io`] when writing fails (the previous file at `path` is untouched).
+pub fn save_host_safetensors(
+    path: &Path,
+    tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    metadata: Option<HashMap<String, String>>,
+) -> Result<(), CheckpointError> {
+    let host: BTreeMap<String, HostTensor> = tensors
+        .into_iter()
+        .map(|(name, shape, values)| (name, HostTensor { shape, values }))
+        .collect();
     let bytes = safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), metadata)
         .map_err(|e| CheckpointError::Format(path.to_path_buf(), e.to_string()))?;
     let io = |e| CheckpointError::Io(path.to_path_buf(), e);

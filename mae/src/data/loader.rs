@@ -1,0 +1,199 @@
+//! Batches decoded and augmented on CPU worker threads into a bounded queue, so the next
+//! batches are ready while the GPU runs the current step.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::{Augment, DataError, Dataset, Rng};
+
+/// Files that could not be decoded: each is reported once and replaced by the next
+/// readable image, so a bad file never stops a run.
+#[derive(Default)]
+pub struct Skipped {
+    // name -> (error, reported yet)
+    files: Mutex<BTreeMap<String, (String, bool)>>,
+}
+
+impl Skipped {
+    fn add(&self, name: String, error: String) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files.entry(name).or_insert((error, false));
+    }
+
+    /// Warnings not yet reported, one line each.
+    pub fn take_new(&self) -> Vec<String> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files
+            .iter_mut()
+            .filter(|(_, (_, reported))| !*reported)
+            .map(|(_, (error, reported))| {
+                *reported = true;
+                format!("warning: skipping {error}")
+            })
+            .collect()
+    }
+
+    /// How many files were skipped.
+    pub fn count(&self) -> usize {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// One batch: `(n, C, size, size)` normalised pixels and the images' labels (when known).
+pub struct Batch {
+    /// Images in the batch.
+    pub len: usize,
+    /// `len * C * size * size` values.
+    pub pixels: Vec<f32>,
+    /// Class per image, when the dataset has labels.
+    pub labels: Option<Vec<u32>>,
+}
+
+/// An epoch's batches, in order, from worker threads.
+pub struct Loader {
+    queues: Vec<Receiver<Result<Batch, DataError>>>,
+    workers: Vec<JoinHandle<()>>,
+    next: usize,
+    batches: usize,
+}
+
+/// What each worker needs to build batches.
+#[derive(Clone)]
+struct Job {
+    data: Arc<Dataset>,
+    augment: Arc<Augment>,
+    random: bool,
+    channels: usize,
+    order: Arc<Vec<usize>>,
+    batch: usize,
+    seed: u64,
+    epoch: u64,
+    skipped: Arc<Skipped>,
+}
+
+impl Loader {
+    /// Batches of `batch` images of `data` in `order` (the last partial batch is dropped,
+    /// as the reference's `drop_last=True`), on `workers` threads, each keeping up to two
+    /// batches ready. With `random`, image `i` of epoch `epoch` gets `augment`'s random crop
+    /// and flip from the stream `(seed, epoch, i)`; without, its evaluation view.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        data: Arc<Dataset>,
+        (augment, random): (Arc<Augment>, bool),
+        channels: usize,
+        order: Vec<usize>,
+        batch: usize,
+        workers: usize,
+        (seed, epoch): (u64, u64),
+        skipped: Arc<Skipped>,
+    ) -> Loader {
+        let batches = order.len() / batch.max(1);
+        let job = Job {
+            data,
+            augment,
+            random,
+            channels,
+            order: Arc::new(order),
+            batch,
+            seed,
+            epoch,
+            skipped,
+        };
+        let workers = workers.clamp(1, batches.max(1));
+        let mut queues = Vec::new();
+        let mut handles = Vec::new();
+        for w in 0..workers {
+            let (tx, rx) = sync_channel(2);
+            let job = job.clone();
+            queues.push(rx);
+            handles.push(std::thread::spawn(move || {
+                for b in (w..batches).step_by(workers) {
+                    if tx.send(job.batch(b)).is_err() {
+                        return; // the loader was dropped
+                    }
+                }
+            }));
+        }
+        Loader {
+            queues,
+            workers: handles,
+            next: 0,
+            batches,
+        }
+    }
+
+    /// Batches in the epoch.
+    pub fn len(&self) -> usize {
+        self.batches
+    }
+
+    /// Whether the epoch has no batch.
+    pub fn is_empty(&self) -> bool {
+        self.batches == 0
+    }
+}
+
+impl Job {
+    fn batch(&self, b: usize) -> Result<Batch, DataError> {
+        let indices = &self.order[b * self.batch..(b + 1) * self.batch];
+        let mut pixels = Vec::new();
+        let mut labels = Vec::new();
+        for &i in indices {
+            let (i, img) = self.readable(i)?;
+            let mut rng = Rng::new(&[self.seed, self.epoch, i as u64]);
+            pixels.extend(if self.random {
+                self.augment.apply(&img, &mut rng)
+            } else {
+                self.augment.center(&img)
+            });
+            if let Some(l) = &self.data.labels {
+                labels.push(l[i]);
+            }
+        }
+        Ok(Batch {
+            len: indices.len(),
+            pixels,
+            labels: self.data.labels.as_ref().map(|_| labels),
+        })
+    }
+
+    /// Image `i`, or the next one that decodes.
+    fn readable(&self, i: usize) -> Result<(usize, super::Image), DataError> {
+        let n = self.data.len();
+        for k in 0..n {
+            let j = (i + k) % n;
+            match self.data.get(j, self.channels) {
+                Ok(img) => return Ok((j, img)),
+                Err(e) => self.skipped.add(self.data.name(j), e.to_string()),
+            }
+        }
+        Err(DataError::Empty(format!(
+            "{}: no image could be decoded",
+            self.data.description
+        )))
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.batches {
+            return None;
+        }
+        let queue = &self.queues[self.next % self.queues.len()];
+        self.next += 1;
+        queue.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        self.queues.clear(); // unblocks workers waiting to send
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Images for pretraining and evaluation: IDX files (MNIST, Fashion-MNIST) and image
+//! folders, augmentation as the reference (RandomResizedCrop, flip, normalisation), and a
+//! loader that decodes and augments on worker threads while the GPU trains.
+
+mod augment;
+mod folder;
+mod idx;
+mod loader;
+mod rng;
+
+use std::path::{Path, PathBuf};
+
+pub use augment::{resize_bicubic, Augment, Normalize};
+pub use folder::decode;
+pub use idx::read_idx;
+pub use loader::{Batch, Loader, Skipped};
+pub use rng::Rng;
+
+/// Where Debian's `dataset-fashion-mnist` package puts Fashion-MNIST: the default data.
+pub const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Why data could not be read. One line each, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file or folder that cannot be read.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// A file that is not what it claims to be.
+    #[error("{0}: {1}")]
+    Corrupt(String, String),
+    /// A source with nothing usable in it, or that does not exist.
+    #[error("{0}")]
+    Empty(String),
+}
+
+/// One image, channels first, values in `[0, 1]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Image {
+    /// 1 (grayscale) or 3 (RGB).
+    pub channels: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// `channels * height * width` values.
+    pub data: Vec<f32>,
+}
+
+/// Which part of a dataset: IDX directories hold `train-*` and `t10k-*` files, image folders
+/// may hold `train/` and `val/` (or `test/`) sub-folders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// The training images.
+    Train,
+    /// The held-out images.
+    Test,
+}
+
+enum Source {
+    /// Decoded in memory: `n` images of `h x w` unsigned bytes, one channel.
+    Idx { pixels: Vec<u8>, h: usize, w: usize },
+    /// Files, decoded when asked for.
+    Files(Vec<PathBuf>),
+}
+
+/// A set of images, with class labels when the source has them.
+pub struct Dataset {
+    source: Source,
+    /// Class index per image, when known.
+    pub labels: Option<Vec<u32>>,
+    /// Class names (sub-folder names, or the digits of IDX labels).
+    pub classes: Vec<String>,
+    /// What was opened, for messages.
+    pub description: String,
+}
+
+impl Dataset {
+    /// Open `path`: a directory holding IDX files (`{train,t10k}-images-idx3-ubyte[.gz]`
+    /// and the matching labels), one IDX image file, or a folder of PNG and JPEG images
+    /// (searched recursively; with `train/` and `val/` or `test/` sub-folders, the split's).
+    ///
+    /// # Errors
+    /// [`DataError::Empty`] for a missing path or one without images (naming how to get
+    /// Fashion-MNIST when that is what is missing); IDX and I/O errors otherwise.
+    pub fn open(path: &Path, split: Split) -> Result<Dataset, DataError> {
+        if !path.exists() {
+            let hint = if path == Path::new(FASHION_MNIST) {
+                " (install Fashion-MNIST with `sudo apt-get install dataset-fashion-mnist`, or \
+                 pass --data with an image folder or IDX files)"
+            } else {
+                ""
+            };
+            return Err(DataError::Empty(format!(
+                "data not found: {}{hint}",
+                path.display()
+            )));
+        }
+        let prefix = match split {
+            Split::Train => "train",
+            Split::Test => "t10k",
+        };
+        if path.is_file() {
+            return Dataset::open_idx(path);
+        }
+        if let Some(images) = idx_file(path, &format!("{prefix}-images-idx3-ubyte")) {
+            return Dataset::open_idx(&images);
+        }
+        let sub = match split {
+            Split::Train => vec!["train"],
+            Split::Test => vec!["val", "test"],
+        };
+        let root = sub
+            .iter()
+            .map(|s| path.join(s))
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| path.to_path_buf());
+        let (paths, labels) = folder::scan(&root)?;
+        if paths.is_empty() {
+            return Err(DataError::Empty(format!(
+                "{}: no PNG or JPEG images and no IDX files",
+                root.display()
+            )));
+        }
+        let (labels, classes) = labels.map_or((None, Vec::new()), |(l, c)| (Some(l), c));
+        Ok(Dataset {
+            description: format!("{} ({} images)", root.display(), paths.len()),
+            source: Source::Files(paths),
+            labels,
+            classes,
+        })
+    }
+
+    /// An IDX image file `(n, h, w)`, with the labels file next to it when there is one.
+    fn open_idx(images: &Path) -> Result<Dataset, DataError> {
+        let (dims, pixels) = read_idx(images)?;
+        let &[n, h, w] = dims.as_slice() else {
+            return Err(DataError::Corrupt(
+                images.display().to_string(),
+                format!("images need sizes (n, rows, cols), got {dims:?}"),
+            ));
+        };
+        if n == 0 {
+            return Err(DataError::Empty(format!("{}: no images", images.display())));
+        }
+        let name = images.file_name().map(|f| f.to_string_lossy().into_owned());
+        let labels_path = name.filter(|f| f.contains("images-idx3")).and_then(|f| {
+            let stem = f
+                .trim_end_matches(".gz")
+                .replace("images-idx3", "labels-idx1");
+            idx_file(images.parent()?, &stem)
+        });
+        let labels = labels_path.map(|p| read_labels(&p, n)).transpose()?;
+        let classes = labels
+            .as_ref()
+            .map(|l| {
+                let max = l.iter().copied().max().unwrap_or(0);
+                (0..=max).map(|c| c.to_string()).collect()
+            })
+            .unwrap_or_default();
+        Ok(Dataset {
+            description: format!("{} ({n} images of {h}x{w})", images.display()),
+            source: Source::Idx { pixels, h, w },
+            labels,
+            classes,
+        })
+    }
+
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        match &self.source {
+            Source::Idx { pixels, h, w } => pixels.len() / (h * w),
+            Source::Files(paths) => paths.len(),
+        }
+    }
+
+    /// Whether there are no images (never true for an opened dataset).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The channels images have natively: 1 for IDX, 3 for image files.
+    pub fn native_channels(&self) -> usize {
+        match self.source {
+            Source::Idx { .. } => 1,
+            Source::Files(_) => 3,
+        }
+    }
+
+    /// A name for image `i` in messages: its path, or its index in the IDX file.
+    pub fn name(&self, i: usize) -> String {
+        match &self.source {
+            Source::Idx { .. } => format!("image {i}"),
+            Source::Files(paths) => paths[i].display().to_string(),
+        }
+    }
+
+    /// Image `i` with `channels` channels (grayscale is repeated to RGB, RGB turned to
+    /// luma), in `[0, 1]`.
+    ///
+    /// # Errors
+    /// [`DataError`] for a file that cannot be read or decoded.
+    pub fn get(&self, i: usize, channels: usize) -> Result<Image, DataError> {
+        match &self.source {
+            Source::Idx { pixels, h, w } => {
+                let plane: Vec<f32> = pixels[i * h * w..(i + 1) * h * w]
+                    .iter()
+                    .map(|&v| v as f32 / 255.0)
+                    .collect();
+                Ok(Image {
+                    channels,
+                    height: *h,
+                    width: *w,
+                    data: plane.repeat(channels),
+                })
+            }
+            Source::Files(paths) => folder::decode(&paths[i], channels),
+        }
+    }
+
+    /// Per-channel mean and standard deviation for normalisation: ImageNet's for RGB (the
+    /// reference), and the dataset's own for grayscale (over every IDX pixel, or the first
+    /// 256 decodable images of a folder).
+    pub fn normalize(&self, channels: usize) -> Normalize {
+        if channels == 3 {
+            return Normalize::imagenet();
+        }
+        let (mut n, mut sum, mut sq) = (0f64, 0f64, 0f64);
+        let mut add = |v: f64| {
+            n += 1.0;
+            sum += v;
+            sq += v * v;
+        };
+        match &self.source {
+            Source::Idx { pixels, .. } => pixels.iter().for_each(|&v| add(v as f64 / 255.0)),
+            Source::Files(_) => (0..self.len().min(256))
+                .filter_map(|i| self.get(i, 1).ok())
+                .for_each(|img| img.data.iter().for_each(|&v| add(v as f64))),
+        }
+        let mean = if n > 0.0 { sum / n } else { 0.5 };
+        let std = if n > 0.0 {
+            (sq / n - mean * mean).max(0.0).sqrt()
+        } else {
+            0.5
+        };
+        Normalize {
+            mean: vec![mean as f32],
+            std: vec![(std as f32).max(1e-3)],
+        }
+    }
+}
+
+/// `dir/name` or `dir/name.gz`, whichever exists.
+fn idx_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    [name.to_string(), format!("{name}.gz")]
+        .into_iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+}
+
+/// IDX labels `(n,)`, checked against the image count.
+pub fn read_labels(path: &Path, images: usize) -> Result<Vec<u32>, DataError> {
+    let (dims, bytes) = read_idx(path)?;
+    if dims.len() != 1 || dims[0] != images {
+        return Err(DataError::Corrupt(
+            path.display().to_string(),
+            format!("labels need sizes ({images},) to match the images, got {dims:?}"),
+        ));
+    }
+    Ok(bytes.iter().map(|&b| b as u32).collect())
+}

@@ -1,0 +1,701 @@
+//! Self-supervised pretraining, as the reference's `main_pretrain.py`: AdamW with betas
+//! (0.9, 0.95), weight decay on matrices only, `lr = blr * effective_batch / 256`, a
+//! per-iteration warmup and half-cycle cosine schedule, gradient accumulation, and
+//! checkpoints from which a run resumes exactly.
+//!
+//! An output directory holds `metrics.jsonl` (one line per iteration), `loss.png`,
+//! `reconstruction.png` and `checkpoint-{epoch}/` directories: the model in the Hugging
+//! Face ViTMAE layout (`config.json`, `model.safetensors`, `preprocessor_config.json`)
+//! plus `optimizer.safetensors` and `trainer_state.json` (epoch, step, seed and settings).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use engine::{warmup_cosine_lr, AdamW, Device, Gradients, OptimizerState, ParamGroup, Tensor};
+use nn::{named_parameters, read_safetensors, save_host_safetensors, Ctx, Init};
+use serde_json::{json, Value};
+
+use crate::data::{Augment, Dataset, Loader, Normalize, Rng, Skipped, Split};
+use crate::hf::{load_pretrained, save_pretrained};
+use crate::{plot, visualize, MaeConfig, MaskedAutoencoder};
+
+/// Random streams of a run, by purpose (see [`crate::data::Rng`]).
+const ORDER_STREAM: u64 = 1;
+const MASK_STREAM: u64 = 2;
+const INIT_STREAM: u64 = 3;
+
+/// Everything that defines a pretraining run. Saved in each checkpoint; `--resume` takes it
+/// from there, so a resumed run is the same run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// A preset name, or a directory (or `config.json`) to start from.
+    pub model: String,
+    /// Image folder, IDX file or directory of IDX files.
+    pub data: PathBuf,
+    /// Use only the first this many training images.
+    pub limit: Option<usize>,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Images per iteration.
+    pub batch_size: usize,
+    /// Iterations per optimizer step.
+    pub accum_iter: usize,
+    /// Base learning rate: `lr = blr * batch_size * accum_iter / 256`.
+    pub blr: f64,
+    /// Linear warmup, in (fractional) epochs.
+    pub warmup_epochs: f64,
+    /// Where the cosine ends.
+    pub min_lr: f64,
+    /// AdamW's decoupled weight decay, on matrices only.
+    pub weight_decay: f64,
+    /// Fraction of patches masked.
+    pub mask_ratio: f32,
+    /// Per-patch normalised targets.
+    pub norm_pix_loss: bool,
+    /// Seed of every random stream: initialisation, data order, augmentation, masks.
+    pub seed: u64,
+    /// Checkpoint every this many epochs (and after the last).
+    pub save_every: usize,
+}
+
+impl Settings {
+    /// The reference recipe scaled to a preset: the ViT-B/L/H presets get the paper's
+    /// (800 epochs, 40 warmup, effective batch 4096 as 64 x 64 accumulation, blr 1.5e-4);
+    /// the small presets a short recipe that shows learning within minutes on a CPU.
+    pub fn recipe(model: &str, config: &MaeConfig, data: PathBuf) -> Settings {
+        let small = config.image_size <= 64;
+        Settings {
+            model: model.to_string(),
+            data,
+            limit: small.then_some(12_800),
+            epochs: if small { 1 } else { 800 },
+            batch_size: if small { 64 } else { 64 },
+            accum_iter: if small { 1 } else { 64 },
+            blr: if small { 4e-3 } else { 1.5e-4 },
+            warmup_epochs: if small { 0.1 } else { 40.0 },
+            min_lr: 0.0,
+            weight_decay: 0.05,
+            mask_ratio: config.mask_ratio,
+            norm_pix_loss: config.norm_pix_loss || !small,
+            seed: 0,
+            save_every: if small { 1 } else { 20 },
+        }
+    }
+
+    /// The absolute learning rate.
+    pub fn lr(&self) -> f64 {
+        self.blr * (self.batch_size * self.accum_iter) as f64 / 256.0
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "model": self.model,
+            "data": self.data,
+            "limit": self.limit,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "accum_iter": self.accum_iter,
+            "blr": self.blr,
+            "warmup_epochs": self.warmup_epochs,
+            "min_lr": self.min_lr,
+            "weight_decay": self.weight_decay,
+            "mask_ratio": self.mask_ratio,
+            "norm_pix_loss": self.norm_pix_loss,
+            "seed": self.seed,
+            "save_every": self.save_every,
+        })
+    }
+
+    fn from_json(v: &Value) -> Option<Settings> {
+        let f = |k: &str| v.get(k)?.as_f64();
+        let u = |k: &str| v.get(k)?.as_u64();
+        Some(Settings {
+            model: v.get("model")?.as_str()?.to_string(),
+            data: PathBuf::from(v.get("data")?.as_str()?),
+            limit: u("limit").map(|l| l as usize),
+            epochs: u("epochs")? as usize,
+            batch_size: u("batch_size")? as usize,
+            accum_iter: u("accum_iter")? as usize,
+            blr: f("blr")?,
+            warmup_epochs: f("warmup_epochs")?,
+            min_lr: f("min_lr")?,
+            weight_decay: f("weight_decay")?,
+            mask_ratio: f("mask_ratio")? as f32,
+            norm_pix_loss: v.get("norm_pix_loss")?.as_bool()?,
+            seed: u("seed")?,
+            save_every: u("save_every")? as usize,
+        })
+    }
+}
+
+/// How a run ends badly. Each is one line for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum PretrainError {
+    /// Bad settings or data, or a failure to read or write files.
+    #[error("{0}")]
+    Setup(String),
+    /// The loss became NaN or infinite; nothing after the last checkpoint was saved.
+    #[error("the loss is {loss} at step {step} (epoch {epoch}); training stopped. {checkpoint}")]
+    NonFinite {
+        /// The loss read back.
+        loss: f32,
+        /// Iteration.
+        step: u64,
+        /// Epoch.
+        epoch: usize,
+        /// Which checkpoint is the last good one.
+        checkpoint: String,
+    },
+}
+
+fn setup<E: std::fmt::Display>(e: E) -> PretrainError {
+    PretrainError::Setup(e.to_string())
+}
+
+/// A model and optimizer where training stands.
+struct State {
+    model: MaskedAutoencoder,
+    opt: AdamW,
+    /// Epochs completed.
+    epoch: usize,
+    /// Iterations completed.
+    step: u64,
+    normalize: Normalize,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Epochs completed in all.
+    pub epochs: usize,
+    /// Iterations completed in all.
+    pub steps: u64,
+    /// Mean loss of the last epoch.
+    pub last_epoch_loss: f64,
+    /// Images per second over this invocation's training, data pipeline included.
+    pub img_per_s: f64,
+    /// Undecodable files skipped.
+    pub skipped: usize,
+    /// The last checkpoint written.
+    pub checkpoint: PathBuf,
+}
+
+/// Options of one invocation that do not change the run itself.
+pub struct Invocation {
+    /// Output directory.
+    pub output: PathBuf,
+    /// Continue from this checkpoint (or the newest one in this output directory).
+    pub resume: Option<PathBuf>,
+    /// Extend a resumed run to this many epochs.
+    pub epochs: Option<usize>,
+    /// Decoding threads.
+    pub workers: usize,
+    /// Show a progress bar (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Run (or continue) pretraining. Prints one line per epoch; returns what happened.
+///
+/// # Errors
+/// [`PretrainError::Setup`] for bad settings, missing data or I/O failures;
+/// [`PretrainError::NonFinite`] when the loss diverges (earlier checkpoints are untouched).
+pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, PretrainError> {
+    let device = Device::new().map_err(setup)?;
+    let (mut settings, mut state) = match &run.resume {
+        Some(path) => resume(path, &device)?,
+        None => {
+            let state = fresh(&settings, &device)?;
+            (settings, state)
+        }
+    };
+    if let Some(epochs) = run.epochs {
+        settings.epochs = epochs;
+    }
+    validate(&settings)?;
+    let train = Arc::new(Dataset::open(&settings.data, Split::Train).map_err(setup)?);
+    let c = state.model.config.clone();
+    let n = settings.limit.map_or(train.len(), |l| l.min(train.len()));
+    let iters = n / settings.batch_size;
+    if iters == 0 {
+        return Err(setup(format!(
+            "{}: {n} images, fewer than one batch of {}",
+            train.description, settings.batch_size
+        )));
+    }
+    if run.resume.is_none() {
+        state.normalize = train.normalize(c.channels);
+    }
+    std::fs::create_dir_all(&run.output)
+        .map_err(|e| setup(format!("{}: {e}", run.output.display())))?;
+    let metrics_path = run.output.join("metrics.jsonl");
+    let mut metrics = open_metrics(&metrics_path, state.step)?;
+    eprintln!(
+        "pretraining {} on {} ({}): {n} images, batch {} x {} accumulated, lr {:.3e}, {} epochs, {} iterations each",
+        describe(&c),
+        train.description,
+        device.info().name,
+        settings.batch_size,
+        settings.accum_iter,
+        settings.lr(),
+        settings.epochs,
+        iters
+    );
+
+    let augment = Arc::new(Augment::pretrain(c.image_size, state.normalize.clone()));
+    let skipped = Arc::new(Skipped::default());
+    let mut grads = Gradients::default();
+    let started = Instant::now();
+    let mut images_seen = 0usize;
+    let mut last_epoch_loss = f64::NAN;
+    let mut checkpoint = run
+        .resume
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("(none yet)"));
+    while state.epoch < settings.epochs {
+        let epoch = state.epoch;
+        let mut order: Vec<usize> = (0..n).collect();
+        Rng::new(&[settings.seed, ORDER_STREAM, epoch as u64]).shuffle(&mut order);
+        let loader = Loader::new(
+            train.clone(),
+            (augment.clone(), true),
+            c.channels,
+            order,
+            settings.batch_size,
+            run.workers,
+            (settings.seed, epoch as u64),
+            skipped.clone(),
+        );
+        let bar = progress_bar(run.progress, iters, epoch, settings.epochs);
+        let mut epoch_loss = 0.0;
+        for (it, batch) in loader.enumerate() {
+            let batch = batch.map_err(setup)?;
+            if it % settings.accum_iter == 0 {
+                let at = epoch as f64 + it as f64 / iters as f64;
+                let lr = warmup_cosine_lr(
+                    at,
+                    settings.lr(),
+                    settings.min_lr,
+                    settings.warmup_epochs,
+                    settings.epochs as f64,
+                );
+                for g in &mut state.opt.groups {
+                    g.lr = lr as f32;
+                }
+            }
+            let shape = [batch.len, c.channels, c.image_size, c.image_size];
+            let imgs = Tensor::from_slice(&device, &batch.pixels, &shape).map_err(setup)?;
+            let mask_seed = Rng::new(&[settings.seed, MASK_STREAM, state.step]).next_u64();
+            let out = state
+                .model
+                .forward_seeded(&imgs, mask_seed, &mut Ctx::train(mask_seed))
+                .map_err(setup)?;
+            let loss = out.loss.item().map_err(setup)?;
+            if !loss.is_finite() {
+                bar.abandon();
+                return Err(PretrainError::NonFinite {
+                    loss,
+                    step: state.step,
+                    epoch,
+                    checkpoint: match &run.resume {
+                        None if state.epoch == 0 => "No checkpoint had been written.".into(),
+                        _ => format!("The last good checkpoint is {}.", checkpoint.display()),
+                    },
+                });
+            }
+            let scale =
+                Tensor::full(&device, &[], 1.0 / settings.accum_iter as f32).map_err(setup)?;
+            out.loss.backward_into(&scale, &mut grads).map_err(setup)?;
+            if (it + 1) % settings.accum_iter == 0 {
+                state.opt.step(&grads).map_err(setup)?;
+                grads.clear();
+            }
+            images_seen += batch.len;
+            epoch_loss += loss as f64;
+            let elapsed = started.elapsed().as_secs_f64();
+            let img_per_s = images_seen as f64 / elapsed;
+            let lr = state.opt.groups[0].lr;
+            writeln!(
+                metrics,
+                "{}",
+                json!({"step": state.step, "epoch": epoch, "loss": loss, "lr": lr,
+                       "img_per_s": img_per_s, "elapsed_s": elapsed})
+            )
+            .map_err(|e| setup(format!("{}: {e}", metrics_path.display())))?;
+            state.step += 1;
+            for warning in skipped.take_new() {
+                bar.suspend(|| eprintln!("{warning}"));
+            }
+            bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {img_per_s:.1} img/s"));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        // Steps left over when an epoch is not a multiple of accum_iter are dropped, as in
+        // the reference (its next epoch starts with zeroed gradients).
+        grads.clear();
+        state.epoch += 1;
+        last_epoch_loss = epoch_loss / iters as f64;
+        eprintln!(
+            "epoch {}/{}  loss {:.4}  {:.1} img/s  {:.0} s",
+            state.epoch,
+            settings.epochs,
+            last_epoch_loss,
+            images_seen as f64 / started.elapsed().as_secs_f64(),
+            started.elapsed().as_secs_f64()
+        );
+        metrics.flush().map_err(setup)?;
+        if state.epoch % settings.save_every == 0 || state.epoch == settings.epochs {
+            checkpoint = save_checkpoint(&run.output, &settings, &state)?;
+            plot::loss_curve_png(&metrics_path, &run.output.join("loss.png")).map_err(setup)?;
+        }
+    }
+    let img_per_s = images_seen as f64 / started.elapsed().as_secs_f64();
+    write_reconstructions(&settings, &mut state, &run.output)?;
+    Ok(Summary {
+        epochs: state.epoch,
+        steps: state.step,
+        last_epoch_loss,
+        img_per_s,
+        skipped: skipped.count(),
+        checkpoint,
+    })
+}
+
+fn describe(c: &MaeConfig) -> String {
+    format!(
+        "a {}x{}x{} MAE (patch {}, encoder {}/{}, decoder {}/{}, mask {})",
+        c.image_size,
+        c.image_size,
+        c.channels,
+        c.patch_size,
+        c.dim,
+        c.depth,
+        c.decoder_dim,
+        c.decoder_depth,
+        c.mask_ratio
+    )
+}
+
+fn validate(s: &Settings) -> Result<(), PretrainError> {
+    let problems = [
+        (s.epochs == 0, "--epochs must be at least 1"),
+        (s.batch_size == 0, "--batch-size must be at least 1"),
+        (s.accum_iter == 0, "--accum-iter must be at least 1"),
+        (s.save_every == 0, "--save-every must be at least 1"),
+        (
+            !(s.blr > 0.0 && s.blr.is_finite()),
+            "--blr must be positive",
+        ),
+        (
+            !(s.warmup_epochs >= 0.0),
+            "--warmup-epochs must not be negative",
+        ),
+        (
+            !(0.0..1.0).contains(&s.mask_ratio),
+            "--mask-ratio must be in [0, 1)",
+        ),
+    ];
+    match problems.iter().find(|(bad, _)| *bad) {
+        Some((_, why)) => Err(setup(why)),
+        None => Ok(()),
+    }
+}
+
+/// The model named by `settings.model` (a preset, or a directory or config.json, with its
+/// weights when the directory has them) and a new optimizer.
+fn fresh(settings: &Settings, device: &Device) -> Result<State, PretrainError> {
+    let mut model = model_from(&settings.model, settings.seed, device)?;
+    model.config.mask_ratio = settings.mask_ratio;
+    model.config.norm_pix_loss = settings.norm_pix_loss;
+    model.config.validate().map_err(setup)?;
+    let opt = optimizer(&model, settings)?;
+    Ok(State {
+        model,
+        opt,
+        epoch: 0,
+        step: 0,
+        normalize: Normalize::imagenet(),
+    })
+}
+
+/// The config a `--model` value names, before any weights are made.
+///
+/// # Errors
+/// One line when the value is neither a preset nor a readable config.
+pub fn config_from(model: &str) -> Result<MaeConfig, String> {
+    if let Some(c) = MaeConfig::by_name(model) {
+        return Ok(c);
+    }
+    let path = Path::new(model);
+    let config_path = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        format!(
+            "--model {model}: not a preset ({}) and {}: {e}",
+            MaeConfig::PRESETS.join(", "),
+            config_path.display()
+        )
+    })?;
+    let json: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    crate::hf::config_from_json(&json).map_err(|e| format!("{}: {e}", config_path.display()))
+}
+
+fn model_from(model: &str, seed: u64, device: &Device) -> Result<MaskedAutoencoder, PretrainError> {
+    let dir = Path::new(model);
+    if dir.join("model.safetensors").is_file() {
+        return load_pretrained(dir, device).map_err(setup);
+    }
+    let config = config_from(model).map_err(setup)?;
+    let mut init = Init::new(device, Rng::new(&[seed, INIT_STREAM]).next_u64());
+    MaskedAutoencoder::new(config, &mut init).map_err(setup)
+}
+
+/// AdamW over two groups: weight decay on matrices (and tokens), none on biases and norms,
+/// as timm's `param_groups_weight_decay`.
+fn optimizer(model: &MaskedAutoencoder, s: &Settings) -> Result<AdamW, PretrainError> {
+    let (decay, no_decay): (Vec<Tensor>, Vec<Tensor>) = named_parameters(model)
+        .into_iter()
+        .map(|(_, t)| t)
+        .partition(|t| t.rank() > 1);
+    AdamW::new(
+        vec![
+            ParamGroup::new(decay, s.lr() as f32, s.weight_decay as f32),
+            ParamGroup::new(no_decay, s.lr() as f32, 0.0),
+        ],
+        (0.9, 0.95),
+        1e-8,
+    )
+    .map_err(setup)
+}
+
+/// `path` itself when it is a checkpoint, else its newest `checkpoint-N`.
+fn checkpoint_dir(path: &Path) -> Result<PathBuf, PretrainError> {
+    if path.join("trainer_state.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let newest = std::fs::read_dir(path)
+        .map_err(|e| setup(format!("--resume {}: {e}", path.display())))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n: usize = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path()
+                .join("trainer_state.json")
+                .is_file()
+                .then_some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n);
+    newest.map(|(_, p)| p).ok_or_else(|| {
+        setup(format!(
+            "--resume {}: no checkpoint there (a checkpoint-N directory with trainer_state.json)",
+            path.display()
+        ))
+    })
+}
+
+fn resume(path: &Path, device: &Device) -> Result<(Settings, State), PretrainError> {
+    let dir = checkpoint_dir(path)?;
+    let state_path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&state_path)
+        .map_err(|e| setup(format!("{}: {e}", state_path.display())))?;
+    let json: Value =
+        serde_json::from_str(&text).map_err(|e| setup(format!("{}: {e}", state_path.display())))?;
+    let bad = || {
+        setup(format!(
+            "{}: missing or malformed fields",
+            state_path.display()
+        ))
+    };
+    let settings = json
+        .get("settings")
+        .and_then(Settings::from_json)
+        .ok_or_else(bad)?;
+    let epoch = json.get("epoch").and_then(Value::as_u64).ok_or_else(bad)? as usize;
+    let step = json.get("step").and_then(Value::as_u64).ok_or_else(bad)?;
+    let normalize = read_preprocessor(&dir).map_err(setup)?;
+    let model = load_pretrained(&dir, device).map_err(setup)?;
+    let mut opt = optimizer(&model, &settings)?;
+    let opt_path = dir.join("optimizer.safetensors");
+    let tensors = read_safetensors(&opt_path).map_err(setup)?;
+    let opt_step = json
+        .get("optimizer_step")
+        .and_then(Value::as_u64)
+        .ok_or_else(bad)?;
+    let state = OptimizerState {
+        step: opt_step,
+        tensors: tensors.into_iter().map(|(n, (s, v))| (n, s, v)).collect(),
+    };
+    opt.load_state(&state)
+        .map_err(|e| setup(format!("{}: {e}", opt_path.display())))?;
+    eprintln!("resuming {} at epoch {epoch}, step {step}", dir.display());
+    Ok((
+        settings,
+        State {
+            model,
+            opt,
+            epoch,
+            step,
+            normalize,
+        },
+    ))
+}
+
+/// Write `output/checkpoint-{epoch}` whole or not at all: everything goes into a hidden
+/// temporary directory, which is renamed into place once complete.
+fn save_checkpoint(
+    output: &Path,
+    settings: &Settings,
+    state: &State,
+) -> Result<PathBuf, PretrainError> {
+    let name = format!("checkpoint-{}", state.epoch);
+    let dir = output.join(&name);
+    let tmp = output.join(format!(".{name}.tmp"));
+    let io = |e: std::io::Error| setup(format!("{}: {e}", tmp.display()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io)?;
+    }
+    save_pretrained(&state.model, &tmp).map_err(setup)?;
+    write_preprocessor(&tmp, &state.model.config, &state.normalize).map_err(setup)?;
+    let opt = state.opt.state().map_err(setup)?;
+    save_host_safetensors(&tmp.join("optimizer.safetensors"), opt.tensors, None).map_err(setup)?;
+    let trainer = json!({
+        "epoch": state.epoch,
+        "step": state.step,
+        "optimizer_step": opt.step,
+        "rng": {"seed": settings.seed, "note": "every random stream is derived from (seed, epoch, step, image index)"},
+        "settings": settings.to_json(),
+    });
+    std::fs::write(
+        tmp.join("trainer_state.json"),
+        serde_json::to_string_pretty(&trainer).expect("JSON"),
+    )
+    .map_err(io)?;
+    if dir.exists() {
+        let old = output.join(format!(".{name}.old"));
+        std::fs::rename(&dir, &old).map_err(io)?;
+        std::fs::rename(&tmp, &dir).map_err(io)?;
+        std::fs::remove_dir_all(&old).map_err(io)?;
+    } else {
+        std::fs::rename(&tmp, &dir).map_err(io)?;
+    }
+    Ok(dir)
+}
+
+/// `preprocessor_config.json` as transformers' `ViTImageProcessor` reads it.
+fn write_preprocessor(dir: &Path, c: &MaeConfig, norm: &Normalize) -> std::io::Result<()> {
+    let json = json!({
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": true,
+        "size": {"height": c.image_size, "width": c.image_size},
+        "resample": 3,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": norm.mean,
+        "image_std": norm.std,
+    });
+    std::fs::write(
+        dir.join("preprocessor_config.json"),
+        serde_json::to_string_pretty(&json).expect("JSON"),
+    )
+}
+
+/// The normalisation a model directory was trained with: its `preprocessor_config.json`, or
+/// ImageNet's when it has none.
+///
+/// # Errors
+/// One line for a preprocessor config that cannot be read or parsed.
+pub fn read_preprocessor(dir: &Path) -> Result<Normalize, String> {
+    let path = dir.join("preprocessor_config.json");
+    if !path.is_file() {
+        return Ok(Normalize::imagenet());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let json: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let list = |k: &str| -> Option<Vec<f32>> {
+        match json.get(k)? {
+            Value::Array(a) => a.iter().map(|v| v.as_f64().map(|f| f as f32)).collect(),
+            v => Some(vec![v.as_f64()? as f32]),
+        }
+    };
+    match (list("image_mean"), list("image_std")) {
+        (Some(mean), Some(std)) if !mean.is_empty() && mean.len() == std.len() => {
+            Ok(Normalize { mean, std })
+        }
+        _ => Ok(Normalize::imagenet()),
+    }
+}
+
+/// Open the metrics log for appending, keeping only lines of steps before `step` (those of
+/// a resumed run's past).
+fn open_metrics(path: &Path, step: u64) -> Result<std::fs::File, PretrainError> {
+    let io = |e: std::io::Error| setup(format!("{}: {e}", path.display()));
+    let kept: String = match std::fs::read_to_string(path) {
+        Ok(text) if step > 0 => text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step")?.as_u64())
+                    .is_some_and(|s| s < step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect(),
+        _ => String::new(),
+    };
+    std::fs::write(path, kept).map_err(io)?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io)
+}
+
+fn progress_bar(show: bool, len: usize, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise}  {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+    bar
+}
+
+/// `reconstruction.png` of eight held-out images (the test split when there is one).
+fn write_reconstructions(
+    settings: &Settings,
+    state: &mut State,
+    output: &Path,
+) -> Result<(), PretrainError> {
+    let data = Dataset::open(&settings.data, Split::Test)
+        .or_else(|_| Dataset::open(&settings.data, Split::Train))
+        .map_err(setup)?;
+    let c = state.model.config.clone();
+    let images: Vec<_> = (0..data.len())
+        .filter_map(|i| data.get(i, c.channels).ok())
+        .take(8)
+        .collect();
+    let picture = visualize::reconstruction_grid(
+        &mut state.model,
+        &images,
+        &state.normalize,
+        c.mask_ratio,
+        settings.seed,
+    )
+    .map_err(setup)?;
+    let path = output.join("reconstruction.png");
+    picture
+        .save(&path)
+        .map_err(|e| setup(format!("{}: {e}", path.display())))
+}
