@@ -82,6 +82,13 @@ impl MaeConfig {
         MaeConfig::preset(28, 4, 1, 128, 6, 4, (64, 2, 4))
     }
 
+    /// 28x28 grayscale, patch 7: 16 patches, 4 of them visible at mask ratio 0.75; the
+    /// encoder and decoder of `mae_tiny_28_patch4`. Three times cheaper per image, which is
+    /// what lets the default run learn within minutes on a CPU.
+    pub fn mae_tiny_28_patch7() -> MaeConfig {
+        MaeConfig::preset(28, 7, 1, 128, 6, 4, (64, 2, 4))
+    }
+
     /// 32x32 RGB (CIFAR-sized), patch 4: 64 patches; a 192-wide 12-block encoder with 3
     /// heads (ViT-Ti) and a 128-wide 4-block decoder with 4 heads.
     pub fn mae_tiny_32_patch4() -> MaeConfig {
@@ -89,11 +96,12 @@ impl MaeConfig {
     }
 
     /// The names [`MaeConfig::by_name`] knows.
-    pub const PRESETS: [&'static str; 5] = [
+    pub const PRESETS: [&'static str; 6] = [
         "mae_vit_base_patch16",
         "mae_vit_large_patch16",
         "mae_vit_huge_patch14",
         "mae_tiny_28_patch4",
+        "mae_tiny_28_patch7",
         "mae_tiny_32_patch4",
     ];
 
@@ -104,6 +112,7 @@ impl MaeConfig {
             "mae_vit_large_patch16" => MaeConfig::mae_vit_large_patch16(),
             "mae_vit_huge_patch14" => MaeConfig::mae_vit_huge_patch14(),
             "mae_tiny_28_patch4" => MaeConfig::mae_tiny_28_patch4(),
+            "mae_tiny_28_patch7" => MaeConfig::mae_tiny_28_patch7(),
             "mae_tiny_32_patch4" => MaeConfig::mae_tiny_32_patch4(),
             _ => return None,
         })

@@ -1,0 +1,96 @@
+//! End-to-end pretraining throughput against the model alone: the data pipeline (IDX
+//! decoding, RandomResizedCrop, flip, normalisation on worker threads) must cost the GPU
+//! less than 10% of its step rate. Both runs start cold (a new device, pipelines compiled
+//! in the first step) and take the same number of steps of the default preset.
+//!
+//! `cargo run --release -p mae --example pipeline [STEPS]` (Fashion-MNIST when installed,
+//! else generated IDX files).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use engine::{AdamW, Device, ParamGroup, Tensor};
+use mae::pretrain::{pretrain, Invocation, Settings};
+use mae::{MaeConfig, MaskedAutoencoder};
+use nn::{named_parameters, Ctx, Init};
+
+const PRESET: &str = "mae_tiny_28_patch7";
+const BATCH: usize = 64;
+
+/// Steps of the model alone on a fixed batch: forward, backward, AdamW, loss read back.
+fn model_only(steps: usize) -> f64 {
+    let dev = Device::new().expect("a wgpu adapter");
+    let config = MaeConfig::by_name(PRESET).expect("a preset");
+    let model = MaskedAutoencoder::new(config, &mut Init::new(&dev, 0)).unwrap();
+    let (decay, no_decay): (Vec<Tensor>, Vec<Tensor>) = named_parameters(&model)
+        .into_iter()
+        .map(|(_, t)| t)
+        .partition(|t| t.rank() > 1);
+    let mut opt = AdamW::new(
+        vec![
+            ParamGroup::new(decay, 1e-3, 0.05),
+            ParamGroup::new(no_decay, 1e-3, 0.0),
+        ],
+        (0.9, 0.95),
+        1e-8,
+    )
+    .unwrap();
+    let imgs = Tensor::randn(&dev, &[BATCH, 1, 28, 28], 1).unwrap();
+    let start = Instant::now();
+    for s in 0..steps as u64 {
+        let out = model.forward_seeded(&imgs, s, &mut Ctx::train(s)).unwrap();
+        out.loss.item().unwrap();
+        opt.step(&out.loss.backward().unwrap()).unwrap();
+    }
+    dev.synchronize().unwrap();
+    (BATCH * steps) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Generated IDX files when Fashion-MNIST is not installed.
+fn data_dir() -> PathBuf {
+    let fashion = PathBuf::from(mae::data::FASHION_MNIST);
+    if fashion.exists() {
+        return fashion;
+    }
+    let dir = std::env::temp_dir().join("mae-pipeline-bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = 2048u32;
+    let mut bytes = vec![0, 0, 8, 3];
+    for d in [n, 28, 28] {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes.extend((0..n * 28 * 28).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8));
+    std::fs::write(dir.join("train-images-idx3-ubyte"), bytes).unwrap();
+    dir
+}
+
+fn main() {
+    let steps: usize = std::env::args()
+        .nth(1)
+        .map_or(12, |s| s.parse().expect("STEPS is a number"));
+    let adapter = Device::new().expect("a wgpu adapter").info().name.clone();
+    let data = data_dir();
+    let model = model_only(steps);
+    let config = MaeConfig::by_name(PRESET).unwrap();
+    let settings = Settings {
+        limit: Some(BATCH * steps),
+        batch_size: BATCH,
+        epochs: 1,
+        ..Settings::recipe(PRESET, &config, data.clone())
+    };
+    let out = std::env::temp_dir().join("mae-pipeline-bench-out");
+    let run = Invocation {
+        output: out,
+        resume: None,
+        epochs: None,
+        workers: 2,
+        progress: false,
+    };
+    let summary = pretrain(settings, &run).expect("pretraining runs");
+    println!(
+        r#"{{"bench":"pretrain_pipeline","adapter":{adapter:?},"preset":"{PRESET}","batch":{BATCH},"steps":{steps},"data":{:?},"model_only_img_per_s":{model:.2},"end_to_end_img_per_s":{:.2},"ratio":{:.3}}}"#,
+        data.display().to_string(),
+        summary.img_per_s,
+        summary.img_per_s / model
+    );
+}

@@ -1,0 +1,271 @@
+//! `mae pretrain` end to end on a tiny config: outputs, checkpoints that `mae forward` and
+//! `mae visualize` load, exact resume, a diverging run, and bad input.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use mae::MaeConfig;
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("mae-pretrain-tests-{}", std::process::id()))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn mae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fashion-MNIST-like IDX files with 40 training and 8 test images of simple shapes, and a
+/// 28x28 config small enough to train in seconds.
+fn setup(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, n) in [("train", 40u32), ("t10k", 8)] {
+        let mut bytes = vec![0, 0, 8, 3];
+        for d in [n, 28, 28] {
+            bytes.extend(d.to_be_bytes());
+        }
+        for i in 0..n {
+            for y in 0..28u32 {
+                for x in 0..28u32 {
+                    let r = 4 + i % 9;
+                    let inside = x.abs_diff(14) < r && y.abs_diff(14) < r + i % 3;
+                    bytes.push(if inside { 200 } else { 10 });
+                }
+            }
+        }
+        let mut f = std::fs::File::create(data.join(format!("{name}-images-idx3-ubyte"))).unwrap();
+        f.write_all(&bytes).unwrap();
+    }
+    let config = MaeConfig {
+        dim: 32,
+        depth: 1,
+        heads: 2,
+        decoder_dim: 16,
+        decoder_depth: 1,
+        decoder_heads: 2,
+        ..MaeConfig::mae_tiny_28_patch7()
+    };
+    let config_path = dir.join("config.json");
+    std::fs::write(
+        &config_path,
+        serde_json::to_string(&mae::hf::config_to_json(&config)).unwrap(),
+    )
+    .unwrap();
+    (data, config_path)
+}
+
+fn pretrain(config: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "pretrain",
+        "--model",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--limit",
+        "32",
+        "--blr",
+        "1e-2",
+        "--seed",
+        "3",
+    ];
+    args.extend(extra);
+    mae(&args)
+}
+
+fn losses(metrics: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(metrics)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for key in ["step", "epoch", "loss", "lr", "img_per_s", "elapsed_s"] {
+                assert!(v.get(key).is_some(), "{key} missing from {l}");
+            }
+            (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn pretrain_end_to_end_and_exact_resume() {
+    let dir = tmp("e2e");
+    let (data, config) = setup(&dir);
+    let out = dir.join("run");
+    let o = pretrain(&config, &data, &out, &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let log = losses(&out.join("metrics.jsonl"));
+    assert_eq!(
+        log.iter().map(|l| l.0).collect::<Vec<_>>(),
+        (0..8).collect::<Vec<_>>()
+    );
+    assert!(log.iter().all(|l| l.1.is_finite()));
+    for file in [
+        "checkpoint-1/config.json",
+        "checkpoint-1/model.safetensors",
+        "checkpoint-1/preprocessor_config.json",
+        "checkpoint-1/optimizer.safetensors",
+        "checkpoint-1/trainer_state.json",
+        "checkpoint-2/model.safetensors",
+    ] {
+        assert!(out.join(file).is_file(), "{file}");
+    }
+    for png in ["loss.png", "reconstruction.png"] {
+        let img = image::open(out.join(png)).unwrap();
+        assert!(img.width() > 100 && img.height() > 100, "{png}");
+    }
+
+    // Resuming after epoch 1 gives the uninterrupted run's epoch 2, bit for bit.
+    let resumed = dir.join("resumed");
+    let ckpt = out.join("checkpoint-1");
+    let o = mae(&[
+        "pretrain",
+        "--resume",
+        ckpt.to_str().unwrap(),
+        "--output",
+        resumed.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("resuming"));
+    assert_eq!(losses(&resumed.join("metrics.jsonl")), log[4..]);
+    assert_eq!(
+        std::fs::read(resumed.join("checkpoint-2/model.safetensors")).unwrap(),
+        std::fs::read(out.join("checkpoint-2/model.safetensors")).unwrap()
+    );
+    // Resuming into the run's own directory keeps the log's past and replaces its future.
+    let o = mae(&[
+        "pretrain",
+        "--resume",
+        ckpt.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(losses(&out.join("metrics.jsonl")), log);
+
+    // The checkpoint is a model directory for the other commands.
+    let model = out.join("checkpoint-2");
+    let input = dir.join("input.safetensors");
+    let pixels: Vec<u8> = (0..2 * 28 * 28)
+        .flat_map(|i| ((i % 7) as f32 * 0.1).to_le_bytes())
+        .collect();
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 1, 28, 28], &pixels)
+            .unwrap();
+    std::fs::write(
+        &input,
+        safetensors::serialize([("pixel_values", view)], None).unwrap(),
+    )
+    .unwrap();
+    let o = mae(&[
+        "forward",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        dir.join("fwd.safetensors").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let picture = dir.join("vis.png");
+    let o = mae(&[
+        "visualize",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--count",
+        "3",
+        "--out",
+        picture.to_str().unwrap(),
+        "--mask-ratio",
+        "0.5",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(&picture).unwrap();
+    assert!(img.height() > img.width() / 2, "three rows of four panels");
+}
+
+#[test]
+fn a_diverging_run_stops_and_keeps_its_checkpoint() {
+    let dir = tmp("nan");
+    let (data, config) = setup(&dir);
+    let out = dir.join("run");
+    let o = pretrain(&config, &data, &out, &["--epochs", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The same checkpoint with an absurd learning rate in its settings.
+    let ckpt = out.join("checkpoint-1");
+    let state_path = ckpt.join("trainer_state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    state["settings"]["blr"] = 1e30.into();
+    state["settings"]["epochs"] = 3.into();
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    let before = std::fs::read(ckpt.join("model.safetensors")).unwrap();
+    let o = mae(&[
+        "pretrain",
+        "--resume",
+        ckpt.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let err = stderr(&o);
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.contains("training stopped") && last.contains("checkpoint-1"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+    assert_eq!(
+        std::fs::read(ckpt.join("model.safetensors")).unwrap(),
+        before
+    );
+    assert!(!out.join("checkpoint-2").exists());
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let dir = tmp("bad");
+    let (data, config) = setup(&dir);
+    let out = dir.join("run");
+    let cases: [(&[&str], &str); 5] = [
+        (&["--data", "/no/such/dir"], "data not found: /no/such/dir"),
+        (&["--model", "no_such_preset"], "not a preset"),
+        (&["--limit", "4"], "fewer than one batch"),
+        (&["--mask-ratio", "1.5"], "mask_ratio must be in [0, 1)"),
+        (&["--resume", "/no/such/ckpt"], "--resume /no/such/ckpt"),
+    ];
+    for (extra, want) in cases {
+        let o = pretrain(&config, &data, &out, extra);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{extra:?}: {err}");
+        assert!(
+            lines[0].starts_with("error: ") && lines[0].contains(want),
+            "{extra:?}: {err}"
+        );
+    }
+}
