@@ -29,8 +29,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Pretrain an MAE on unlabelled images (the main job). With no options: the small
-    /// 28x28 patch-7 preset on 25,600 Fashion-MNIST images, about 7 minutes without a GPU. Options left out
-    /// follow the reference recipe scaled to the model; see each option.
+    /// 28x28 patch-7 preset on 19,200 Fashion-MNIST images, about 5 minutes without a GPU.
+    /// Options left out follow the reference recipe scaled to the model; see each option.
     #[command(args_override_self = true)]
     Pretrain(Box<PretrainArgs>),
     /// Draw reconstructions: per image a row of original | masked | reconstruction |
@@ -100,7 +100,7 @@ struct PretrainArgs {
     /// Passes over the data [small presets: 1; ViT-B/L/H: 800].
     #[arg(long)]
     epochs: Option<usize>,
-    /// Use only the first N training images [small presets: 25600; others: all].
+    /// Use only the first N training images [small presets: 19200; others: all].
     #[arg(long)]
     limit: Option<usize>,
     /// Images per iteration [64].

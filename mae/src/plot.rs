@@ -8,7 +8,7 @@ use image::{Rgb, RgbImage};
 const WIDTH: u32 = 720;
 const HEIGHT: u32 = 360;
 /// Left, right, top and bottom margins.
-const MARGIN: (u32, u32, u32, u32) = (64, 16, 16, 32);
+const MARGIN: (u32, u32, u32, u32) = (64, 16, 28, 32);
 /// Glyphs are drawn this many pixels per font pixel.
 const FONT_SCALE: u32 = 2;
 

@@ -69,7 +69,7 @@ impl Settings {
         Settings {
             model: model.to_string(),
             data,
-            limit: small.then_some(25_600),
+            limit: small.then_some(19_200),
             epochs: if small { 1 } else { 800 },
             batch_size: 64,
             accum_iter: if small { 1 } else { 64 },
@@ -203,6 +203,8 @@ pub struct Invocation {
 /// [`PretrainError::NonFinite`] when the loss diverges (earlier checkpoints are untouched).
 pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, PretrainError> {
     let device = Device::new().map_err(setup)?;
+    let profiling = std::env::var_os("ENGINE_PROFILE").is_some_and(|v| v != "0");
+    device.set_profiling(profiling);
     let (mut settings, mut state) = match &run.resume {
         Some(path) => resume(path, &device)?,
         None => {
@@ -327,7 +329,17 @@ pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Pretrai
             for warning in skipped.take_new() {
                 bar.suspend(|| eprintln!("{warning}"));
             }
-            bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {img_per_s:.1} img/s"));
+            let status = format!("loss {loss:.4}  lr {lr:.2e}  {img_per_s:.1} img/s");
+            if !run.progress && (it + 1) % (iters / 10).max(1) == 0 {
+                // No terminal for a bar (a log file, CI): a line every tenth of an epoch.
+                eprintln!(
+                    "epoch {}/{} step {}/{iters}  {status}",
+                    epoch + 1,
+                    settings.epochs,
+                    it + 1
+                );
+            }
+            bar.set_message(status);
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -351,6 +363,20 @@ pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Pretrai
         }
     }
     let img_per_s = images_seen as f64 / started.elapsed().as_secs_f64();
+    if profiling {
+        let times = device.profile();
+        let total: f64 = times.iter().map(|t| t.seconds).sum();
+        eprintln!("kernel time (ENGINE_PROFILE), slowest first:");
+        for t in times.iter().take(15) {
+            eprintln!(
+                "{:>5.1}%  {:>8.3} s  {:>7} dispatches  {}",
+                100.0 * t.seconds / total,
+                t.seconds,
+                t.dispatches,
+                t.kernel
+            );
+        }
+    }
     write_reconstructions(&settings, &mut state, &run.output)?;
     Ok(Summary {
         epochs: state.epoch,

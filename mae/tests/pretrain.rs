@@ -269,3 +269,52 @@ fn bad_input_is_one_line_and_exit_2() {
         );
     }
 }
+
+#[test]
+fn visualize_a_transformers_directory_with_image_files() {
+    // A directory written by transformers' save_pretrained (no preprocessor config: ImageNet
+    // normalisation), on a JPEG and a grayscale PNG of other sizes than the model's 16x16.
+    let dir = tmp("vis-hf");
+    let model = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rgb_eps12"
+    ));
+    let jpeg = dir.join("a.jpg");
+    image::RgbImage::from_fn(40, 30, |x, y| {
+        image::Rgb([(x * 6) as u8, (y * 8) as u8, 90])
+    })
+    .save(&jpeg)
+    .unwrap();
+    let png = dir.join("b.png");
+    image::GrayImage::from_fn(9, 9, |x, _| image::Luma([(x * 28) as u8]))
+        .save(&png)
+        .unwrap();
+    let out = dir.join("vis.png");
+    let o = mae(&[
+        "visualize",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        jpeg.to_str().unwrap(),
+        png.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(&out).unwrap();
+    assert!(img.height() > img.width() / 4, "two rows of four panels");
+    // A file that is not an image: one line, exit 2.
+    let bad = dir.join("bad.png");
+    std::fs::write(&bad, "no").unwrap();
+    let o = mae(&[
+        "visualize",
+        "--model",
+        model.to_str().unwrap(),
+        "--image",
+        bad.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("bad.png"));
+}
