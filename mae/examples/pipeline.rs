@@ -10,10 +10,10 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use engine::{AdamW, Device, ParamGroup, Tensor};
+use engine::{Device, Tensor};
 use mae::pretrain::{pretrain, Invocation, Settings};
 use mae::{MaeConfig, MaskedAutoencoder};
-use nn::{named_parameters, Ctx, Init};
+use nn::{Ctx, Init};
 
 const PRESET: &str = "mae_tiny_28_patch7";
 const BATCH: usize = 64;
@@ -23,19 +23,7 @@ fn model_only(steps: usize) -> f64 {
     let dev = Device::new().expect("a wgpu adapter");
     let config = MaeConfig::by_name(PRESET).expect("a preset");
     let model = MaskedAutoencoder::new(config, &mut Init::new(&dev, 0)).unwrap();
-    let (decay, no_decay): (Vec<Tensor>, Vec<Tensor>) = named_parameters(&model)
-        .into_iter()
-        .map(|(_, t)| t)
-        .partition(|t| t.rank() > 1);
-    let mut opt = AdamW::new(
-        vec![
-            ParamGroup::new(decay, 1e-3, 0.05),
-            ParamGroup::new(no_decay, 1e-3, 0.0),
-        ],
-        (0.9, 0.95),
-        1e-8,
-    )
-    .unwrap();
+    let mut opt = mae::pretrain::adamw(&model, 1e-3, 0.05).unwrap();
     let imgs = Tensor::randn(&dev, &[BATCH, 1, 28, 28], 1).unwrap();
     let start = Instant::now();
     for s in 0..steps as u64 {

@@ -7,9 +7,9 @@
 
 use std::time::Instant;
 
-use engine::{AdamW, Device, ParamGroup, Tensor};
+use engine::{Device, Tensor};
 use mae::{MaeConfig, MaskedAutoencoder};
-use nn::{named_parameters, Ctx, Init};
+use nn::{Ctx, Init};
 
 fn step_images_per_s(dev: &Device, mask_ratio: f32, batch: usize) -> f64 {
     let config = MaeConfig {
@@ -17,19 +17,7 @@ fn step_images_per_s(dev: &Device, mask_ratio: f32, batch: usize) -> f64 {
         ..MaeConfig::mae_tiny_32_patch4()
     };
     let model = MaskedAutoencoder::new(config, &mut Init::new(dev, 0)).unwrap();
-    let (decay, no_decay): (Vec<Tensor>, Vec<Tensor>) = named_parameters(&model)
-        .into_iter()
-        .map(|(_, t)| t)
-        .partition(|t| t.rank() > 1);
-    let mut opt = AdamW::new(
-        vec![
-            ParamGroup::new(decay, 1.5e-4, 0.05),
-            ParamGroup::new(no_decay, 1.5e-4, 0.0),
-        ],
-        (0.9, 0.95),
-        1e-8,
-    )
-    .unwrap();
+    let mut opt = mae::pretrain::adamw(&model, 1.5e-4, 0.05).unwrap();
     let imgs = Tensor::randn(dev, &[batch, 3, 32, 32], 1).unwrap();
     let mut step = |seed| {
         let out = model

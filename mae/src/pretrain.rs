@@ -414,7 +414,7 @@ fn validate(s: &Settings) -> Result<(), PretrainError> {
             "--blr must be positive",
         ),
         (
-            !(s.warmup_epochs >= 0.0),
+            s.warmup_epochs.is_nan() || s.warmup_epochs < 0.0,
             "--warmup-epochs must not be negative",
         ),
         (
@@ -481,22 +481,28 @@ fn model_from(model: &str, seed: u64, device: &Device) -> Result<MaskedAutoencod
     MaskedAutoencoder::new(config, &mut init).map_err(setup)
 }
 
-/// AdamW over two groups: weight decay on matrices (and tokens), none on biases and norms,
-/// as timm's `param_groups_weight_decay`.
-fn optimizer(model: &MaskedAutoencoder, s: &Settings) -> Result<AdamW, PretrainError> {
+/// MAE's AdamW: betas (0.9, 0.95) and two groups, weight decay on matrices (and tokens)
+/// and none on biases and norms, as timm's `param_groups_weight_decay`.
+///
+/// # Errors
+/// Engine errors only.
+pub fn adamw(model: &MaskedAutoencoder, lr: f32, weight_decay: f32) -> engine::Result<AdamW> {
     let (decay, no_decay): (Vec<Tensor>, Vec<Tensor>) = named_parameters(model)
         .into_iter()
         .map(|(_, t)| t)
         .partition(|t| t.rank() > 1);
     AdamW::new(
         vec![
-            ParamGroup::new(decay, s.lr() as f32, s.weight_decay as f32),
-            ParamGroup::new(no_decay, s.lr() as f32, 0.0),
+            ParamGroup::new(decay, lr, weight_decay),
+            ParamGroup::new(no_decay, lr, 0.0),
         ],
         (0.9, 0.95),
         1e-8,
     )
-    .map_err(setup)
+}
+
+fn optimizer(model: &MaskedAutoencoder, s: &Settings) -> Result<AdamW, PretrainError> {
+    adamw(model, s.lr() as f32, s.weight_decay as f32).map_err(setup)
 }
 
 /// `path` itself when it is a checkpoint, else its newest `checkpoint-N`.

@@ -8,9 +8,12 @@ use super::{DataError, Image};
 
 const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
 
-/// Image paths below `root` (sorted), and per image its class index into the sorted class
-/// names, when every image sits in a sub-folder.
-pub fn scan(root: &Path) -> Result<(Vec<PathBuf>, Option<(Vec<u32>, Vec<String>)>), DataError> {
+/// Per image its class index, and the sorted class names.
+pub type Labels = (Vec<u32>, Vec<String>);
+
+/// Image paths below `root` (sorted), and their labels when every image sits in a
+/// sub-folder.
+pub fn scan(root: &Path) -> Result<(Vec<PathBuf>, Option<Labels>), DataError> {
     let mut paths = Vec::new();
     walk(root, &mut paths)?;
     paths.sort();
