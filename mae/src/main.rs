@@ -191,6 +191,28 @@ fn pretrain(a: PretrainArgs) -> ExitCode {
         }
         Err(_) => MaeConfig::mae_tiny_28_patch4(), // the checkpoint's settings are used
     };
+    if a.resume.is_some() {
+        let given = [
+            ("--limit", a.limit.is_some()),
+            ("--batch-size", a.batch_size.is_some()),
+            ("--accum-iter", a.accum_iter.is_some()),
+            ("--blr", a.blr.is_some()),
+            ("--warmup-epochs", a.warmup_epochs.is_some()),
+            ("--min-lr", a.min_lr.is_some()),
+            ("--weight-decay", a.weight_decay.is_some()),
+            ("--mask-ratio", a.mask_ratio.is_some()),
+            ("--norm-pix-loss", a.norm_pix_loss.is_some()),
+            ("--seed", a.seed.is_some()),
+            ("--save-every", a.save_every.is_some()),
+        ];
+        let ignored: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
+        if !ignored.is_empty() {
+            eprintln!(
+                "warning: --resume continues the run with its saved settings; ignoring {}",
+                ignored.join(", ")
+            );
+        }
+    }
     let mut s = Settings::recipe(&a.model, &config, a.data);
     s.epochs = a.epochs.unwrap_or(s.epochs);
     s.limit = a.limit.or(s.limit);

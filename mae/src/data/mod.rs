@@ -84,16 +84,7 @@ impl Dataset {
     /// Fashion-MNIST when that is what is missing); IDX and I/O errors otherwise.
     pub fn open(path: &Path, split: Split) -> Result<Dataset, DataError> {
         if !path.exists() {
-            let hint = if path == Path::new(FASHION_MNIST) {
-                " (install Fashion-MNIST with `sudo apt-get install dataset-fashion-mnist`, or \
-                 pass --data with an image folder or IDX files)"
-            } else {
-                ""
-            };
-            return Err(DataError::Empty(format!(
-                "data not found: {}{hint}",
-                path.display()
-            )));
+            return Err(not_found(path));
         }
         let prefix = match split {
             Split::Train => "train",
@@ -249,6 +240,17 @@ impl Dataset {
     }
 }
 
+/// The error for a missing source; for the default data it says how to install it.
+fn not_found(path: &Path) -> DataError {
+    let hint = if path == Path::new(FASHION_MNIST) {
+        " (install Fashion-MNIST with `sudo apt-get install dataset-fashion-mnist`, or pass \
+         --data with an image folder or IDX files)"
+    } else {
+        ""
+    };
+    DataError::Empty(format!("data not found: {}{hint}", path.display()))
+}
+
 /// `dir/name` or `dir/name.gz`, whichever exists.
 fn idx_file(dir: &Path, name: &str) -> Option<PathBuf> {
     [name.to_string(), format!("{name}.gz")]
@@ -267,4 +269,20 @@ pub fn read_labels(path: &Path, images: usize) -> Result<Vec<u32>, DataError> {
         ));
     }
     Ok(bytes.iter().map(|&b| b as u32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_default_data_says_how_to_get_it() {
+        let msg = not_found(Path::new(FASHION_MNIST)).to_string();
+        assert!(
+            msg.contains("apt-get install dataset-fashion-mnist"),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'));
+        assert_eq!(not_found(Path::new("/x")).to_string(), "data not found: /x");
+    }
 }
