@@ -77,16 +77,10 @@ fn draw_grid(
         for i in 0..l {
             let t = &target[i * pd..(i + 1) * pd];
             let y = &pred[(b * l + i) * pd..(b * l + i + 1) * pd];
-            let (mean, std) = if c.norm_pix_loss {
-                let mean = t.iter().sum::<f32>() / pd as f32;
-                let var =
-                    t.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / (pd as f32 - 1.0).max(1.0);
-                (mean, (var + 1e-6).sqrt())
-            } else {
-                (0.0, 1.0)
-            };
-            for (r, v) in recon[i * pd..(i + 1) * pd].iter_mut().zip(y) {
-                *r = v * std + mean;
+            let r = &mut recon[i * pd..(i + 1) * pd];
+            r.copy_from_slice(y);
+            if c.norm_pix_loss {
+                denormalize_patch(r, t);
             }
         }
         let masked_at = |i: usize| mask[b * l + i] > 0.5;
@@ -116,6 +110,17 @@ fn draw_grid(
         }
     }
     Ok(picture)
+}
+
+/// Undo norm_pix_loss's target normalisation on a predicted patch, with the statistics of
+/// the true patch: `pred * sqrt(var + 1e-6) + mean`, the variance unbiased as the
+/// reference's `target.var(dim=-1)`.
+fn denormalize_patch(pred: &mut [f32], truth: &[f32]) {
+    let n = truth.len() as f32;
+    let mean = truth.iter().sum::<f32>() / n;
+    let var = truth.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / (n - 1.0).max(1.0);
+    let std = (var + 1e-6).sqrt();
+    pred.iter_mut().for_each(|v| *v = *v * std + mean);
 }
 
 /// `(C, H, W)` to `(L, p*p*C)` in the reference's patch order (row, column, channel).
@@ -185,5 +190,30 @@ fn draw(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patches_round_trip_and_norm_pix_is_undone() {
+        let (size, p, ch) = (8, 4, 3);
+        let x: Vec<f32> = (0..ch * size * size).map(|v| v as f32).collect();
+        let pt = patches(&x, size, p, ch);
+        // Patch 1 (top right), pixel (0, 0), channel 2 is x[2][0][4].
+        assert_eq!(pt[p * p * ch + 2], x[2 * size * size + 4]);
+        assert_eq!(unpatch(&pt, size, p, ch), x);
+        // A perfect norm_pix prediction becomes the true patch again.
+        let truth = [0.1f32, 0.7, 0.3, 0.9];
+        let mean = truth.iter().sum::<f32>() / 4.0;
+        let var = truth.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 3.0;
+        let mut pred: Vec<f32> = truth
+            .iter()
+            .map(|v| (v - mean) / (var + 1e-6).sqrt())
+            .collect();
+        denormalize_patch(&mut pred, &truth);
+        assert!(pred.iter().zip(&truth).all(|(a, b)| (a - b).abs() < 1e-6));
     }
 }
