@@ -205,11 +205,14 @@ pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Pretrai
     let device = Device::new().map_err(setup)?;
     let profiling = std::env::var_os("ENGINE_PROFILE").is_some_and(|v| v != "0");
     device.set_profiling(profiling);
-    let (mut settings, mut state) = match &run.resume {
-        Some(path) => resume(path, &device)?,
+    let (mut settings, mut state, checkpoint) = match &run.resume {
+        Some(path) => {
+            let (settings, state, dir) = resume(path, &device)?;
+            (settings, state, Some(dir))
+        }
         None => {
             let state = fresh(&settings, &device)?;
-            (settings, state)
+            (settings, state, None)
         }
     };
     if let Some(epochs) = run.epochs {
@@ -217,7 +220,7 @@ pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Pretrai
     }
     validate(&settings)?;
     let train = Arc::new(Dataset::open(&settings.data, Split::Train).map_err(setup)?);
-    let c = state.model.config.clone();
+    let config = state.model.config.clone();
     let n = settings.limit.map_or(train.len(), |l| l.min(train.len()));
     let iters = n / settings.batch_size;
     if iters == 0 {
@@ -227,15 +230,15 @@ pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Pretrai
         )));
     }
     if run.resume.is_none() {
-        state.normalize = train.normalize(c.channels);
+        state.normalize = train.normalize(config.channels);
     }
     std::fs::create_dir_all(&run.output)
         .map_err(|e| setup(format!("{}: {e}", run.output.display())))?;
     let metrics_path = run.output.join("metrics.jsonl");
-    let mut metrics = open_metrics(&metrics_path, state.step)?;
+    let metrics = open_metrics(&metrics_path, state.step)?;
     eprintln!(
         "pretraining {} on {} ({}): {n} images, batch {} x {} accumulated, lr {:.3e}, {} epochs, {} iterations each",
-        describe(&c),
+        describe(&config),
         train.description,
         device.info().name,
         settings.batch_size,
@@ -245,50 +248,110 @@ pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Pretrai
         iters
     );
 
-    let augment = Arc::new(Augment::pretrain(c.image_size, state.normalize.clone()));
-    let skipped = Arc::new(Skipped::default());
-    let mut grads = Gradients::default();
-    let started = Instant::now();
-    let mut images_seen = 0usize;
+    let augment = Arc::new(Augment::pretrain(
+        config.image_size,
+        state.normalize.clone(),
+    ));
+    let mut trainer = Trainer {
+        device,
+        settings,
+        run,
+        config,
+        iters,
+        metrics,
+        metrics_path,
+        started: Instant::now(),
+        images_seen: 0,
+        skipped: Arc::new(Skipped::default()),
+        checkpoint,
+    };
     let mut last_epoch_loss = f64::NAN;
-    let mut checkpoint = run
-        .resume
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("(none yet)"));
-    while state.epoch < settings.epochs {
-        let epoch = state.epoch;
+    while state.epoch < trainer.settings.epochs {
+        let (s, epoch) = (&trainer.settings, state.epoch);
         let mut order: Vec<usize> = (0..n).collect();
-        Rng::new(&[settings.seed, ORDER_STREAM, epoch as u64]).shuffle(&mut order);
+        Rng::new(&[s.seed, ORDER_STREAM, epoch as u64]).shuffle(&mut order);
         let loader = Loader::new(
             train.clone(),
             (augment.clone(), true),
-            c.channels,
+            trainer.config.channels,
             order,
-            settings.batch_size,
+            s.batch_size,
             run.workers,
-            (settings.seed, epoch as u64),
-            skipped.clone(),
+            (s.seed, epoch as u64),
+            trainer.skipped.clone(),
         );
-        let bar = progress_bar(run.progress, iters, epoch, settings.epochs);
-        let mut epoch_loss = 0.0;
+        last_epoch_loss = trainer.train_one_epoch(&mut state, loader)?;
+        state.epoch += 1;
+        let elapsed = trainer.started.elapsed().as_secs_f64();
+        eprintln!(
+            "epoch {}/{}  loss {last_epoch_loss:.4}  {:.1} img/s  {elapsed:.0} s",
+            state.epoch,
+            trainer.settings.epochs,
+            trainer.images_seen as f64 / elapsed,
+        );
+        trainer.metrics.flush().map_err(setup)?;
+        let s = &trainer.settings;
+        if state.epoch % s.save_every == 0 || state.epoch == s.epochs {
+            trainer.checkpoint = Some(save_checkpoint(&run.output, s, &state)?);
+            plot::loss_curve_png(&trainer.metrics_path, &run.output.join("loss.png"))
+                .map_err(setup)?;
+        }
+    }
+    let img_per_s = trainer.images_seen as f64 / trainer.started.elapsed().as_secs_f64();
+    if profiling {
+        print_profile(&trainer.device);
+    }
+    write_reconstructions(&trainer.settings, &mut state, &run.output)?;
+    Ok(Summary {
+        epochs: state.epoch,
+        steps: state.step,
+        last_epoch_loss,
+        img_per_s,
+        skipped: trainer.skipped.count(),
+        checkpoint: trainer.checkpoint.unwrap_or_default(),
+    })
+}
+
+/// What the iterations of a run share.
+struct Trainer<'a> {
+    device: Device,
+    settings: Settings,
+    run: &'a Invocation,
+    config: MaeConfig,
+    /// Iterations per epoch.
+    iters: usize,
+    metrics: std::fs::File,
+    metrics_path: PathBuf,
+    started: Instant,
+    /// Images trained on by this invocation.
+    images_seen: usize,
+    skipped: Arc<Skipped>,
+    /// The last checkpoint written or resumed from: the one a diverging run names.
+    checkpoint: Option<PathBuf>,
+}
+
+impl Trainer<'_> {
+    /// One pass over the epoch's batches, as the reference's `train_one_epoch`: lr per
+    /// iteration, forward, loss check, backward into the accumulated gradients, an AdamW
+    /// step every `accum_iter` iterations. Returns the epoch's mean loss.
+    fn train_one_epoch(&mut self, state: &mut State, loader: Loader) -> Result<f64, PretrainError> {
+        let (epoch, accum) = (state.epoch, self.settings.accum_iter);
+        let bar = progress_bar(self.run.progress, self.iters, epoch, self.settings.epochs);
+        let mut grads = Gradients::default();
+        let scale = Tensor::full(&self.device, &[], 1.0 / accum as f32).map_err(setup)?;
+        let mut total = 0.0;
         for (it, batch) in loader.enumerate() {
             let batch = batch.map_err(setup)?;
-            if it % settings.accum_iter == 0 {
-                let at = epoch as f64 + it as f64 / iters as f64;
-                let lr = warmup_cosine_lr(
-                    at,
-                    settings.lr(),
-                    settings.min_lr,
-                    settings.warmup_epochs,
-                    settings.epochs as f64,
+            if it % accum == 0 {
+                self.adjust_learning_rate(
+                    &mut state.opt,
+                    epoch as f64 + it as f64 / self.iters as f64,
                 );
-                for g in &mut state.opt.groups {
-                    g.lr = lr as f32;
-                }
             }
+            let c = &self.config;
             let shape = [batch.len, c.channels, c.image_size, c.image_size];
-            let imgs = Tensor::from_slice(&device, &batch.pixels, &shape).map_err(setup)?;
-            let mask_seed = Rng::new(&[settings.seed, MASK_STREAM, state.step]).next_u64();
+            let imgs = Tensor::from_slice(&self.device, &batch.pixels, &shape).map_err(setup)?;
+            let mask_seed = Rng::new(&[self.settings.seed, MASK_STREAM, state.step]).next_u64();
             let out = state
                 .model
                 .forward_seeded(&imgs, mask_seed, &mut Ctx::train(mask_seed))
@@ -300,92 +363,86 @@ pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Pretrai
                     loss,
                     step: state.step,
                     epoch,
-                    checkpoint: match &run.resume {
-                        None if state.epoch == 0 => "No checkpoint had been written.".into(),
-                        _ => format!("The last good checkpoint is {}.", checkpoint.display()),
+                    checkpoint: match &self.checkpoint {
+                        Some(dir) => format!("The last good checkpoint is {}.", dir.display()),
+                        None => "No checkpoint had been written.".into(),
                     },
                 });
             }
-            let scale =
-                Tensor::full(&device, &[], 1.0 / settings.accum_iter as f32).map_err(setup)?;
             out.loss.backward_into(&scale, &mut grads).map_err(setup)?;
-            if (it + 1) % settings.accum_iter == 0 {
+            if (it + 1) % accum == 0 {
                 state.opt.step(&grads).map_err(setup)?;
                 grads.clear();
             }
-            images_seen += batch.len;
-            epoch_loss += loss as f64;
-            let elapsed = started.elapsed().as_secs_f64();
-            let img_per_s = images_seen as f64 / elapsed;
-            let lr = state.opt.groups[0].lr;
-            writeln!(
-                metrics,
-                "{}",
-                json!({"step": state.step, "epoch": epoch, "loss": loss, "lr": lr,
-                       "img_per_s": img_per_s, "elapsed_s": elapsed})
-            )
-            .map_err(|e| setup(format!("{}: {e}", metrics_path.display())))?;
+            self.images_seen += batch.len;
+            total += loss as f64;
+            self.log(state, it, loss, &bar)?;
             state.step += 1;
-            for warning in skipped.take_new() {
-                bar.suspend(|| eprintln!("{warning}"));
-            }
-            let status = format!("loss {loss:.4}  lr {lr:.2e}  {img_per_s:.1} img/s");
-            if !run.progress && (it + 1) % (iters / 10).max(1) == 0 {
-                // No terminal for a bar (a log file, CI): a line every tenth of an epoch.
-                eprintln!(
-                    "epoch {}/{} step {}/{iters}  {status}",
-                    epoch + 1,
-                    settings.epochs,
-                    it + 1
-                );
-            }
-            bar.set_message(status);
-            bar.inc(1);
         }
+        // Iterations left over when an epoch is not a multiple of accum_iter are dropped, as
+        // in the reference (its next epoch starts with zeroed gradients).
         bar.finish_and_clear();
-        // Steps left over when an epoch is not a multiple of accum_iter are dropped, as in
-        // the reference (its next epoch starts with zeroed gradients).
-        grads.clear();
-        state.epoch += 1;
-        last_epoch_loss = epoch_loss / iters as f64;
-        eprintln!(
-            "epoch {}/{}  loss {:.4}  {:.1} img/s  {:.0} s",
-            state.epoch,
-            settings.epochs,
-            last_epoch_loss,
-            images_seen as f64 / started.elapsed().as_secs_f64(),
-            started.elapsed().as_secs_f64()
-        );
-        metrics.flush().map_err(setup)?;
-        if state.epoch % settings.save_every == 0 || state.epoch == settings.epochs {
-            checkpoint = save_checkpoint(&run.output, &settings, &state)?;
-            plot::loss_curve_png(&metrics_path, &run.output.join("loss.png")).map_err(setup)?;
+        Ok(total / self.iters as f64)
+    }
+
+    /// The lr of every group at a fractional epoch: warmup, then half-cycle cosine.
+    fn adjust_learning_rate(&self, opt: &mut AdamW, epoch: f64) {
+        let s = &self.settings;
+        let lr = warmup_cosine_lr(epoch, s.lr(), s.min_lr, s.warmup_epochs, s.epochs as f64);
+        for g in &mut opt.groups {
+            g.lr = lr as f32;
         }
     }
-    let img_per_s = images_seen as f64 / started.elapsed().as_secs_f64();
-    if profiling {
-        let times = device.profile();
-        let total: f64 = times.iter().map(|t| t.seconds).sum();
-        eprintln!("kernel time (ENGINE_PROFILE), slowest first:");
-        for t in times.iter().take(15) {
+
+    /// A metrics line, skipped-file warnings, and the progress bar (or, without a terminal,
+    /// a line every tenth of an epoch).
+    fn log(
+        &mut self,
+        state: &State,
+        it: usize,
+        loss: f32,
+        bar: &indicatif::ProgressBar,
+    ) -> Result<(), PretrainError> {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let img_per_s = self.images_seen as f64 / elapsed;
+        let lr = state.opt.groups[0].lr;
+        let line = json!({"step": state.step, "epoch": state.epoch, "loss": loss, "lr": lr,
+                          "img_per_s": img_per_s, "elapsed_s": elapsed});
+        writeln!(self.metrics, "{line}")
+            .map_err(|e| setup(format!("{}: {e}", self.metrics_path.display())))?;
+        for warning in self.skipped.take_new() {
+            bar.suspend(|| eprintln!("{warning}"));
+        }
+        let status = format!("loss {loss:.4}  lr {lr:.2e}  {img_per_s:.1} img/s");
+        if !self.run.progress && (it + 1).is_multiple_of((self.iters / 10).max(1)) {
             eprintln!(
-                "{:>5.1}%  {:>8.3} s  {:>7} dispatches  {}",
-                100.0 * t.seconds / total,
-                t.seconds,
-                t.dispatches,
-                t.kernel
+                "epoch {}/{} step {}/{}  {status}",
+                state.epoch + 1,
+                self.settings.epochs,
+                it + 1,
+                self.iters
             );
         }
+        bar.set_message(status);
+        bar.inc(1);
+        Ok(())
     }
-    write_reconstructions(&settings, &mut state, &run.output)?;
-    Ok(Summary {
-        epochs: state.epoch,
-        steps: state.step,
-        last_epoch_loss,
-        img_per_s,
-        skipped: skipped.count(),
-        checkpoint,
-    })
+}
+
+/// Per-kernel times of the run, slowest first (`ENGINE_PROFILE=1`).
+fn print_profile(device: &Device) {
+    let times = device.profile();
+    let total: f64 = times.iter().map(|t| t.seconds).sum();
+    eprintln!("kernel time (ENGINE_PROFILE), slowest first:");
+    for t in times.iter().take(15) {
+        eprintln!(
+            "{:>5.1}%  {:>8.3} s  {:>7} dispatches  {}",
+            100.0 * t.seconds / total,
+            t.seconds,
+            t.dispatches,
+            t.kernel
+        );
+    }
 }
 
 fn describe(c: &MaeConfig) -> String {
@@ -530,7 +587,7 @@ fn checkpoint_dir(path: &Path) -> Result<PathBuf, PretrainError> {
     })
 }
 
-fn resume(path: &Path, device: &Device) -> Result<(Settings, State), PretrainError> {
+fn resume(path: &Path, device: &Device) -> Result<(Settings, State, PathBuf), PretrainError> {
     let dir = checkpoint_dir(path)?;
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path)
@@ -574,6 +631,7 @@ fn resume(path: &Path, device: &Device) -> Result<(Settings, State), PretrainErr
             step,
             normalize,
         },
+        dir,
     ))
 }
 
