@@ -8,9 +8,10 @@ use std::path::Path;
 
 use engine::{Device, Tensor};
 use nn::{read_safetensors, CheckpointError, Init, Module, TensorMap};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::config::MaeConfig;
+use crate::data::Normalize;
 use crate::model::MaskedAutoencoder;
 
 /// Read a transformers `ViTMAEConfig` (`config.json`), refusing settings this crate does not
@@ -166,6 +167,67 @@ fn to_ours(hf: TensorMap) -> TensorMap {
     out
 }
 
+/// A transformers `config.json` as our config.
+///
+/// # Errors
+/// [`CheckpointError`] naming the file: unreadable, not JSON, or an unsupported config.
+pub fn read_config(path: &Path) -> Result<MaeConfig, CheckpointError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| CheckpointError::Io(path.to_path_buf(), e))?;
+    let json: Value = serde_json::from_str(&text)
+        .map_err(|e| CheckpointError::Format(path.to_path_buf(), e.to_string()))?;
+    config_from_json(&json).map_err(|e| CheckpointError::Format(path.to_path_buf(), e))
+}
+
+/// `preprocessor_config.json` as transformers' `ViTImageProcessor` reads it.
+///
+/// # Errors
+/// The I/O error of writing the file.
+pub fn save_preprocessor(dir: &Path, c: &MaeConfig, norm: &Normalize) -> std::io::Result<()> {
+    let json = json!({
+        "image_processor_type": "ViTImageProcessor",
+        "do_resize": true,
+        "size": {"height": c.image_size, "width": c.image_size},
+        "resample": 3,
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": norm.mean,
+        "image_std": norm.std,
+    });
+    std::fs::write(
+        dir.join("preprocessor_config.json"),
+        serde_json::to_string_pretty(&json).expect("JSON"),
+    )
+}
+
+/// The normalisation a model directory was trained with: its `preprocessor_config.json`, or
+/// ImageNet's when it has none.
+///
+/// # Errors
+/// One line for a preprocessor config that cannot be read or parsed.
+pub fn read_preprocessor(dir: &Path) -> Result<Normalize, String> {
+    let path = dir.join("preprocessor_config.json");
+    if !path.is_file() {
+        return Ok(Normalize::imagenet());
+    }
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let json: Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let list = |k: &str| -> Option<Vec<f32>> {
+        match json.get(k)? {
+            Value::Array(a) => a.iter().map(|v| v.as_f64().map(|f| f as f32)).collect(),
+            v => Some(vec![v.as_f64()? as f32]),
+        }
+    };
+    match (list("image_mean"), list("image_std")) {
+        (Some(mean), Some(std)) if !mean.is_empty() && mean.len() == std.len() => {
+            Ok(Normalize { mean, std })
+        }
+        _ => Ok(Normalize::imagenet()),
+    }
+}
+
 /// Load a transformers `ViTMAEForPreTraining` directory: `config.json` and
 /// `model.safetensors`, strictly (every parameter present with its shape, nothing left over).
 ///
@@ -173,13 +235,7 @@ fn to_ours(hf: TensorMap) -> TensorMap {
 /// [`CheckpointError`] with one line naming the problem: a missing or unreadable file, an
 /// unsupported config, or the missing, unexpected and mis-shaped tensors.
 pub fn load_pretrained(dir: &Path, device: &Device) -> Result<MaskedAutoencoder, CheckpointError> {
-    let config_path = dir.join("config.json");
-    let text = std::fs::read_to_string(&config_path)
-        .map_err(|e| CheckpointError::Io(config_path.clone(), e))?;
-    let json: Value = serde_json::from_str(&text)
-        .map_err(|e| CheckpointError::Format(config_path.clone(), e.to_string()))?;
-    let config =
-        config_from_json(&json).map_err(|e| CheckpointError::Format(config_path.clone(), e))?;
+    let config = read_config(&dir.join("config.json"))?;
     let weights_path = dir.join("model.safetensors");
     let file = read_safetensors(&weights_path)?;
     let mut model = MaskedAutoencoder::new(config, &mut Init::new(device, 0))?;

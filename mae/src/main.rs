@@ -273,7 +273,7 @@ fn visualize(
 ) -> Result<(), String> {
     let device = Device::new().map_err(|e| e.to_string())?;
     let mut model = load_pretrained(model_dir, &device).map_err(|e| e.to_string())?;
-    let normalize = mae::pretrain::read_preprocessor(model_dir)?;
+    let normalize = mae::hf::read_preprocessor(model_dir)?;
     let ch = model.config.channels;
     let images = match data {
         Some(path) => {

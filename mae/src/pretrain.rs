@@ -18,7 +18,9 @@ use nn::{named_parameters, read_safetensors, save_host_safetensors, Ctx, Init};
 use serde_json::{json, Value};
 
 use crate::data::{Augment, Dataset, Loader, Normalize, Rng, Skipped, Split};
-use crate::hf::{load_pretrained, save_pretrained};
+use crate::hf::{
+    load_pretrained, read_config, read_preprocessor, save_preprocessor, save_pretrained,
+};
 use crate::{plot, visualize, MaeConfig, MaskedAutoencoder};
 
 /// Random streams of a run, by purpose (see [`crate::data::Rng`]).
@@ -516,16 +518,14 @@ pub fn config_from(model: &str) -> Result<MaeConfig, String> {
     } else {
         path.to_path_buf()
     };
-    let text = std::fs::read_to_string(&config_path).map_err(|e| {
-        format!(
-            "--model {model}: not a preset ({}) and {}: {e}",
+    if !config_path.is_file() {
+        return Err(format!(
+            "--model {model}: not a preset ({}) and no {}",
             MaeConfig::PRESETS.join(", "),
             config_path.display()
-        )
-    })?;
-    let json: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", config_path.display()))?;
-    crate::hf::config_from_json(&json).map_err(|e| format!("{}: {e}", config_path.display()))
+        ));
+    }
+    read_config(&config_path).map_err(|e| e.to_string())
 }
 
 fn model_from(model: &str, seed: u64, device: &Device) -> Result<MaskedAutoencoder, PretrainError> {
@@ -650,7 +650,7 @@ fn save_checkpoint(
         std::fs::remove_dir_all(&tmp).map_err(io)?;
     }
     save_pretrained(&state.model, &tmp).map_err(setup)?;
-    write_preprocessor(&tmp, &state.model.config, &state.normalize).map_err(setup)?;
+    save_preprocessor(&tmp, &state.model.config, &state.normalize).map_err(setup)?;
     let opt = state.opt.state().map_err(setup)?;
     save_host_safetensors(&tmp.join("optimizer.safetensors"), opt.tensors, None).map_err(setup)?;
     let trainer = json!({
@@ -674,52 +674,6 @@ fn save_checkpoint(
         std::fs::rename(&tmp, &dir).map_err(io)?;
     }
     Ok(dir)
-}
-
-/// `preprocessor_config.json` as transformers' `ViTImageProcessor` reads it.
-fn write_preprocessor(dir: &Path, c: &MaeConfig, norm: &Normalize) -> std::io::Result<()> {
-    let json = json!({
-        "image_processor_type": "ViTImageProcessor",
-        "do_resize": true,
-        "size": {"height": c.image_size, "width": c.image_size},
-        "resample": 3,
-        "do_rescale": true,
-        "rescale_factor": 1.0 / 255.0,
-        "do_normalize": true,
-        "image_mean": norm.mean,
-        "image_std": norm.std,
-    });
-    std::fs::write(
-        dir.join("preprocessor_config.json"),
-        serde_json::to_string_pretty(&json).expect("JSON"),
-    )
-}
-
-/// The normalisation a model directory was trained with: its `preprocessor_config.json`, or
-/// ImageNet's when it has none.
-///
-/// # Errors
-/// One line for a preprocessor config that cannot be read or parsed.
-pub fn read_preprocessor(dir: &Path) -> Result<Normalize, String> {
-    let path = dir.join("preprocessor_config.json");
-    if !path.is_file() {
-        return Ok(Normalize::imagenet());
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let json: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let list = |k: &str| -> Option<Vec<f32>> {
-        match json.get(k)? {
-            Value::Array(a) => a.iter().map(|v| v.as_f64().map(|f| f as f32)).collect(),
-            v => Some(vec![v.as_f64()? as f32]),
-        }
-    };
-    match (list("image_mean"), list("image_std")) {
-        (Some(mean), Some(std)) if !mean.is_empty() && mean.len() == std.len() => {
-            Ok(Normalize { mean, std })
-        }
-        _ => Ok(Normalize::imagenet()),
-    }
 }
 
 /// Open the metrics log for appending, keeping only lines of steps before `step` (those of
