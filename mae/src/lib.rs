@@ -6,9 +6,12 @@
 //! `patchify`, `random_masking`, `forward_encoder`, `forward_decoder`, `forward_loss`.
 #![warn(missing_docs)]
 
+pub mod classify;
 pub mod config;
 pub mod data;
+pub mod finetune;
 pub mod hf;
+pub mod linprobe;
 pub mod model;
 pub mod plot;
 pub mod pretrain;

@@ -205,8 +205,7 @@ pub struct Invocation {
 /// [`PretrainError::NonFinite`] when the loss diverges (earlier checkpoints are untouched).
 pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, PretrainError> {
     let device = Device::new().map_err(setup)?;
-    let profiling = std::env::var_os("ENGINE_PROFILE").is_some_and(|v| v != "0");
-    device.set_profiling(profiling);
+    let profiling = profiling(&device);
     let (mut settings, mut state, checkpoint) = match &run.resume {
         Some(path) => {
             let (settings, state, dir) = resume(path, &device)?;
@@ -338,7 +337,8 @@ impl Trainer<'_> {
     /// step every `accum_iter` iterations. Returns the epoch's mean loss.
     fn train_one_epoch(&mut self, state: &mut State, loader: Loader) -> Result<f64, PretrainError> {
         let (epoch, accum) = (state.epoch, self.settings.accum_iter);
-        let bar = progress_bar(self.run.progress, self.iters, epoch, self.settings.epochs);
+        let prefix = format!("epoch {}/{}", epoch + 1, self.settings.epochs);
+        let bar = progress_bar(self.run.progress, self.iters, prefix);
         let mut grads = Gradients::default();
         let scale = Tensor::full(&self.device, &[], 1.0 / accum as f32).map_err(setup)?;
         let mut total = 0.0;
@@ -431,8 +431,15 @@ impl Trainer<'_> {
     }
 }
 
+/// Turn on per-kernel timing when `ENGINE_PROFILE` is set (and not 0); returns whether on.
+pub(crate) fn profiling(device: &Device) -> bool {
+    let on = std::env::var_os("ENGINE_PROFILE").is_some_and(|v| v != "0");
+    device.set_profiling(on);
+    on
+}
+
 /// Per-kernel times of the run, slowest first (`ENGINE_PROFILE=1`).
-fn print_profile(device: &Device) {
+pub(crate) fn print_profile(device: &Device) {
     let times = device.profile();
     let total: f64 = times.iter().map(|t| t.seconds).sum();
     eprintln!("kernel time (ENGINE_PROFILE), slowest first:");
@@ -635,36 +642,52 @@ fn resume(path: &Path, device: &Device) -> Result<(Settings, State, PathBuf), Pr
     ))
 }
 
-/// Write `output/checkpoint-{epoch}` whole or not at all: everything goes into a hidden
-/// temporary directory, which is renamed into place once complete.
+/// Write `output/checkpoint-{epoch}` (model, preprocessor, optimizer, trainer state).
 fn save_checkpoint(
     output: &Path,
     settings: &Settings,
     state: &State,
 ) -> Result<PathBuf, PretrainError> {
     let name = format!("checkpoint-{}", state.epoch);
-    let dir = output.join(&name);
+    write_dir_atomically(output, &name, |tmp| {
+        let e = |e: nn::CheckpointError| e.to_string();
+        save_pretrained(&state.model, tmp).map_err(e)?;
+        save_preprocessor(tmp, &state.model.config, &state.normalize)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let opt = state.opt.state().map_err(|e| e.to_string())?;
+        save_host_safetensors(&tmp.join("optimizer.safetensors"), opt.tensors, None).map_err(e)?;
+        let trainer = json!({
+            "epoch": state.epoch,
+            "step": state.step,
+            "optimizer_step": opt.step,
+            "rng": {"seed": settings.seed, "note": "every random stream is derived from (seed, epoch, step, image index)"},
+            "settings": settings.to_json(),
+        });
+        let path = tmp.join("trainer_state.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&trainer).expect("JSON"))
+            .map_err(|e| format!("{}: {e}", path.display()))
+    })
+    .map_err(PretrainError::Setup)
+}
+
+/// Write the directory `output/name` whole or not at all: `fill` writes into a hidden
+/// temporary directory, which is renamed into place once complete (replacing an older one).
+///
+/// # Errors
+/// `fill`'s error, or one line for an I/O failure; an existing `output/name` is then intact.
+pub(crate) fn write_dir_atomically(
+    output: &Path,
+    name: &str,
+    fill: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<PathBuf, String> {
+    let dir = output.join(name);
     let tmp = output.join(format!(".{name}.tmp"));
-    let io = |e: std::io::Error| setup(format!("{}: {e}", tmp.display()));
+    let io = |e: std::io::Error| format!("{}: {e}", tmp.display());
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io)?;
     }
-    save_pretrained(&state.model, &tmp).map_err(setup)?;
-    save_preprocessor(&tmp, &state.model.config, &state.normalize).map_err(setup)?;
-    let opt = state.opt.state().map_err(setup)?;
-    save_host_safetensors(&tmp.join("optimizer.safetensors"), opt.tensors, None).map_err(setup)?;
-    let trainer = json!({
-        "epoch": state.epoch,
-        "step": state.step,
-        "optimizer_step": opt.step,
-        "rng": {"seed": settings.seed, "note": "every random stream is derived from (seed, epoch, step, image index)"},
-        "settings": settings.to_json(),
-    });
-    std::fs::write(
-        tmp.join("trainer_state.json"),
-        serde_json::to_string_pretty(&trainer).expect("JSON"),
-    )
-    .map_err(io)?;
+    std::fs::create_dir_all(&tmp).map_err(io)?;
+    fill(&tmp)?;
     if dir.exists() {
         let old = output.join(format!(".{name}.old"));
         std::fs::rename(&dir, &old).map_err(io)?;
@@ -700,7 +723,8 @@ fn open_metrics(path: &Path, step: u64) -> Result<std::fs::File, PretrainError> 
         .map_err(io)
 }
 
-fn progress_bar(show: bool, len: usize, epoch: usize, epochs: usize) -> indicatif::ProgressBar {
+/// A progress bar of `len` steps named `prefix` (hidden unless `show`).
+pub(crate) fn progress_bar(show: bool, len: usize, prefix: String) -> indicatif::ProgressBar {
     if !show {
         return indicatif::ProgressBar::hidden();
     }
@@ -712,7 +736,7 @@ fn progress_bar(show: bool, len: usize, epoch: usize, epochs: usize) -> indicati
         .expect("a valid template")
         .progress_chars("=> "),
     );
-    bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+    bar.set_prefix(prefix);
     bar
 }
 

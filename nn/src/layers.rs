@@ -71,6 +71,76 @@ impl LayerNorm {
     }
 }
 
+/// Batch normalisation of `(B, D)` features without affine parameters, as PyTorch's
+/// `BatchNorm1d(D, affine=False)`: the linear probe's feature normaliser. In train mode
+/// each feature is normalised with the batch's mean and biased variance (gradients flow
+/// through both) and the running estimates move towards the batch's (momentum 0.1, the
+/// variance unbiased); in eval mode the running estimates are used.
+pub struct BatchNorm {
+    /// `[D]`, starts at 0. A buffer, not a parameter.
+    pub running_mean: Tensor,
+    /// `[D]`, starts at 1. A buffer, not a parameter.
+    pub running_var: Tensor,
+    /// Weight of the batch's statistics in the running update.
+    pub momentum: f32,
+    /// Added to the variance.
+    pub eps: f32,
+}
+
+impl BatchNorm {
+    /// Running mean 0, variance 1, momentum 0.1, eps 1e-5 (PyTorch's defaults).
+    ///
+    /// # Errors
+    /// Engine errors only.
+    pub fn new(device: &engine::Device, dim: usize) -> Result<BatchNorm> {
+        Ok(BatchNorm {
+            running_mean: Tensor::zeros(device, &[dim])?,
+            running_var: Tensor::ones(device, &[dim])?,
+            momentum: 0.1,
+            eps: 1e-5,
+        })
+    }
+
+    /// `(B, D) -> (B, D)`; in train mode also updates the running estimates.
+    ///
+    /// # Errors
+    /// [`engine::Error::Shape`] when `x` is not `(B, D)`, or is a single row in train mode
+    /// (its variance is undefined).
+    pub fn forward(&mut self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
+        let b = x.shape()[0];
+        if x.rank() != 2 || x.shape()[1] != self.running_mean.numel() || (ctx.train && b < 2) {
+            return Err(engine::Error::Shape {
+                op: "BatchNorm",
+                msg: format!(
+                    "needs (B, {}) features with B >= 2 in train mode, got {:?}",
+                    self.running_mean.numel(),
+                    x.shape()
+                ),
+            });
+        }
+        if !ctx.train {
+            let std = self.running_var.add_scalar(self.eps)?.sqrt()?;
+            return x.sub(&self.running_mean)?.div(&std);
+        }
+        let mean = x.mean(0, true)?; // (1, D)
+        let var = x.var(0, true, false)?; // (1, D)
+        engine::no_grad(|| {
+            let m = self.momentum;
+            let unbiased = var.mul_scalar(b as f32 / (b - 1) as f32)?.squeeze(0)?;
+            self.running_mean = self
+                .running_mean
+                .mul_scalar(1.0 - m)?
+                .add(&mean.squeeze(0)?.mul_scalar(m)?)?;
+            self.running_var = self
+                .running_var
+                .mul_scalar(1.0 - m)?
+                .add(&unbiased.mul_scalar(m)?)?;
+            Ok(())
+        })?;
+        x.sub(&mean)?.div(&var.add_scalar(self.eps)?.sqrt()?)
+    }
+}
+
 /// Inverted dropout in train mode, identity in eval mode.
 ///
 /// # Errors

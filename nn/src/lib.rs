@@ -22,6 +22,6 @@ pub use checkpoint::{
 };
 pub use engine;
 pub use init::Init;
-pub use layers::{Attention, Block, LayerNorm, Linear, Mlp, PatchEmbed};
+pub use layers::{Attention, BatchNorm, Block, LayerNorm, Linear, Mlp, PatchEmbed};
 pub use module::{join, named_parameters, Ctx, Module};
 pub use vit::{VisionTransformer, VitConfig};

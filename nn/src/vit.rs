@@ -120,11 +120,12 @@ impl VisionTransformer {
         })
     }
 
-    /// Pooled features `(B, D)` of images `(B, C, H, W)`: what a linear probe reads.
+    /// The last block's output `(B, 1 + L, D)` for images `(B, C, H, W)`, cls token first,
+    /// before the final norm.
     ///
     /// # Errors
     /// [`engine::Error::Shape`] for images of the wrong shape.
-    pub fn features(&self, img: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+    pub fn forward_tokens(&self, img: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let x = self.patch_embed.forward(img)?; // (B, L, D)
         let (b, l, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
         let x = x.add(&self.pos_embed.narrow(0, 1, l)?)?;
@@ -136,11 +137,29 @@ impl VisionTransformer {
         for block in &self.blocks {
             x = block.forward(&x, ctx)?;
         }
+        Ok(x)
+    }
+
+    /// Pooled features `(B, D)` of tokens `(B, 1 + L, D)`: the mean of the patch tokens
+    /// through `fc_norm` (global pool), or the cls token through `norm`.
+    ///
+    /// # Errors
+    /// [`engine::Error::Shape`] for tokens of the wrong shape.
+    pub fn pool(&self, tokens: &Tensor) -> Result<Tensor> {
+        let l = tokens.shape()[1] - 1;
         if self.config.global_pool {
-            self.norm.forward(&x.narrow(1, 1, l)?.mean(1, false)?)
+            self.norm.forward(&tokens.narrow(1, 1, l)?.mean(1, false)?)
         } else {
-            self.norm.forward(&x)?.narrow(1, 0, 1)?.squeeze(1)
+            self.norm.forward(&tokens.narrow(1, 0, 1)?.squeeze(1)?)
         }
+    }
+
+    /// Pooled features `(B, D)` of images `(B, C, H, W)`: what a linear probe reads.
+    ///
+    /// # Errors
+    /// [`engine::Error::Shape`] for images of the wrong shape.
+    pub fn features(&self, img: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        self.pool(&self.forward_tokens(img, ctx)?)
     }
 
     /// The final norm's name: `fc_norm` with global pooling, `norm` otherwise (timm's).

@@ -4,7 +4,8 @@
 use engine::{gradcheck, Device, GradcheckOptions, Tensor};
 use nn::layers::{drop_path, dropout};
 use nn::{
-    named_parameters, Attention, Block, Ctx, Init, Linear, Module, VisionTransformer, VitConfig,
+    named_parameters, Attention, BatchNorm, Block, Ctx, Init, Linear, Module, VisionTransformer,
+    VitConfig,
 };
 
 fn dev() -> Device {
@@ -178,4 +179,55 @@ fn fused_and_unfused_attention_agree() {
     for (a, b) in fused.iter().zip(&unfused) {
         assert!((a - b).abs() <= 1e-5 + 1e-4 * b.abs(), "{a} vs {b}");
     }
+}
+
+#[test]
+fn batch_norm_matches_the_cpu_reference_and_passes_gradcheck() {
+    // (4, 3) features with different scales per column.
+    let x: Vec<f32> = vec![
+        1.0, 10.0, -3.0, 2.0, 30.0, -1.0, 4.0, 20.0, 0.5, -1.0, 0.0, 2.0,
+    ];
+    let (b, d) = (4, 3);
+    let t = Tensor::from_slice(&dev(), &x, &[b, d]).unwrap();
+    let mut bn = BatchNorm::new(&dev(), d).unwrap();
+    let y = bn.forward(&t, &Ctx::train(0)).unwrap().to_vec().unwrap();
+    let mut mean_want = vec![0.0; d];
+    let mut var_want = vec![0.0; d];
+    for c in 0..d {
+        let col: Vec<f64> = (0..b).map(|r| x[r * d + c] as f64).collect();
+        let mean = col.iter().sum::<f64>() / b as f64;
+        let var = col.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / b as f64;
+        for r in 0..b {
+            let want = (col[r] - mean) / (var + 1e-5).sqrt();
+            assert!((y[r * d + c] as f64 - want).abs() < 1e-4, "({r}, {c})");
+        }
+        // running = 0.9 * initial + 0.1 * batch, the variance unbiased
+        mean_want[c] = 0.1 * mean;
+        var_want[c] = 0.9 + 0.1 * var * b as f64 / (b - 1) as f64;
+    }
+    let close = |got: Vec<f32>, want: &[f64]| {
+        got.iter()
+            .zip(want)
+            .all(|(g, w)| (*g as f64 - w).abs() < 1e-3 * w.abs().max(1.0))
+    };
+    assert!(close(bn.running_mean.to_vec().unwrap(), &mean_want));
+    assert!(close(bn.running_var.to_vec().unwrap(), &var_want));
+    // Eval mode uses the running estimates.
+    let e = bn.forward(&t, &Ctx::eval()).unwrap().to_vec().unwrap();
+    let want = (x[1] as f64 - mean_want[1]) / (var_want[1] + 1e-5).sqrt();
+    assert!((e[1] as f64 - want).abs() < 1e-3);
+    // A single row cannot be normalised by its own statistics.
+    assert!(bn
+        .forward(&t.narrow(0, 0, 1).unwrap(), &Ctx::train(0))
+        .is_err());
+
+    // Gradients flow through the batch statistics.
+    let x = Tensor::randn(&dev(), &[5, 3], 4).unwrap();
+    let report = gradcheck(
+        |t| BatchNorm::new(&dev(), 3)?.forward(&t[0], &Ctx::train(0)),
+        &[x],
+        GradcheckOptions::default(),
+    )
+    .unwrap();
+    assert!(report.passed, "batch norm: {report}");
 }

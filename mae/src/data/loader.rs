@@ -74,10 +74,11 @@ struct Job {
 }
 
 impl Loader {
-    /// Batches of `batch` images of `data` in `order` (the last partial batch is dropped,
-    /// as the reference's `drop_last=True`), on `workers` threads, each keeping up to two
-    /// batches ready. With `random`, image `i` of epoch `epoch` gets `augment`'s random crop
-    /// and flip from the stream `(seed, epoch, i)`; without, its evaluation view.
+    /// Batches of `batch` images of `data` in `order`, on `workers` threads, each keeping
+    /// up to two batches ready. With `random` (training), image `i` of epoch `epoch` gets
+    /// `augment`'s random crop and flip from the stream `(seed, epoch, i)` and the last
+    /// partial batch is dropped, as the reference's `drop_last=True`; without (evaluation),
+    /// every image gets its evaluation view and a last, shorter batch is kept.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         data: Arc<Dataset>,
@@ -89,7 +90,12 @@ impl Loader {
         (seed, epoch): (u64, u64),
         skipped: Arc<Skipped>,
     ) -> Loader {
-        let batches = order.len() / batch.max(1);
+        let batch = batch.max(1);
+        let batches = if random {
+            order.len() / batch
+        } else {
+            order.len().div_ceil(batch)
+        };
         let job = Job {
             data,
             augment,
@@ -137,7 +143,8 @@ impl Loader {
 
 impl Job {
     fn batch(&self, b: usize) -> Result<Batch, DataError> {
-        let indices = &self.order[b * self.batch..(b + 1) * self.batch];
+        let end = ((b + 1) * self.batch).min(self.order.len());
+        let indices = &self.order[b * self.batch..end];
         let mut pixels = Vec::new();
         let mut labels = Vec::new();
         for &i in indices {

@@ -1,0 +1,319 @@
+//! What linear probing and fine-tuning share: the encoder they start from (pretrained, or
+//! randomly initialised for the baseline), labelled data with a held-out split, top-1
+//! evaluation and the result line.
+//!
+//! Both start the same way, so that the gain of pretraining is measured with everything
+//! else equal: an MAE (loaded from a checkpoint, or new from a config) whose encoder becomes
+//! a [`VisionTransformer`] classifier.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use engine::{no_grad, DType, Device, Tensor};
+use nn::{Ctx, Init, LayerNorm, VisionTransformer, VitConfig};
+use serde_json::json;
+
+use crate::data::{Augment, Dataset, Loader, Normalize, Rng, Skipped, Split};
+use crate::hf::{load_pretrained, read_preprocessor};
+use crate::pretrain::config_from;
+use crate::MaskedAutoencoder;
+
+/// Random stream of a randomly initialised encoder (see [`crate::data::Rng`]).
+const INIT_STREAM: u64 = 3;
+
+/// Where the encoder's weights come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Start {
+    /// The pretrained MAE encoder of `--model`.
+    Mae,
+    /// A fresh initialisation of the same architecture: the from-scratch baseline.
+    Random,
+}
+
+impl Start {
+    /// `"mae"` or `"random"`, as in the result line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Start::Mae => "mae",
+            Start::Random => "random",
+        }
+    }
+}
+
+/// Which token summarises an image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pool {
+    /// The cls token after the encoder's final norm (the reference's linear probe).
+    Cls,
+    /// The mean of the patch tokens through a LayerNorm (`fc_norm`, the global pool).
+    Avg,
+}
+
+/// A labelled dataset with its held-out split.
+pub struct Labelled {
+    /// Training images, each with a label.
+    pub train: Arc<Dataset>,
+    /// Held-out images, each with a label.
+    pub test: Arc<Dataset>,
+    /// Number of classes (the larger of the splits' class lists).
+    pub classes: usize,
+}
+
+/// Open `path`'s train and held-out splits, both labelled.
+///
+/// # Errors
+/// One line when either split is missing or unlabelled, or when they are the same images.
+pub fn open_labelled(path: &Path) -> Result<Labelled, String> {
+    let train = Dataset::open(path, Split::Train).map_err(|e| e.to_string())?;
+    let test = Dataset::open(path, Split::Test).map_err(|e| e.to_string())?;
+    if train.description == test.description {
+        return Err(format!(
+            "{}: no held-out split (t10k-* IDX files, or val/ or test/ next to train/)",
+            path.display()
+        ));
+    }
+    for d in [&train, &test] {
+        if d.labels.is_none() {
+            return Err(format!(
+                "{}: no labels (an IDX labels file next to the images, or one sub-folder per class)",
+                d.description
+            ));
+        }
+    }
+    // Class i must name the same class in both splits: one list must begin the other.
+    let n = train.classes.len().min(test.classes.len());
+    if train.classes[..n] != test.classes[..n] {
+        return Err(format!(
+            "{}: the held-out classes {:?} do not match the training classes {:?}",
+            path.display(),
+            test.classes,
+            train.classes
+        ));
+    }
+    let classes = train.classes.len().max(test.classes.len());
+    if classes < 2 {
+        return Err(format!(
+            "{}: one class only; classification needs at least two",
+            train.description
+        ));
+    }
+    Ok(Labelled {
+        train: Arc::new(train),
+        test: Arc::new(test),
+        classes,
+    })
+}
+
+/// The MAE whose encoder is evaluated, and the normalisation it was pretrained with.
+pub struct Encoder {
+    /// The model (its decoder is unused).
+    pub mae: MaskedAutoencoder,
+    /// `preprocessor_config.json`'s mean and std for a pretrained model; none for a random
+    /// one (the dataset's own are used).
+    pub normalize: Option<Normalize>,
+    /// What identifies the weights: the weights file, or the config and seed.
+    pub identity: String,
+}
+
+/// The encoder of `model`: with [`Start::Mae`] a checkpoint directory (ours or a Hugging Face
+/// ViTMAE one); with [`Start::Random`] a preset, a config, or a directory whose config is
+/// taken and whose weights are ignored, initialised from `seed`.
+///
+/// # Errors
+/// One line for a missing or unreadable model.
+pub fn encoder(model: &str, start: Start, seed: u64, device: &Device) -> Result<Encoder, String> {
+    let dir = Path::new(model);
+    match start {
+        Start::Mae => {
+            let weights = dir.join("model.safetensors");
+            if !weights.is_file() {
+                return Err(format!(
+                    "--model {model}: no model.safetensors there; --init mae needs a pretrained \
+                     checkpoint (e.g. out/pretrain/checkpoint-1), --init random takes a preset"
+                ));
+            }
+            let mae = load_pretrained(dir, device).map_err(|e| e.to_string())?;
+            let normalize = read_preprocessor(dir)?;
+            let identity = format!("weights {}", file_digest(&weights)?);
+            Ok(Encoder {
+                mae,
+                normalize: Some(normalize),
+                identity,
+            })
+        }
+        Start::Random => {
+            let config = config_from(model)?;
+            let mut init = Init::new(device, Rng::new(&[seed, INIT_STREAM]).next_u64());
+            let identity = format!("random {config:?} seed {seed}");
+            let mae = MaskedAutoencoder::new(config, &mut init).map_err(|e| e.to_string())?;
+            Ok(Encoder {
+                mae,
+                normalize: None,
+                identity,
+            })
+        }
+    }
+}
+
+/// A hex digest of a file's bytes (not cryptographic: it keys caches).
+pub fn file_digest(path: &Path) -> Result<String, String> {
+    use std::hash::{Hash, Hasher};
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut h = std::hash::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Ok(format!("{:016x}-{}", h.finish(), bytes.len()))
+}
+
+/// The classifier built from an MAE's encoder: patch embedding, cls token and blocks are
+/// the MAE's; the final norm is the MAE's `norm` for cls pooling and a new `fc_norm` for
+/// the global pool (as the reference, which drops `norm` then); the head is new (trunc
+/// normal, std 2e-5). Drop path rises linearly to `drop_path` over the blocks.
+///
+/// # Errors
+/// Engine errors only.
+pub fn classifier(
+    mae: MaskedAutoencoder,
+    classes: usize,
+    pool: Pool,
+    drop_path: f32,
+    init: &mut Init,
+) -> engine::Result<VisionTransformer> {
+    let c = &mae.config;
+    let config = VitConfig {
+        image_size: c.image_size,
+        patch_size: c.patch_size,
+        channels: c.channels,
+        dim: c.dim,
+        depth: c.depth,
+        heads: c.heads,
+        mlp_ratio: c.mlp_ratio,
+        qkv_bias: c.qkv_bias,
+        eps: c.eps,
+        classes,
+        global_pool: pool == Pool::Avg,
+        drop_path,
+    };
+    let mut vit = VisionTransformer::new(config, init)?;
+    let rates: Vec<f32> = vit.blocks.iter().map(|b| b.drop_path).collect();
+    vit.patch_embed = mae.patch_embed;
+    vit.cls_token = mae.cls_token;
+    vit.blocks = mae.blocks;
+    for (block, rate) in vit.blocks.iter_mut().zip(rates) {
+        block.drop_path = rate;
+    }
+    if pool == Pool::Cls {
+        vit.norm = mae.norm;
+    }
+    Ok(vit)
+}
+
+/// Both pooled features `(cls, avg)`, each `(B, D)`, of tokens `(B, 1 + L, D)` from
+/// [`VisionTransformer::forward_tokens`] of a cls-pooled classifier: the cls token through
+/// the encoder's norm, and the mean of the patch tokens through a fresh (identity-affine)
+/// LayerNorm, which is what a frozen global-pool model computes.
+///
+/// # Errors
+/// Engine errors only.
+pub fn both_features(vit: &VisionTransformer, tokens: &Tensor) -> engine::Result<(Tensor, Tensor)> {
+    let cls = vit.pool(tokens)?;
+    let l = tokens.shape()[1] - 1;
+    let fc_norm = LayerNorm {
+        weight: Tensor::ones(tokens.device(), &[vit.config.dim])?,
+        bias: Tensor::zeros(tokens.device(), &[vit.config.dim])?,
+        eps: vit.config.eps,
+    };
+    let avg = fc_norm.forward(&tokens.narrow(1, 1, l)?.mean(1, false)?)?;
+    Ok((cls, avg))
+}
+
+/// Correct predictions among `logits (B, classes)` for `labels`, on the device.
+///
+/// # Errors
+/// Engine errors only.
+pub fn correct(logits: &Tensor, labels: &[u32]) -> engine::Result<Tensor> {
+    let y: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+    let y = Tensor::from_slice(logits.device(), &y, &[labels.len()])?;
+    logits
+        .argmax(1, false)?
+        .to_dtype(DType::F32)?
+        .eq(&y)?
+        .to_dtype(DType::F32)?
+        .sum_all()
+}
+
+/// Top-1 accuracy in percent of `vit` on every image of `data`, in eval mode on the
+/// evaluation view (the whole image resized, normalised).
+///
+/// # Errors
+/// One line for unreadable data or engine failures.
+pub fn evaluate(
+    vit: &VisionTransformer,
+    data: &Arc<Dataset>,
+    normalize: &Normalize,
+    batch: usize,
+    workers: usize,
+) -> Result<f64, String> {
+    let c = &vit.config;
+    let augment = Arc::new(Augment::pretrain(c.image_size, normalize.clone()));
+    let loader = Loader::new(
+        data.clone(),
+        (augment, false),
+        c.channels,
+        (0..data.len()).collect(),
+        batch,
+        workers,
+        (0, 0),
+        Arc::new(Skipped::default()),
+    );
+    let e = |e: engine::Error| e.to_string();
+    let device = vit.cls_token.device().clone();
+    let mut total = Tensor::zeros(&device, &[]).map_err(e)?;
+    no_grad(|| {
+        for batch in loader {
+            let batch = batch.map_err(|e| e.to_string())?;
+            let shape = [batch.len, c.channels, c.image_size, c.image_size];
+            let imgs = Tensor::from_slice(&device, &batch.pixels, &shape).map_err(e)?;
+            let logits = vit.forward(&imgs, &mut Ctx::eval()).map_err(e)?;
+            let labels = batch.labels.ok_or("evaluation data without labels")?;
+            total = total
+                .add(&correct(&logits, &labels).map_err(e)?)
+                .map_err(e)?;
+        }
+        Ok::<(), String>(())
+    })?;
+    Ok(100.0 * total.item().map_err(e)? as f64 / data.len() as f64)
+}
+
+/// What an evaluation run ends with.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// Top-1 accuracy on the held-out split, in percent.
+    pub top1: f64,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// The result line, also in `result.json`.
+    pub line: String,
+}
+
+/// The result line `{"task","init","top1","epochs"}`, written to `output/result.json`.
+///
+/// # Errors
+/// One line when the file cannot be written.
+pub fn report(
+    output: &Path,
+    task: &str,
+    start: Start,
+    top1: f64,
+    epochs: usize,
+) -> Result<Outcome, String> {
+    let line = json!({
+        "task": task,
+        "init": start.name(),
+        "top1": (top1 * 100.0).round() / 100.0,
+        "epochs": epochs,
+    })
+    .to_string();
+    let path: PathBuf = output.join("result.json");
+    std::fs::write(&path, format!("{line}\n")).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Outcome { top1, epochs, line })
+}

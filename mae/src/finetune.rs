@@ -1,0 +1,432 @@
+//! End-to-end fine-tuning, as the reference's `main_finetune.py`: a ViT classifier built
+//! from the encoder (global average pool through `fc_norm`, a new head), AdamW with
+//! layer-wise learning-rate decay, drop path, label smoothing, a per-iteration warmup and
+//! cosine schedule, top-1 on the held-out split after every epoch, and checkpoints.
+//!
+//! Augmentation is the pretraining crop and flip; the reference's RandAugment, random
+//! erasing, mixup and cutmix are not implemented.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use engine::{warmup_cosine_lr, AdamW, Device, ParamGroup, Tensor};
+use nn::{named_parameters, save_host_safetensors, save_safetensors, Ctx, Init, VisionTransformer};
+use serde_json::json;
+
+use crate::classify::{classifier, encoder, evaluate, open_labelled, report, Outcome, Pool, Start};
+use crate::data::{Augment, Loader, Rng, Skipped};
+use crate::pretrain::{print_profile, profiling, progress_bar, write_dir_atomically};
+use crate::MaeConfig;
+
+const ORDER_STREAM: u64 = 1;
+const DROP_STREAM: u64 = 2;
+const HEAD_STREAM: u64 = 4;
+
+/// Everything that defines a fine-tuning run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The pretrained checkpoint, or with [`Start::Random`] a preset or config.
+    pub model: String,
+    /// Pretrained or random encoder.
+    pub start: Start,
+    /// Labelled data with a held-out split.
+    pub data: PathBuf,
+    /// Use only the first this many training images.
+    pub limit: Option<usize>,
+    /// Passes over the data.
+    pub epochs: usize,
+    /// Images per iteration.
+    pub batch_size: usize,
+    /// Iterations per optimizer step.
+    pub accum_iter: usize,
+    /// Base learning rate: `lr = blr * batch_size * accum_iter / 256`.
+    pub blr: f64,
+    /// Layer `i` of `depth + 1` gets `lr * layer_decay^(depth + 1 - i)`.
+    pub layer_decay: f64,
+    /// AdamW weight decay, on matrices only.
+    pub weight_decay: f64,
+    /// Drop-path rate of the last block.
+    pub drop_path: f32,
+    /// Label smoothing of the cross-entropy.
+    pub smoothing: f32,
+    /// Linear warmup, in (fractional) epochs.
+    pub warmup_epochs: f64,
+    /// Where the cosine ends.
+    pub min_lr: f64,
+    /// Seed of a random encoder, the head, the order, augmentation and drop path.
+    pub seed: u64,
+    /// Checkpoint every this many epochs (and after the last).
+    pub save_every: usize,
+}
+
+impl Settings {
+    /// The reference recipe for a model (ViT-B: 100 epochs, 5 warmup, effective batch
+    /// 1024, blr 5e-4, layer decay 0.65, drop path 0.1; ViT-L/H: layer decay 0.75, drop path
+    /// 0.2/0.3, blr 1e-3), and a short one for the small presets (2 epochs, batch 64, blr
+    /// 4e-3, layer decay 0.75, drop path 0.1, warmup 0.2 epochs).
+    pub fn recipe(model: String, start: Start, config: &MaeConfig, data: PathBuf) -> Settings {
+        let small = config.image_size <= 64;
+        let (layer_decay, drop_path, blr) = match config.dim {
+            _ if small => (0.75, 0.1, 4e-3),
+            d if d <= 768 => (0.65, 0.1, 5e-4),
+            d if d <= 1024 => (0.75, 0.2, 1e-3),
+            _ => (0.75, 0.3, 1e-3),
+        };
+        Settings {
+            model,
+            start,
+            data,
+            limit: None,
+            epochs: if small { 2 } else { 100 },
+            batch_size: 64,
+            accum_iter: if small { 1 } else { 16 },
+            blr,
+            layer_decay,
+            weight_decay: 0.05,
+            drop_path,
+            smoothing: 0.1,
+            warmup_epochs: if small { 0.2 } else { 5.0 },
+            min_lr: 1e-6,
+            seed: 0,
+            save_every: if small { 1 } else { 10 },
+        }
+    }
+
+    /// The absolute learning rate of the last layers.
+    pub fn lr(&self) -> f64 {
+        self.blr * (self.batch_size * self.accum_iter) as f64 / 256.0
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let bad = [
+            (self.epochs == 0, "--epochs must be at least 1"),
+            (self.batch_size == 0, "--batch-size must be at least 1"),
+            (self.accum_iter == 0, "--accum-iter must be at least 1"),
+            (self.save_every == 0, "--save-every must be at least 1"),
+            (
+                !(self.blr > 0.0 && self.blr.is_finite()),
+                "--blr must be positive",
+            ),
+            (
+                !(self.layer_decay > 0.0 && self.layer_decay <= 1.0),
+                "--layer-decay must be in (0, 1]",
+            ),
+            (
+                !(0.0..1.0).contains(&self.drop_path),
+                "--drop-path must be in [0, 1)",
+            ),
+            (
+                !(0.0..1.0).contains(&self.smoothing),
+                "--smoothing must be in [0, 1)",
+            ),
+            (
+                self.warmup_epochs.is_nan() || self.warmup_epochs < 0.0,
+                "--warmup-epochs must not be negative",
+            ),
+        ];
+        match bad.iter().find(|b| b.0) {
+            Some((_, why)) => Err(why.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "model": self.model, "init": self.start.name(), "data": self.data,
+            "limit": self.limit, "epochs": self.epochs, "batch_size": self.batch_size,
+            "accum_iter": self.accum_iter, "blr": self.blr, "layer_decay": self.layer_decay,
+            "weight_decay": self.weight_decay, "drop_path": self.drop_path,
+            "smoothing": self.smoothing, "warmup_epochs": self.warmup_epochs,
+            "min_lr": self.min_lr, "seed": self.seed, "save_every": self.save_every,
+        })
+    }
+}
+
+/// Options of one invocation that do not change the result.
+pub struct Invocation {
+    /// Output directory: checkpoints, `metrics.jsonl`, `result.json`.
+    pub output: PathBuf,
+    /// Decoding threads.
+    pub workers: usize,
+    /// Show progress bars.
+    pub progress: bool,
+}
+
+/// AdamW parameter groups with layer-wise lr decay, as the reference's `param_groups_lrd`:
+/// the patch embedding and cls token are layer 0, block `i` is layer `i + 1`, the rest
+/// (final norm, head) layer `depth + 1`; layer `l` gets the lr scale
+/// `layer_decay^(depth + 1 - l)`. Matrices decay by `weight_decay`, vectors and the cls
+/// token do not. Returns the groups and their lr scales.
+pub fn param_groups_lrd(
+    vit: &VisionTransformer,
+    weight_decay: f32,
+    layer_decay: f64,
+) -> (Vec<ParamGroup>, Vec<f64>) {
+    let top = vit.config.depth + 1;
+    let mut groups: Vec<(usize, bool, Vec<Tensor>)> = Vec::new();
+    for (name, t) in named_parameters(vit) {
+        let layer = if name.starts_with("patch_embed") || name == "cls_token" {
+            0
+        } else if let Some(rest) = name.strip_prefix("blocks.") {
+            1 + rest
+                .split('.')
+                .next()
+                .and_then(|i| i.parse::<usize>().ok())
+                .expect("blocks.{i}.")
+        } else {
+            top
+        };
+        let decay = t.rank() > 1 && name != "cls_token";
+        match groups.iter_mut().find(|g| g.0 == layer && g.1 == decay) {
+            Some(g) => g.2.push(t),
+            None => groups.push((layer, decay, vec![t])),
+        }
+    }
+    let scales = groups
+        .iter()
+        .map(|g| layer_decay.powi((top - g.0) as i32))
+        .collect();
+    let groups = groups
+        .into_iter()
+        .map(|(_, decay, params)| {
+            ParamGroup::new(params, 0.0, if decay { weight_decay } else { 0.0 })
+        })
+        .collect();
+    (groups, scales)
+}
+
+/// Fine-tune and report top-1 on the held-out split after every epoch; returns the last.
+///
+/// # Errors
+/// One line for bad settings, missing or unlabelled data, an unreadable model, I/O, or a
+/// loss that becomes NaN or infinite (the checkpoints written before are kept).
+pub fn finetune(s: &Settings, run: &Invocation) -> Result<Outcome, String> {
+    s.check()?;
+    let e = |e: engine::Error| e.to_string();
+    let device = Device::new().map_err(e)?;
+    let profiling = profiling(&device);
+    let data = open_labelled(&s.data)?;
+    let enc = encoder(&s.model, s.start, s.seed, &device)?;
+    let channels = enc.mae.config.channels;
+    let normalize = enc
+        .normalize
+        .clone()
+        .unwrap_or_else(|| data.train.normalize(channels));
+    let mut init = Init::new(&device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
+    let vit = classifier(enc.mae, data.classes, Pool::Avg, s.drop_path, &mut init).map_err(e)?;
+    let (groups, scales) = param_groups_lrd(&vit, s.weight_decay as f32, s.layer_decay);
+    let mut opt = AdamW::new(groups, (0.9, 0.999), 1e-8).map_err(e)?;
+    let c = vit.config.clone();
+    let n = s
+        .limit
+        .map_or(data.train.len(), |l| l.min(data.train.len()));
+    let iters = n / s.batch_size;
+    if iters == 0 {
+        return Err(format!(
+            "{}: {n} images, fewer than one batch of {}",
+            data.train.description, s.batch_size
+        ));
+    }
+    std::fs::create_dir_all(&run.output).map_err(|e| format!("{}: {e}", run.output.display()))?;
+    let metrics_path = run.output.join("metrics.jsonl");
+    let io = |e: std::io::Error| format!("{}: {e}", metrics_path.display());
+    let mut metrics = std::fs::File::create(&metrics_path).map_err(io)?;
+    eprintln!(
+        "fine-tuning a {} encoder ({}) on {n} images of {}, {} classes, lr {:.2e}, layer decay {}, \
+         {} epochs of {iters} iterations, on {}",
+        s.start.name(),
+        s.model,
+        data.train.description,
+        data.classes,
+        s.lr(),
+        s.layer_decay,
+        s.epochs,
+        device.info().name
+    );
+
+    let augment = Arc::new(Augment::pretrain(c.image_size, normalize.clone()));
+    let scale = Tensor::full(&device, &[], 1.0 / s.accum_iter as f32).map_err(e)?;
+    let started = Instant::now();
+    let (mut step, mut seen, mut top1) = (0u64, 0usize, 0.0);
+    for epoch in 0..s.epochs {
+        let mut order: Vec<usize> = (0..n).collect();
+        Rng::new(&[s.seed, ORDER_STREAM, epoch as u64]).shuffle(&mut order);
+        let loader = Loader::new(
+            data.train.clone(),
+            (augment.clone(), true),
+            c.channels,
+            order,
+            s.batch_size,
+            run.workers,
+            (s.seed, epoch as u64),
+            Arc::new(Skipped::default()),
+        );
+        let prefix = format!("epoch {}/{}", epoch + 1, s.epochs);
+        let bar = progress_bar(run.progress, iters, prefix);
+        let mut grads = engine::Gradients::default();
+        let mut total = 0.0;
+        for (it, batch) in loader.enumerate() {
+            let batch = batch.map_err(|e| e.to_string())?;
+            if it % s.accum_iter == 0 {
+                let progress = epoch as f64 + it as f64 / iters as f64;
+                let lr =
+                    warmup_cosine_lr(progress, s.lr(), s.min_lr, s.warmup_epochs, s.epochs as f64);
+                for (g, k) in opt.groups.iter_mut().zip(&scales) {
+                    g.lr = (lr * k) as f32;
+                }
+            }
+            let shape = [batch.len, c.channels, c.image_size, c.image_size];
+            let imgs = Tensor::from_slice(&device, &batch.pixels, &shape).map_err(e)?;
+            let labels = batch
+                .labels
+                .as_deref()
+                .ok_or("training data without labels")?;
+            let y = Tensor::from_slice_u32(&device, labels, &[batch.len]).map_err(e)?;
+            let drop_seed = Rng::new(&[s.seed, DROP_STREAM, step]).next_u64();
+            let logits = vit.forward(&imgs, &mut Ctx::train(drop_seed)).map_err(e)?;
+            let loss = logits
+                .cross_entropy(&y, s.smoothing)
+                .map_err(e)?
+                .mean_all()
+                .map_err(e)?;
+            let value = loss.item().map_err(e)?;
+            if !value.is_finite() {
+                bar.abandon();
+                return Err(format!(
+                    "the loss is {value} at step {step} (epoch {}); training stopped, \
+                     checkpoints written before are intact",
+                    epoch + 1
+                ));
+            }
+            loss.backward_into(&scale, &mut grads).map_err(e)?;
+            if (it + 1) % s.accum_iter == 0 {
+                opt.step(&grads).map_err(e)?;
+                grads.clear();
+            }
+            total += value as f64;
+            seen += batch.len;
+            let img_per_s = seen as f64 / started.elapsed().as_secs_f64();
+            let lr = opt.groups.last().map_or(0.0, |g| g.lr);
+            let line = json!({"step": step, "epoch": epoch, "loss": value, "lr": lr, "img_per_s": img_per_s});
+            writeln!(metrics, "{line}").map_err(io)?;
+            bar.set_message(format!(
+                "loss {value:.4}  lr {lr:.2e}  {img_per_s:.1} img/s"
+            ));
+            bar.inc(1);
+            if !run.progress && (it + 1) % (iters / 5).max(1) == 0 {
+                eprintln!(
+                    "epoch {}/{} step {}/{iters}  loss {value:.4}  lr {lr:.2e}  {img_per_s:.1} img/s",
+                    epoch + 1,
+                    s.epochs,
+                    it + 1
+                );
+            }
+            step += 1;
+        }
+        bar.finish_and_clear();
+        top1 = evaluate(&vit, &data.test, &normalize, 256, run.workers)?;
+        let loss = total / iters as f64;
+        let line = json!({"epoch": epoch, "train_loss": loss, "top1": top1,
+                          "elapsed_s": started.elapsed().as_secs_f64()});
+        writeln!(metrics, "{line}").map_err(io)?;
+        eprintln!(
+            "epoch {}/{}  train loss {loss:.4}  test top-1 {top1:.2}%  {:.0} s",
+            epoch + 1,
+            s.epochs,
+            started.elapsed().as_secs_f64()
+        );
+        if (epoch + 1) % s.save_every == 0 || epoch + 1 == s.epochs {
+            save_checkpoint(&run.output, &vit, &opt, s, (epoch + 1, step, top1))?;
+        }
+    }
+    if profiling {
+        print_profile(&device);
+    }
+    report(&run.output, "finetune", s.start, top1, s.epochs)
+}
+
+/// `output/checkpoint-{epoch}/`: `model.safetensors` (timm's names), `config.json` (the
+/// classifier's shape), `optimizer.safetensors` and `trainer_state.json`.
+fn save_checkpoint(
+    output: &Path,
+    vit: &VisionTransformer,
+    opt: &AdamW,
+    s: &Settings,
+    (epoch, step, top1): (usize, u64, f64),
+) -> Result<PathBuf, String> {
+    write_dir_atomically(output, &format!("checkpoint-{epoch}"), |tmp| {
+        let e = |e: nn::CheckpointError| e.to_string();
+        save_safetensors(&tmp.join("model.safetensors"), &named_parameters(vit), None)
+            .map_err(e)?;
+        let state = opt.state().map_err(|e| e.to_string())?;
+        save_host_safetensors(&tmp.join("optimizer.safetensors"), state.tensors, None)
+            .map_err(e)?;
+        let c = &vit.config;
+        let config = json!({
+            "image_size": c.image_size, "patch_size": c.patch_size, "num_channels": c.channels,
+            "hidden_size": c.dim, "num_hidden_layers": c.depth, "num_attention_heads": c.heads,
+            "mlp_ratio": c.mlp_ratio, "qkv_bias": c.qkv_bias, "layer_norm_eps": c.eps,
+            "num_classes": c.classes, "global_pool": c.global_pool, "drop_path": c.drop_path,
+        });
+        let trainer = json!({"epoch": epoch, "step": step, "optimizer_step": state.step,
+                             "top1": top1, "settings": s.to_json()});
+        for (name, value) in [("config.json", config), ("trainer_state.json", trainer)] {
+            let path = tmp.join(name);
+            std::fs::write(&path, serde_json::to_string_pretty(&value).expect("JSON"))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nn::VitConfig;
+
+    #[test]
+    fn layer_wise_decay_follows_the_reference() {
+        let device = Device::new().unwrap();
+        let config = VitConfig {
+            image_size: 8,
+            patch_size: 4,
+            channels: 1,
+            dim: 8,
+            depth: 2,
+            heads: 2,
+            mlp_ratio: 2.0,
+            qkv_bias: true,
+            eps: 1e-6,
+            classes: 3,
+            global_pool: true,
+            drop_path: 0.0,
+        };
+        let vit = VisionTransformer::new(config, &mut Init::new(&device, 0)).unwrap();
+        let (groups, scales) = param_groups_lrd(&vit, 0.05, 0.5);
+        // Layer of every parameter by id, from the groups.
+        let mut seen = std::collections::HashMap::new();
+        for (g, k) in groups.iter().zip(&scales) {
+            for p in &g.params {
+                seen.insert(p.id(), (*k, g.weight_decay));
+            }
+        }
+        let of = |name: &str| {
+            let (_, t) = named_parameters(&vit)
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .unwrap();
+            seen[&t.id()]
+        };
+        // depth + 1 = 3 layers above the embedding: scales 0.5^3, 0.5^2, 0.5, 1.
+        assert_eq!(of("patch_embed.proj.weight"), (0.125, 0.05));
+        assert_eq!(of("patch_embed.proj.bias"), (0.125, 0.0));
+        assert_eq!(of("cls_token"), (0.125, 0.0));
+        assert_eq!(of("blocks.0.attn.qkv.weight"), (0.25, 0.05));
+        assert_eq!(of("blocks.1.norm1.weight"), (0.5, 0.0));
+        assert_eq!(of("fc_norm.bias"), (1.0, 0.0));
+        assert_eq!(of("head.weight"), (1.0, 0.05));
+        assert_eq!(seen.len(), named_parameters(&vit).len());
+    }
+}

@@ -1,0 +1,328 @@
+//! `mae linprobe` and `mae finetune` end to end on tiny labelled data: the result line and
+//! files, the feature cache, labels from class folders, and clear errors for bad labels.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use engine::Device;
+use mae::{MaeConfig, MaskedAutoencoder};
+use nn::Init;
+use serde_json::Value;
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("mae-downstream-tests-{}", std::process::id()))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn mae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The last stdout line, parsed.
+fn result_line(o: &Output) -> Value {
+    let out = String::from_utf8_lossy(&o.stdout);
+    serde_json::from_str(out.lines().last().expect("a result line")).unwrap()
+}
+
+fn write_idx(path: &Path, dims: &[u32], data: &[u8]) {
+    let mut bytes = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        bytes.extend(d.to_be_bytes());
+    }
+    bytes.extend(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Two classes told apart by size: class 0 a small bright square, class 1 a large one.
+fn square(class: u8, i: u32) -> Vec<u8> {
+    let r = if class == 0 { 3 + i % 3 } else { 9 + i % 3 };
+    (0..28u32 * 28)
+        .map(|p| {
+            let (x, y) = (p % 28, p / 28);
+            if x.abs_diff(14) < r && y.abs_diff(13 + i % 3) < r {
+                220
+            } else {
+                15
+            }
+        })
+        .collect()
+}
+
+/// IDX Fashion-MNIST-like data (48 train, 16 test images, alternating classes), a tiny
+/// config and a checkpoint of it (random weights stand in for pretrained ones).
+fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, n) in [("train", 48u32), ("t10k", 16)] {
+        let labels: Vec<u8> = (0..n).map(|i| (i % 2) as u8).collect();
+        let pixels: Vec<u8> = (0..n)
+            .flat_map(|i| square(labels[i as usize], i / 2))
+            .collect();
+        write_idx(
+            &data.join(format!("{name}-images-idx3-ubyte")),
+            &[n, 28, 28],
+            &pixels,
+        );
+        write_idx(
+            &data.join(format!("{name}-labels-idx1-ubyte")),
+            &[n],
+            &labels,
+        );
+    }
+    let config = MaeConfig {
+        dim: 32,
+        depth: 2,
+        heads: 2,
+        decoder_dim: 16,
+        decoder_depth: 1,
+        decoder_heads: 2,
+        ..MaeConfig::mae_tiny_28_patch7()
+    };
+    let config_path = dir.join("config.json");
+    std::fs::write(
+        &config_path,
+        serde_json::to_string(&mae::hf::config_to_json(&config)).unwrap(),
+    )
+    .unwrap();
+    let checkpoint = dir.join("checkpoint");
+    let device = Device::new().unwrap();
+    let model = MaskedAutoencoder::new(config, &mut Init::new(&device, 1)).unwrap();
+    mae::hf::save_pretrained(&model, &checkpoint).unwrap();
+    (data, config_path, checkpoint)
+}
+
+fn linprobe(model: &Path, init: &str, pool: &str, data: &Path, out: &Path) -> Output {
+    mae(&[
+        "linprobe",
+        "--model",
+        model.to_str().unwrap(),
+        "--init",
+        init,
+        "--pool",
+        pool,
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        out.join("probe").to_str().unwrap(),
+        "--cache",
+        out.join("cache").to_str().unwrap(),
+        "--epochs",
+        "20",
+        "--warmup-epochs",
+        "2",
+        "--batch-size",
+        "16",
+    ])
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn linprobe_end_to_end_with_a_shared_feature_cache() {
+    let dir = tmp("linprobe");
+    let (data, config, checkpoint) = setup(&dir);
+    let o = linprobe(&checkpoint, "mae", "cls", &data, &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = result_line(&o);
+    assert_eq!(line["task"], "linprobe");
+    assert_eq!(line["init"], "mae");
+    assert_eq!(line["epochs"], 20);
+    let top1 = line["top1"].as_f64().unwrap();
+    // The two sizes are easy to tell apart even from random features.
+    assert!(top1 >= 75.0, "top-1 {top1}");
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("probe/result.json")).unwrap())
+            .unwrap();
+    assert_eq!(written, line);
+    let metrics = std::fs::read_to_string(dir.join("probe/metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 20);
+    let head = nn::read_safetensors(&dir.join("probe/head.safetensors")).unwrap();
+    assert_eq!(head["head.1.weight"].0, [2, 32]);
+    assert_eq!(head["head.0.running_var"].0, [32]);
+    let cached = files(&dir.join("cache"));
+    assert_eq!(cached.len(), 2, "train and test features: {cached:?}");
+
+    // The other pool reads the same cached features.
+    let o = linprobe(&checkpoint, "mae", "avg", &data, &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o).matches("features from").count(),
+        2,
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(files(&dir.join("cache")), cached);
+    assert_eq!(result_line(&o)["init"], "mae");
+
+    // The random baseline from a config: its own features.
+    let o = linprobe(&config, "random", "cls", &data, &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(result_line(&o)["init"], "random");
+    assert_eq!(files(&dir.join("cache")).len(), 4);
+}
+
+#[test]
+fn finetune_end_to_end() {
+    let dir = tmp("finetune");
+    let (data, _, checkpoint) = setup(&dir);
+    let out = dir.join("ft");
+    let o = mae(&[
+        "finetune",
+        "--model",
+        checkpoint.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = result_line(&o);
+    assert_eq!(
+        (&line["task"], &line["init"], &line["epochs"]),
+        (&"finetune".into(), &"mae".into(), &2.into())
+    );
+    let err = stderr(&o);
+    assert_eq!(err.matches("test top-1").count(), 2, "{err}");
+    for epoch in ["checkpoint-1", "checkpoint-2"] {
+        let names = files(&out.join(epoch));
+        assert_eq!(
+            names,
+            [
+                "config.json",
+                "model.safetensors",
+                "optimizer.safetensors",
+                "trainer_state.json"
+            ]
+        );
+    }
+    let weights = nn::read_safetensors(&out.join("checkpoint-2/model.safetensors")).unwrap();
+    assert_eq!(weights["head.weight"].0, [2, 32]);
+    assert!(weights.contains_key("fc_norm.weight") && !weights.contains_key("norm.weight"));
+    assert!(weights.contains_key("blocks.1.attn.qkv.weight"));
+    // The fine-tuned encoder moved away from the pretrained one.
+    let start = nn::read_safetensors(&checkpoint.join("model.safetensors")).unwrap();
+    assert_ne!(
+        weights["patch_embed.proj.weight"].1,
+        start["vit.embeddings.patch_embeddings.projection.weight"].1
+    );
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let epochs: Vec<Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get("top1").is_some())
+        .collect();
+    assert_eq!(epochs.len(), 2);
+    assert_eq!(epochs[1]["top1"], line["top1"]);
+}
+
+#[test]
+fn labels_from_class_folders() {
+    let dir = tmp("folders");
+    let (_, config, _) = setup(&dir);
+    let root = dir.join("images");
+    for (split, n) in [("train", 16u32), ("val", 4)] {
+        for (class, name) in ["small", "large"].iter().enumerate() {
+            let folder = root.join(split).join(name);
+            std::fs::create_dir_all(&folder).unwrap();
+            for i in 0..n {
+                let img = image::GrayImage::from_raw(28, 28, square(class as u8, i)).unwrap();
+                img.save(folder.join(format!("{i}.png"))).unwrap();
+            }
+        }
+    }
+    let o = linprobe(&config, "random", "avg", &root, &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("2 classes"), "{}", stderr(&o));
+    assert_eq!(result_line(&o)["task"], "linprobe");
+}
+
+fn assert_one_line_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_labels_and_models_are_clear_errors() {
+    let dir = tmp("bad");
+    let (data, config, _) = setup(&dir);
+    let labels = data.join("t10k-labels-idx1-ubyte");
+    let good = std::fs::read(&labels).unwrap();
+
+    // A label file with a wrong magic number.
+    let mut corrupt = good.clone();
+    corrupt[2] = 9;
+    std::fs::write(&labels, &corrupt).unwrap();
+    assert_one_line_error(
+        &linprobe(&config, "random", "cls", &data, &dir),
+        "t10k-labels",
+    );
+
+    // Fewer labels than images.
+    write_idx(&labels, &[15], &good[8..23]);
+    let o = linprobe(&config, "random", "cls", &data, &dir);
+    assert_one_line_error(&o, "(16,)");
+    let o = mae(&[
+        "finetune",
+        "--model",
+        config.to_str().unwrap(),
+        "--init",
+        "random",
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        dir.join("ft").to_str().unwrap(),
+    ]);
+    assert_one_line_error(&o, "t10k-labels");
+
+    // No labels at all.
+    std::fs::remove_file(&labels).unwrap();
+    assert_one_line_error(
+        &linprobe(&config, "random", "cls", &data, &dir),
+        "no labels",
+    );
+
+    // One IDX file: no held-out split.
+    let single = data.join("train-images-idx3-ubyte");
+    assert_one_line_error(
+        &linprobe(&config, "random", "cls", &single, &dir),
+        "held-out",
+    );
+
+    // --init mae needs weights.
+    std::fs::write(&labels, &good).unwrap();
+    assert_one_line_error(
+        &linprobe(&config, "mae", "cls", &data, &dir),
+        "--init random",
+    );
+}
