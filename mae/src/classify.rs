@@ -241,8 +241,49 @@ pub fn correct(logits: &Tensor, labels: &[u32]) -> engine::Result<Tensor> {
         .sum_all()
 }
 
+/// Call `f` with every batch of the first `n` images of `data` (evaluation view: the whole
+/// image resized and normalised; the last batch may be shorter), uploaded as `(B, C, H, W)`,
+/// and their labels, with no graph recorded.
+///
+/// # Errors
+/// One line for unreadable or unlabelled data, or `f`'s error.
+pub fn for_each_eval_batch(
+    vit: &VisionTransformer,
+    data: &Arc<Dataset>,
+    n: usize,
+    (normalize, batch, workers): (&Normalize, usize, usize),
+    mut f: impl FnMut(&Tensor, Vec<u32>) -> Result<(), String>,
+) -> Result<(), String> {
+    let c = &vit.config;
+    let augment = Arc::new(Augment::pretrain(c.image_size, normalize.clone()));
+    let loader = Loader::new(
+        data.clone(),
+        (augment, false),
+        c.channels,
+        (0..n).collect(),
+        batch,
+        workers,
+        (0, 0),
+        Arc::new(Skipped::default()),
+    );
+    let device = vit.cls_token.device();
+    no_grad(|| {
+        for batch in loader {
+            let batch = batch.map_err(|e| e.to_string())?;
+            let shape = [batch.len, c.channels, c.image_size, c.image_size];
+            let imgs =
+                Tensor::from_slice(device, &batch.pixels, &shape).map_err(|e| e.to_string())?;
+            let labels = batch
+                .labels
+                .ok_or_else(|| format!("{}: no labels", data.description))?;
+            f(&imgs, labels)?;
+        }
+        Ok(())
+    })
+}
+
 /// Top-1 accuracy in percent of `vit` on every image of `data`, in eval mode on the
-/// evaluation view (the whole image resized, normalised).
+/// evaluation view.
 ///
 /// # Errors
 /// One line for unreadable data or engine failures.
@@ -253,33 +294,15 @@ pub fn evaluate(
     batch: usize,
     workers: usize,
 ) -> Result<f64, String> {
-    let c = &vit.config;
-    let augment = Arc::new(Augment::pretrain(c.image_size, normalize.clone()));
-    let loader = Loader::new(
-        data.clone(),
-        (augment, false),
-        c.channels,
-        (0..data.len()).collect(),
-        batch,
-        workers,
-        (0, 0),
-        Arc::new(Skipped::default()),
-    );
     let e = |e: engine::Error| e.to_string();
-    let device = vit.cls_token.device().clone();
-    let mut total = Tensor::zeros(&device, &[]).map_err(e)?;
-    no_grad(|| {
-        for batch in loader {
-            let batch = batch.map_err(|e| e.to_string())?;
-            let shape = [batch.len, c.channels, c.image_size, c.image_size];
-            let imgs = Tensor::from_slice(&device, &batch.pixels, &shape).map_err(e)?;
-            let logits = vit.forward(&imgs, &mut Ctx::eval()).map_err(e)?;
-            let labels = batch.labels.ok_or("evaluation data without labels")?;
-            total = total
-                .add(&correct(&logits, &labels).map_err(e)?)
-                .map_err(e)?;
-        }
-        Ok::<(), String>(())
+    let mut total = Tensor::zeros(vit.cls_token.device(), &[]).map_err(e)?;
+    let view = (normalize, batch, workers);
+    for_each_eval_batch(vit, data, data.len(), view, |imgs, labels| {
+        let logits = vit.forward(imgs, &mut Ctx::eval()).map_err(e)?;
+        total = total
+            .add(&correct(&logits, &labels).map_err(e)?)
+            .map_err(e)?;
+        Ok(())
     })?;
     Ok(100.0 * total.item().map_err(e)? as f64 / data.len() as f64)
 }

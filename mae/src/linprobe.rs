@@ -20,9 +20,10 @@ use nn::{read_safetensors, save_host_safetensors, BatchNorm, Ctx, Init, Linear};
 use serde_json::json;
 
 use crate::classify::{
-    both_features, classifier, correct, encoder, open_labelled, report, Outcome, Pool, Start,
+    both_features, classifier, correct, encoder, for_each_eval_batch, open_labelled, report,
+    Outcome, Pool, Start,
 };
-use crate::data::{Augment, Dataset, Loader, Normalize, Rng, Skipped};
+use crate::data::{Dataset, Normalize, Rng};
 use crate::pretrain::{print_profile, profiling, progress_bar};
 
 const ORDER_STREAM: u64 = 1;
@@ -343,43 +344,31 @@ fn features(
     run: &Invocation,
     split: &str,
 ) -> Result<Features, String> {
-    let c = &vit.config;
-    let augment = Arc::new(Augment::pretrain(c.image_size, normalize.clone()));
-    let batch = 256;
-    let loader = Loader::new(
-        data.clone(),
-        (augment, false),
-        c.channels,
-        (0..n).collect(),
-        batch,
-        run.workers,
-        (0, 0),
-        Arc::new(Skipped::default()),
-    );
-    let bar = progress_bar(run.progress, loader.len(), format!("{split} features"));
+    let bar = progress_bar(run.progress, n.div_ceil(256), format!("{split} features"));
     let started = Instant::now();
     let e = |e: engine::Error| e.to_string();
-    let device = vit.cls_token.device().clone();
+    let dim = vit.config.dim;
     let mut f = Features {
-        cls: Vec::with_capacity(n * c.dim),
-        avg: Vec::with_capacity(n * c.dim),
+        cls: Vec::with_capacity(n * dim),
+        avg: Vec::with_capacity(n * dim),
         labels: Vec::with_capacity(n),
-        dim: c.dim,
+        dim,
     };
-    no_grad(|| {
-        for batch in loader {
-            let batch = batch.map_err(|e| e.to_string())?;
-            let shape = [batch.len, c.channels, c.image_size, c.image_size];
-            let imgs = Tensor::from_slice(&device, &batch.pixels, &shape).map_err(e)?;
-            let tokens = vit.forward_tokens(&imgs, &mut Ctx::eval()).map_err(e)?;
+    for_each_eval_batch(
+        vit,
+        data,
+        n,
+        (normalize, 256, run.workers),
+        |imgs, labels| {
+            let tokens = vit.forward_tokens(imgs, &mut Ctx::eval()).map_err(e)?;
             let (cls, avg) = both_features(vit, &tokens).map_err(e)?;
             f.cls.extend(cls.to_vec().map_err(e)?);
             f.avg.extend(avg.to_vec().map_err(e)?);
-            f.labels.extend(batch.labels.ok_or("data without labels")?);
+            f.labels.extend(labels);
             bar.inc(1);
-        }
-        Ok::<(), String>(())
-    })?;
+            Ok(())
+        },
+    )?;
     bar.finish_and_clear();
     eprintln!(
         "{split} features of {n} images in {:.1} s ({:.0} img/s)",

@@ -1,6 +1,8 @@
 //! Loaders on tiny generated files (corrupt and empty ones among them), augmentation
 //! properties, the loader's determinism, and the learning-rate schedule.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,12 +13,7 @@ use mae::data::{
 };
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir()
-        .join(format!("mae-data-tests-{}", std::process::id()))
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::tmp("data", name)
 }
 
 /// An IDX file of unsigned bytes with the given sizes, gzipped or not.

@@ -1,8 +1,11 @@
 //! `mae linprobe` and `mae finetune` end to end on tiny labelled data: the result line and
 //! files, the feature cache, labels from class folders, and clear errors for bad labels.
 
+mod common;
+use common::{mae, stderr};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use engine::Device;
 use mae::{MaeConfig, MaskedAutoencoder};
@@ -10,23 +13,7 @@ use nn::Init;
 use serde_json::Value;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir()
-        .join(format!("mae-downstream-tests-{}", std::process::id()))
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn mae(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::tmp("downstream", name)
 }
 
 /// The last stdout line, parsed.

@@ -1,30 +1,17 @@
 //! `mae pretrain` end to end on a tiny config: outputs, checkpoints that `mae forward` and
 //! `mae visualize` load, exact resume, a diverging run, and bad input.
 
+mod common;
+use common::{mae, stderr};
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use mae::MaeConfig;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir()
-        .join(format!("mae-pretrain-tests-{}", std::process::id()))
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn mae(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::tmp("pretrain", name)
 }
 
 /// Fashion-MNIST-like IDX files with 40 training and 8 test images of simple shapes, and a
