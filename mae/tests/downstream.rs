@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use engine::Device;
-use mae::{MaeConfig, MaskedAutoencoder};
+use mae::MaskedAutoencoder;
 use nn::Init;
 use serde_json::Value;
 
@@ -67,21 +67,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
             &labels,
         );
     }
-    let config = MaeConfig {
-        dim: 32,
-        depth: 2,
-        heads: 2,
-        decoder_dim: 16,
-        decoder_depth: 1,
-        decoder_heads: 2,
-        ..MaeConfig::mae_tiny_28_patch7()
-    };
-    let config_path = dir.join("config.json");
-    std::fs::write(
-        &config_path,
-        serde_json::to_string(&mae::hf::config_to_json(&config)).unwrap(),
-    )
-    .unwrap();
+    let (config, config_path) = common::tiny_config(dir, 2);
     let checkpoint = dir.join("checkpoint");
     let device = Device::new().unwrap();
     let model = MaskedAutoencoder::new(config, &mut Init::new(&device, 1)).unwrap();

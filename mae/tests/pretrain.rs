@@ -8,8 +8,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use mae::MaeConfig;
-
 fn tmp(name: &str) -> PathBuf {
     common::tmp("pretrain", name)
 }
@@ -36,21 +34,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
         let mut f = std::fs::File::create(data.join(format!("{name}-images-idx3-ubyte"))).unwrap();
         f.write_all(&bytes).unwrap();
     }
-    let config = MaeConfig {
-        dim: 32,
-        depth: 1,
-        heads: 2,
-        decoder_dim: 16,
-        decoder_depth: 1,
-        decoder_heads: 2,
-        ..MaeConfig::mae_tiny_28_patch7()
-    };
-    let config_path = dir.join("config.json");
-    std::fs::write(
-        &config_path,
-        serde_json::to_string(&mae::hf::config_to_json(&config)).unwrap(),
-    )
-    .unwrap();
+    let (_, config_path) = common::tiny_config(dir, 1);
     (data, config_path)
 }
 

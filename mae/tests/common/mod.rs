@@ -26,3 +26,24 @@ pub fn mae(args: &[&str]) -> Output {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// A 28x28 patch-7 config small enough to train in seconds (`depth` encoder blocks of
+/// width 32), written as `dir/config.json`.
+pub fn tiny_config(dir: &std::path::Path, depth: usize) -> (mae::MaeConfig, PathBuf) {
+    let config = mae::MaeConfig {
+        dim: 32,
+        depth,
+        heads: 2,
+        decoder_dim: 16,
+        decoder_depth: 1,
+        decoder_heads: 2,
+        ..mae::MaeConfig::mae_tiny_28_patch7()
+    };
+    let path = dir.join("config.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string(&mae::hf::config_to_json(&config)).unwrap(),
+    )
+    .unwrap();
+    (config, path)
+}
