@@ -134,7 +134,7 @@ pub fn encoder(model: &str, start: Start, seed: u64, device: &Device) -> Result<
             }
             let mae = load_pretrained(dir, device).map_err(|e| e.to_string())?;
             let normalize = read_preprocessor(dir)?;
-            let identity = format!("weights {}", file_digest(&weights)?);
+            let identity = format!("weights {} {:?}", file_digest(&weights)?, mae.config);
             Ok(Encoder {
                 mae,
                 normalize: Some(normalize),

@@ -155,6 +155,12 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, String> {
     let n = s
         .limit
         .map_or(data.train.len(), |l| l.min(data.train.len()));
+    if n < s.batch_size {
+        return Err(format!(
+            "{}: {n} training images, fewer than one batch of {}",
+            data.train.description, s.batch_size
+        ));
+    }
     let extract = |split: &str, d: &Arc<Dataset>, n: usize| {
         let key = format!(
             "{identity}|{}|{split}|{n}|{:?}|{:?}",
@@ -168,82 +174,33 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, String> {
     };
     let train = extract("train", &data.train, n)?;
     let test = extract("test", &data.test, data.test.len())?;
-    if train.len() < s.batch_size {
-        return Err(format!(
-            "{}: {} training images, fewer than one batch of {}",
-            data.train.description,
-            train.len(),
-            s.batch_size
-        ));
-    }
-
-    // head = [BatchNorm1d(D, affine=False), Linear(D, classes)]
-    let mut bn = BatchNorm::new(&device, train.dim).map_err(e)?;
-    let head = Linear {
-        weight: init
-            .trunc_normal(&[data.classes, train.dim], 0.01)
-            .map_err(e)?,
-        bias: Some(init.constant(&[data.classes], 0.0).map_err(e)?),
-    };
-    let params = vec![head.weight.clone(), head.bias.clone().expect("a bias")];
+    let mut probe = Probe::new(&mut init, train.dim, data.classes).map_err(e)?;
     let lr = s.blr * s.batch_size as f64 / 256.0;
-    let mut sgd = Sgd::new(
-        vec![ParamGroup::new(params, lr as f32, 0.0)],
-        0.9,
-        0.0,
-        false,
-    )
-    .map_err(e)?;
+    let group = ParamGroup::new(probe.parameters(), lr as f32, 0.0);
+    let mut sgd = Sgd::new(vec![group], 0.9, 0.0, false).map_err(e)?;
     let test_x =
         Tensor::from_slice(&device, test.rows(s.pool), &[test.len(), test.dim]).map_err(e)?;
 
     let metrics_path = run.output.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path)
-        .map_err(|e| format!("{}: {e}", metrics_path.display()))?;
-    let iters = train.len() / s.batch_size;
+    let io = |e: std::io::Error| format!("{}: {e}", metrics_path.display());
+    let mut metrics = std::fs::File::create(&metrics_path).map_err(io)?;
     let started = Instant::now();
     let bar = progress_bar(run.progress, s.epochs, "probe epochs".into());
     let mut top1 = 0.0;
     for epoch in 0..s.epochs {
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        Rng::new(&[s.seed, ORDER_STREAM, epoch as u64]).shuffle(&mut order);
-        let mut total = Tensor::zeros(&device, &[]).map_err(e)?;
-        for it in 0..iters {
-            let rows = &order[it * s.batch_size..(it + 1) * s.batch_size];
-            let (x, y) = gather(&train, s.pool, rows);
-            let x = Tensor::from_slice(&device, &x, &[rows.len(), train.dim]).map_err(e)?;
-            let y = Tensor::from_slice_u32(&device, &y, &[rows.len()]).map_err(e)?;
-            let progress = epoch as f64 + it as f64 / iters as f64;
-            let lr_now = warmup_cosine_lr(progress, lr, s.min_lr, s.warmup_epochs, s.epochs as f64);
-            sgd.groups[0].lr = lr_now as f32;
-            let logits = head
-                .forward(&bn.forward(&x, &Ctx::train(0)).map_err(e)?)
-                .map_err(e)?;
-            let loss = logits
-                .cross_entropy(&y, 0.0)
-                .map_err(e)?
-                .mean_all()
-                .map_err(e)?;
-            let grads = loss.backward().map_err(e)?;
-            sgd.step(&grads).map_err(e)?;
-            total = no_grad(|| total.add(&loss.detach())).map_err(e)?;
-        }
-        let loss = total.item().map_err(e)? as f64 / iters as f64;
+        let loss = probe
+            .train_one_epoch(&mut sgd, s, &train, epoch)
+            .map_err(e)?;
         if !loss.is_finite() {
             return Err(format!(
                 "the probe's loss is {loss} in epoch {}; lower --blr",
                 epoch + 1
             ));
         }
-        let right = no_grad(|| {
-            let logits = head.forward(&bn.forward(&test_x, &Ctx::eval())?)?;
-            correct(&logits, &test.labels)?.item()
-        })
-        .map_err(e)?;
-        top1 = 100.0 * right as f64 / test.len() as f64;
+        top1 = probe.top1(&test_x, &test.labels).map_err(e)?;
         let line = json!({"epoch": epoch, "loss": loss, "top1": top1,
                           "lr": sgd.groups[0].lr, "elapsed_s": started.elapsed().as_secs_f64()});
-        writeln!(metrics, "{line}").map_err(|e| format!("{}: {e}", metrics_path.display()))?;
+        writeln!(metrics, "{line}").map_err(io)?;
         bar.set_message(format!("loss {loss:.4}  top-1 {top1:.2}%"));
         bar.inc(1);
         if !run.progress && ((epoch + 1) % 10 == 0 || epoch + 1 == s.epochs) {
@@ -258,22 +215,86 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, String> {
     if profiling {
         print_profile(&device);
     }
-    let host = |t: &Tensor| -> Result<(Vec<usize>, Vec<f32>), String> {
-        Ok((t.shape().to_vec(), t.to_vec().map_err(e)?))
-    };
-    let mut tensors = Vec::new();
-    for (name, t) in [
-        ("head.0.running_mean", &bn.running_mean),
-        ("head.0.running_var", &bn.running_var),
-        ("head.1.weight", &head.weight),
-        ("head.1.bias", head.bias.as_ref().expect("a bias")),
-    ] {
-        let (shape, values) = host(t)?;
-        tensors.push((name.to_string(), shape, values));
-    }
-    save_host_safetensors(&run.output.join("head.safetensors"), tensors, None)
-        .map_err(|e| e.to_string())?;
+    probe.save(&run.output.join("head.safetensors"))?;
     report(&run.output, "linprobe", s.start, top1, s.epochs)
+}
+
+/// The reference's probe head: `[BatchNorm1d(D, affine=False), Linear(D, classes)]`.
+struct Probe {
+    bn: BatchNorm,
+    head: Linear,
+}
+
+impl Probe {
+    /// Running statistics 0 and 1, the linear weight trunc normal (std 0.01), bias 0.
+    fn new(init: &mut Init, dim: usize, classes: usize) -> engine::Result<Probe> {
+        Ok(Probe {
+            bn: BatchNorm::new(init.device(), dim)?,
+            head: Linear {
+                weight: init.trunc_normal(&[classes, dim], 0.01)?,
+                bias: Some(init.constant(&[classes], 0.0)?),
+            },
+        })
+    }
+
+    fn parameters(&self) -> Vec<Tensor> {
+        let bias = self.head.bias.clone().expect("a bias");
+        vec![self.head.weight.clone(), bias]
+    }
+
+    /// One shuffled pass over the training features: lr per iteration, SGD steps. Returns
+    /// the mean loss (read back once, at the end).
+    fn train_one_epoch(
+        &mut self,
+        sgd: &mut Sgd,
+        s: &Settings,
+        train: &Features,
+        epoch: usize,
+    ) -> engine::Result<f64> {
+        let device = self.head.weight.device().clone();
+        let iters = train.len() / s.batch_size;
+        let lr = s.blr * s.batch_size as f64 / 256.0;
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        Rng::new(&[s.seed, ORDER_STREAM, epoch as u64]).shuffle(&mut order);
+        let mut total = Tensor::zeros(&device, &[])?;
+        for (it, rows) in order.chunks_exact(s.batch_size).enumerate() {
+            let (x, y) = gather(train, s.pool, rows);
+            let x = Tensor::from_slice(&device, &x, &[rows.len(), train.dim])?;
+            let y = Tensor::from_slice_u32(&device, &y, &[rows.len()])?;
+            let progress = epoch as f64 + it as f64 / iters as f64;
+            let lr_now = warmup_cosine_lr(progress, lr, s.min_lr, s.warmup_epochs, s.epochs as f64);
+            sgd.groups[0].lr = lr_now as f32;
+            let logits = self.head.forward(&self.bn.forward(&x, &Ctx::train(0))?)?;
+            let loss = logits.cross_entropy(&y, 0.0)?.mean_all()?;
+            sgd.step(&loss.backward()?)?;
+            total = no_grad(|| total.add(&loss.detach()))?;
+        }
+        Ok(total.item()? as f64 / iters as f64)
+    }
+
+    /// Top-1 in percent on features `x (N, D)` with `labels`, BatchNorm in eval mode.
+    fn top1(&mut self, x: &Tensor, labels: &[u32]) -> engine::Result<f64> {
+        let right = no_grad(|| {
+            let logits = self.head.forward(&self.bn.forward(x, &Ctx::eval())?)?;
+            correct(&logits, labels)?.item()
+        })?;
+        Ok(100.0 * right as f64 / labels.len() as f64)
+    }
+
+    /// `head.0.running_mean`, `head.0.running_var`, `head.1.weight`, `head.1.bias`.
+    fn save(&self, path: &Path) -> Result<(), String> {
+        let mut tensors = Vec::new();
+        for (name, t) in [
+            ("head.0.running_mean", &self.bn.running_mean),
+            ("head.0.running_var", &self.bn.running_var),
+            ("head.1.weight", &self.head.weight),
+            ("head.1.bias", self.head.bias.as_ref().expect("a bias")),
+        ] {
+            let values = t.to_vec().map_err(|e| e.to_string())?;
+            tensors.push((name.to_string(), t.shape().to_vec(), values));
+        }
+        save_host_safetensors(path, tensors, None).map_err(|e| e.to_string())
+    }
 }
 
 /// The feature rows and labels of `rows`.
