@@ -11,13 +11,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use engine::{warmup_cosine_lr, AdamW, Device, ParamGroup, Tensor};
-use nn::{named_parameters, save_host_safetensors, save_safetensors, Ctx, Init, VisionTransformer};
+use engine::{warmup_cosine_lr, AdamW, Device, OptimizerState, ParamGroup, Tensor};
+use nn::{
+    load_safetensors, named_parameters, read_safetensors, save_host_safetensors, save_safetensors,
+    Ctx, Init, VisionTransformer,
+};
 use serde_json::json;
 
 use crate::classify::{classifier, encoder, evaluate, open_labelled, report, Outcome, Pool, Start};
 use crate::data::{Augment, Loader, Rng, Skipped};
-use crate::pretrain::{print_profile, profiling, progress_bar, write_dir_atomically};
+use crate::pretrain::{
+    checkpoint_dir, open_metrics, print_profile, profiling, progress_bar, write_dir_atomically,
+};
 use crate::MaeConfig;
 
 const ORDER_STREAM: u64 = 1;
@@ -144,10 +149,75 @@ impl Settings {
     }
 }
 
+impl Settings {
+    fn from_json(v: &serde_json::Value) -> Option<Settings> {
+        let f = |k: &str| v.get(k)?.as_f64();
+        let u = |k: &str| v.get(k)?.as_u64().map(|x| x as usize);
+        Some(Settings {
+            model: v.get("model")?.as_str()?.to_string(),
+            start: match v.get("init")?.as_str()? {
+                "mae" => Start::Mae,
+                "random" => Start::Random,
+                _ => return None,
+            },
+            data: PathBuf::from(v.get("data")?.as_str()?),
+            limit: u("limit"),
+            epochs: u("epochs")?,
+            batch_size: u("batch_size")?,
+            accum_iter: u("accum_iter")?,
+            blr: f("blr")?,
+            layer_decay: f("layer_decay")?,
+            weight_decay: f("weight_decay")?,
+            drop_path: f("drop_path")? as f32,
+            smoothing: f("smoothing")? as f32,
+            warmup_epochs: f("warmup_epochs")?,
+            min_lr: f("min_lr")?,
+            seed: u("seed")? as u64,
+            save_every: u("save_every")?,
+        })
+    }
+}
+
+/// Where a resumed run stands: read from a checkpoint's `trainer_state.json`.
+struct Resumed {
+    dir: PathBuf,
+    epoch: usize,
+    step: u64,
+    optimizer_step: u64,
+}
+
+/// The settings and position saved in the checkpoint at `path` (or the newest one in it).
+fn read_trainer_state(path: &Path) -> Result<(Settings, Resumed), String> {
+    let dir = checkpoint_dir(path)?;
+    let state_path = dir.join("trainer_state.json");
+    let bad = |why: String| format!("{}: {why}", state_path.display());
+    let text = std::fs::read_to_string(&state_path).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let u = |k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+    let settings = v.get("settings").and_then(Settings::from_json);
+    match (settings, u("epoch"), u("step"), u("optimizer_step")) {
+        (Some(s), Some(epoch), Some(step), Some(optimizer_step)) => Ok((
+            s,
+            Resumed {
+                dir,
+                epoch: epoch as usize,
+                step,
+                optimizer_step,
+            },
+        )),
+        _ => Err(bad("missing or malformed fields".into())),
+    }
+}
+
 /// Options of one invocation that do not change the result.
 pub struct Invocation {
     /// Output directory: checkpoints, `metrics.jsonl`, `result.json`.
     pub output: PathBuf,
+    /// Continue from this checkpoint (or the newest one in this output directory), with
+    /// its saved settings.
+    pub resume: Option<PathBuf>,
+    /// Extend a resumed run to this many epochs.
+    pub epochs: Option<usize>,
     /// Decoding threads.
     pub workers: usize,
     /// Show progress bars.
@@ -198,11 +268,27 @@ pub fn param_groups_lrd(
 }
 
 /// Fine-tune and report top-1 on the held-out split after every epoch; returns the last.
+/// `settings` define a new run; with `run.resume` the checkpoint's are used instead (only
+/// `run.epochs` may extend them). Every random stream is derived from the
+/// seed, epoch, step and image index, so a resumed run continues exactly.
 ///
 /// # Errors
-/// One line for bad settings, missing or unlabelled data, an unreadable model, I/O, or a
-/// loss that becomes NaN or infinite (the checkpoints written before are kept).
-pub fn finetune(s: &Settings, run: &Invocation) -> Result<Outcome, String> {
+/// One line for bad settings, missing or unlabelled data, an unreadable model or
+/// checkpoint, I/O, or a loss that becomes NaN or infinite (the checkpoints written before
+/// are kept).
+pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome, String> {
+    let (mut s, resumed) = match (&run.resume, settings) {
+        (Some(path), _) => {
+            let (s, r) = read_trainer_state(path)?;
+            (s, Some(r))
+        }
+        (None, Some(s)) => (s.clone(), None),
+        (None, None) => return Err("give a model to fine-tune, or --resume".into()),
+    };
+    if let Some(epochs) = run.epochs {
+        s.epochs = epochs;
+    }
+    let s = &s;
     s.check()?;
     let e = |e: engine::Error| e.to_string();
     let device = Device::new().map_err(e)?;
@@ -215,9 +301,32 @@ pub fn finetune(s: &Settings, run: &Invocation) -> Result<Outcome, String> {
         .clone()
         .unwrap_or_else(|| data.train.normalize(channels));
     let mut init = Init::new(&device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
-    let vit = classifier(enc.mae, data.classes, Pool::Avg, s.drop_path, &mut init).map_err(e)?;
+    let mut vit =
+        classifier(enc.mae, data.classes, Pool::Avg, s.drop_path, &mut init).map_err(e)?;
+    if let Some(r) = &resumed {
+        // Before the optimizer is built: loading replaces the parameter tensors.
+        load_safetensors(&r.dir.join("model.safetensors"), &mut vit, &device)
+            .map_err(|e| e.to_string())?;
+    }
     let (groups, scales) = param_groups_lrd(&vit, s.weight_decay as f32, s.layer_decay);
     let mut opt = AdamW::new(groups, (0.9, 0.999), 1e-8).map_err(e)?;
+    if let Some(r) = &resumed {
+        let path = r.dir.join("optimizer.safetensors");
+        let tensors = read_safetensors(&path).map_err(|e| e.to_string())?;
+        let state = OptimizerState {
+            step: r.optimizer_step,
+            tensors: tensors.into_iter().map(|(n, (s, v))| (n, s, v)).collect(),
+        };
+        opt.load_state(&state)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        eprintln!(
+            "resuming {} at epoch {}, step {}",
+            r.dir.display(),
+            r.epoch,
+            r.step
+        );
+    }
+    let (first_epoch, mut step) = resumed.as_ref().map_or((0, 0), |r| (r.epoch, r.step));
     let c = vit.config.clone();
     let n = s
         .limit
@@ -232,7 +341,7 @@ pub fn finetune(s: &Settings, run: &Invocation) -> Result<Outcome, String> {
     std::fs::create_dir_all(&run.output).map_err(|e| format!("{}: {e}", run.output.display()))?;
     let metrics_path = run.output.join("metrics.jsonl");
     let io = |e: std::io::Error| format!("{}: {e}", metrics_path.display());
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(io)?;
+    let mut metrics = open_metrics(&metrics_path, "epoch", first_epoch as u64)?;
     eprintln!(
         "fine-tuning a {} encoder ({}) on {n} images of {}, {} classes, lr {:.2e}, layer decay {}, \
          {} epochs of {iters} iterations, on {}",
@@ -249,8 +358,8 @@ pub fn finetune(s: &Settings, run: &Invocation) -> Result<Outcome, String> {
     let augment = Arc::new(Augment::pretrain(c.image_size, normalize.clone()));
     let scale = Tensor::full(&device, &[], 1.0 / s.accum_iter as f32).map_err(e)?;
     let started = Instant::now();
-    let (mut step, mut seen, mut top1) = (0u64, 0usize, 0.0);
-    for epoch in 0..s.epochs {
+    let (mut seen, mut top1) = (0usize, 0.0);
+    for epoch in first_epoch..s.epochs {
         let mut order: Vec<usize> = (0..n).collect();
         Rng::new(&[s.seed, ORDER_STREAM, epoch as u64]).shuffle(&mut order);
         let loader = Loader::new(

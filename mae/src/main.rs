@@ -206,8 +206,8 @@ struct LinprobeArgs {
 struct FinetuneArgs {
     /// With --init mae: a pretrained checkpoint directory (ours, or a Hugging Face ViTMAE
     /// one). With --init random: a preset, config.json or checkpoint whose config is used.
-    #[arg(long)]
-    model: String,
+    #[arg(long, required_unless_present = "resume")]
+    model: Option<String>,
     /// Encoder weights: pretrained, or a random initialisation (the baseline).
     #[arg(long, value_enum, default_value_t = Start::Mae)]
     init: Start,
@@ -257,6 +257,10 @@ struct FinetuneArgs {
     /// Checkpoint every N epochs, and after the last [small: 1; ViT-B/L/H: 10].
     #[arg(long)]
     save_every: Option<usize>,
+    /// Continue a fine-tune from a checkpoint directory (or the newest checkpoint in an
+    /// output directory). The run's saved settings are used; only --epochs may extend it.
+    #[arg(long)]
+    resume: Option<PathBuf>,
     /// Threads that decode and augment images.
     #[arg(long, default_value_t = 2)]
     workers: usize,
@@ -402,8 +406,29 @@ fn linprobe(a: LinprobeArgs) -> Result<(), String> {
 }
 
 fn finetune(a: FinetuneArgs) -> Result<(), String> {
-    let config = mae::pretrain::config_from(&a.model)?;
-    let mut s = finetune::Settings::recipe(a.model, a.init, &config, a.data);
+    let run = finetune::Invocation {
+        output: a.output.clone(),
+        resume: a.resume.clone(),
+        epochs: a.epochs,
+        workers: a.workers,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let s = match (&a.model, &a.resume) {
+        (Some(model), None) => Some(finetune_settings(model, &a)?),
+        _ => None, // resuming: the checkpoint's settings
+    };
+    if a.resume.is_some() && a.model.is_some() {
+        eprintln!("warning: --resume continues the run with its saved settings; ignoring all but --epochs");
+    }
+    let outcome = finetune::finetune(s.as_ref(), &run)?;
+    println!("{}", outcome.line);
+    Ok(())
+}
+
+/// The recipe for `model`, with the options given.
+fn finetune_settings(model: &str, a: &FinetuneArgs) -> Result<finetune::Settings, String> {
+    let config = mae::pretrain::config_from(model)?;
+    let mut s = finetune::Settings::recipe(model.to_string(), a.init, &config, a.data.clone());
     s.epochs = a.epochs.unwrap_or(s.epochs);
     s.limit = a.limit.or(s.limit);
     s.batch_size = a.batch_size.unwrap_or(s.batch_size);
@@ -417,14 +442,7 @@ fn finetune(a: FinetuneArgs) -> Result<(), String> {
     s.min_lr = a.min_lr.unwrap_or(s.min_lr);
     s.seed = a.seed.unwrap_or(s.seed);
     s.save_every = a.save_every.unwrap_or(s.save_every);
-    let run = finetune::Invocation {
-        output: a.output,
-        workers: a.workers,
-        progress: std::io::stderr().is_terminal(),
-    };
-    let outcome = finetune::finetune(&s, &run)?;
-    println!("{}", outcome.line);
-    Ok(())
+    Ok(s)
 }
 
 fn visualize(

@@ -236,7 +236,7 @@ pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Pretrai
     std::fs::create_dir_all(&run.output)
         .map_err(|e| setup(format!("{}: {e}", run.output.display())))?;
     let metrics_path = run.output.join("metrics.jsonl");
-    let metrics = open_metrics(&metrics_path, state.step)?;
+    let metrics = open_metrics(&metrics_path, "step", state.step).map_err(setup)?;
     eprintln!(
         "pretraining {} on {} ({}): {n} images, batch {} x {} accumulated, lr {:.3e}, {} epochs, {} iterations each",
         describe(&config),
@@ -569,13 +569,14 @@ fn optimizer(model: &MaskedAutoencoder, s: &Settings) -> Result<AdamW, PretrainE
     adamw(model, s.lr() as f32, s.weight_decay as f32).map_err(setup)
 }
 
-/// `path` itself when it is a checkpoint, else its newest `checkpoint-N`.
-fn checkpoint_dir(path: &Path) -> Result<PathBuf, PretrainError> {
+/// `path` itself when it is a checkpoint, else its newest `checkpoint-N` (a directory with
+/// `trainer_state.json`).
+pub(crate) fn checkpoint_dir(path: &Path) -> Result<PathBuf, String> {
     if path.join("trainer_state.json").is_file() {
         return Ok(path.to_path_buf());
     }
     let newest = std::fs::read_dir(path)
-        .map_err(|e| setup(format!("--resume {}: {e}", path.display())))?
+        .map_err(|e| format!("--resume {}: {e}", path.display()))?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
@@ -587,15 +588,15 @@ fn checkpoint_dir(path: &Path) -> Result<PathBuf, PretrainError> {
         })
         .max_by_key(|(n, _)| *n);
     newest.map(|(_, p)| p).ok_or_else(|| {
-        setup(format!(
+        format!(
             "--resume {}: no checkpoint there (a checkpoint-N directory with trainer_state.json)",
             path.display()
-        ))
+        )
     })
 }
 
 fn resume(path: &Path, device: &Device) -> Result<(Settings, State, PathBuf), PretrainError> {
-    let dir = checkpoint_dir(path)?;
+    let dir = checkpoint_dir(path).map_err(setup)?;
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path)
         .map_err(|e| setup(format!("{}: {e}", state_path.display())))?;
@@ -699,18 +700,18 @@ pub(crate) fn write_dir_atomically(
     Ok(dir)
 }
 
-/// Open the metrics log for appending, keeping only lines of steps before `step` (those of
-/// a resumed run's past).
-fn open_metrics(path: &Path, step: u64) -> Result<std::fs::File, PretrainError> {
-    let io = |e: std::io::Error| setup(format!("{}: {e}", path.display()));
+/// Open a metrics log for appending, keeping only the lines whose `key` is below `before`
+/// (a resumed run's past); with `before` 0, a new log.
+pub(crate) fn open_metrics(path: &Path, key: &str, before: u64) -> Result<std::fs::File, String> {
+    let io = |e: std::io::Error| format!("{}: {e}", path.display());
     let kept: String = match std::fs::read_to_string(path) {
-        Ok(text) if step > 0 => text
+        Ok(text) if before > 0 => text
             .lines()
             .filter(|l| {
                 serde_json::from_str::<Value>(l)
                     .ok()
-                    .and_then(|v| v.get("step")?.as_u64())
-                    .is_some_and(|s| s < step)
+                    .and_then(|v| v.get(key)?.as_u64())
+                    .is_some_and(|s| s < before)
             })
             .map(|l| format!("{l}\n"))
             .collect(),

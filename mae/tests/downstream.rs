@@ -208,6 +208,21 @@ fn finetune_end_to_end() {
         .collect();
     assert_eq!(epochs.len(), 2);
     assert_eq!(epochs[1]["top1"], line["top1"]);
+
+    // Resuming from the first epoch's checkpoint gives the same second epoch, to the byte.
+    let resumed = dir.join("resumed");
+    let o = mae(&[
+        "finetune",
+        "--resume",
+        out.join("checkpoint-1").to_str().unwrap(),
+        "--output",
+        resumed.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(result_line(&o), line);
+    let bytes = |d: &Path| std::fs::read(d.join("checkpoint-2/model.safetensors")).unwrap();
+    assert!(bytes(&resumed) == bytes(&out), "resumed weights differ");
+    assert!(!resumed.join("checkpoint-1").exists());
 }
 
 #[test]
