@@ -22,6 +22,7 @@ use crate::classify::{classifier, encoder, evaluate, open_labelled, report, Outc
 use crate::data::{Augment, Loader, Rng, Skipped};
 use crate::pretrain::{
     checkpoint_dir, open_metrics, print_profile, profiling, progress_bar, write_dir_atomically,
+    Invocation,
 };
 use crate::MaeConfig;
 
@@ -207,21 +208,6 @@ fn read_trainer_state(path: &Path) -> Result<(Settings, Resumed), String> {
         )),
         _ => Err(bad("missing or malformed fields".into())),
     }
-}
-
-/// Options of one invocation that do not change the result.
-pub struct Invocation {
-    /// Output directory: checkpoints, `metrics.jsonl`, `result.json`.
-    pub output: PathBuf,
-    /// Continue from this checkpoint (or the newest one in this output directory), with
-    /// its saved settings.
-    pub resume: Option<PathBuf>,
-    /// Extend a resumed run to this many epochs.
-    pub epochs: Option<usize>,
-    /// Decoding threads.
-    pub workers: usize,
-    /// Show progress bars.
-    pub progress: bool,
 }
 
 /// AdamW parameter groups with layer-wise lr decay, as the reference's `param_groups_lrd`:

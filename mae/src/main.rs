@@ -406,7 +406,7 @@ fn linprobe(a: LinprobeArgs) -> Result<(), String> {
 }
 
 fn finetune(a: FinetuneArgs) -> Result<(), String> {
-    let run = finetune::Invocation {
+    let run = Invocation {
         output: a.output.clone(),
         resume: a.resume.clone(),
         epochs: a.epochs,

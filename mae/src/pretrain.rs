@@ -184,7 +184,8 @@ pub struct Summary {
     pub checkpoint: PathBuf,
 }
 
-/// Options of one invocation that do not change the run itself.
+/// Options of one training invocation (`pretrain` or `finetune`) that do not change the
+/// run itself.
 pub struct Invocation {
     /// Output directory.
     pub output: PathBuf,

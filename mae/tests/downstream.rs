@@ -2,7 +2,7 @@
 //! files, the feature cache, labels from class folders, and clear errors for bad labels.
 
 mod common;
-use common::{mae, stderr};
+use common::{assert_one_line_error, mae, stderr};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -244,20 +244,6 @@ fn labels_from_class_folders() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("2 classes"), "{}", stderr(&o));
     assert_eq!(result_line(&o)["task"], "linprobe");
-}
-
-fn assert_one_line_error(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    let lines: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.contains("XDG_RUNTIME_DIR"))
-        .collect();
-    assert_eq!(lines.len(), 1, "one line: {err}");
-    assert!(
-        lines[0].starts_with("error: ") && lines[0].contains(needle),
-        "{err}"
-    );
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! `mae visualize` load, exact resume, a diverging run, and bad input.
 
 mod common;
-use common::{mae, stderr};
+use common::{assert_one_line_error, mae, stderr};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -227,18 +227,8 @@ fn bad_input_is_one_line_and_exit_2() {
     ];
     for (extra, want) in cases {
         let o = pretrain(&config, &data, &out, extra);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
         // (--resume also warns that the other flags given here are ignored.)
-        let lines: Vec<&str> = err
-            .lines()
-            .filter(|l| !l.contains("XDG_RUNTIME_DIR") && !l.starts_with("warning: --resume"))
-            .collect();
-        assert_eq!(lines.len(), 1, "{extra:?}: {err}");
-        assert!(
-            lines[0].starts_with("error: ") && lines[0].contains(want),
-            "{extra:?}: {err}"
-        );
+        assert_one_line_error(&o, want);
     }
 }
 
