@@ -156,7 +156,7 @@ pub fn encoder(model: &str, start: Start, seed: u64, device: &Device) -> Result<
 }
 
 /// A hex digest of a file's bytes (not cryptographic: it keys caches).
-pub fn file_digest(path: &Path) -> Result<String, String> {
+fn file_digest(path: &Path) -> Result<String, String> {
     use std::hash::{Hash, Hasher};
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut h = std::hash::DefaultHasher::new();

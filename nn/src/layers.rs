@@ -107,13 +107,12 @@ impl BatchNorm {
     /// [`engine::Error::Shape`] when `x` is not `(B, D)`, or is a single row in train mode
     /// (its variance is undefined).
     pub fn forward(&mut self, x: &Tensor, ctx: &Ctx) -> Result<Tensor> {
-        let b = x.shape()[0];
-        if x.rank() != 2 || x.shape()[1] != self.running_mean.numel() || (ctx.train && b < 2) {
+        let dim = self.running_mean.numel();
+        if x.rank() != 2 || x.shape()[1] != dim || (ctx.train && x.shape()[0] < 2) {
             return Err(engine::Error::Shape {
                 op: "BatchNorm",
                 msg: format!(
-                    "needs (B, {}) features with B >= 2 in train mode, got {:?}",
-                    self.running_mean.numel(),
+                    "needs (B, {dim}) features with B >= 2 in train mode, got {:?}",
                     x.shape()
                 ),
             });
@@ -122,6 +121,7 @@ impl BatchNorm {
             let std = self.running_var.add_scalar(self.eps)?.sqrt()?;
             return x.sub(&self.running_mean)?.div(&std);
         }
+        let b = x.shape()[0];
         let mean = x.mean(0, true)?; // (1, D)
         let var = x.var(0, true, false)?; // (1, D)
         engine::no_grad(|| {
