@@ -266,35 +266,89 @@ fn fused_attention() {
     );
 }
 
-#[test]
-fn gradcheck_catches_a_wrong_rule() {
-    let x = away(&[6], 31, 0.0);
-    // y = 2x with a rule that claims 2.2: off by 10%.
-    let wrong = |t: &[Tensor]| -> Result<Tensor> {
-        let y = no_grad(|| t[0].mul_scalar(2.0))?;
-        Ok(y.with_backward("wrong_double", &[&t[0]], |g| {
-            Ok(vec![Some(g.mul_scalar(2.2)?)])
+/// `y = s * x * exp(x)`, whose gradient is `s * (1 + x) * exp(x)`, with a gradient rule
+/// that may be wrong: `Honest`, `TenPercentOff` (1.1 times the truth) or `DropsTerm` (the
+/// product rule without its `x * exp(x)` term).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Rule {
+    Honest,
+    TenPercentOff,
+    DropsTerm,
+}
+
+fn scaled_x_exp_x(s: f32, rule: Rule) -> impl Fn(&[Tensor]) -> Result<Tensor> {
+    move |t: &[Tensor]| {
+        let x = t[0].clone();
+        let y = no_grad(|| x.mul(&x.exp()?)?.mul_scalar(s))?;
+        let saved = x.detach();
+        Ok(y.with_backward("x_exp_x", &[&x], move |g| {
+            let e = saved.exp()?;
+            let dx = match rule {
+                Rule::Honest => saved.add_scalar(1.0)?.mul(&e)?,
+                Rule::TenPercentOff => saved.add_scalar(1.0)?.mul(&e)?.mul_scalar(1.1)?,
+                Rule::DropsTerm => e,
+            };
+            Ok(vec![Some(g.mul(&dx)?.mul_scalar(s)?)])
         }))
-    };
-    let report = gradcheck(wrong, std::slice::from_ref(&x), GradcheckOptions::default()).unwrap();
-    assert!(!report.passed);
-    let worst = report.worst.clone().unwrap();
-    assert_eq!(worst.input, 0);
-    assert!(
-        (worst.analytic / worst.numeric - 1.1).abs() < 0.01,
-        "{report}"
-    );
-    assert!(report.to_string().contains("FAILED"));
-    // The honest rule passes.
-    let right = |t: &[Tensor]| -> Result<Tensor> {
-        let y = no_grad(|| t[0].mul_scalar(2.0))?;
-        Ok(y.with_backward("double", &[&t[0]], |g| Ok(vec![Some(g.mul_scalar(2.0)?)])))
-    };
-    assert!(
-        gradcheck(right, &[x], GradcheckOptions::default())
+    }
+}
+
+#[test]
+fn gradcheck_catches_wrong_rules_at_every_gradient_scale() {
+    let x = away(&[16], 31, 0.0);
+    for s in [1.0f32, 1e-2, 1e-4] {
+        let run = |rule| {
+            gradcheck(
+                scaled_x_exp_x(s, rule),
+                std::slice::from_ref(&x),
+                GradcheckOptions::default(),
+            )
             .unwrap()
-            .passed
-    );
+        };
+        let honest = run(Rule::Honest);
+        assert!(honest.passed, "scale {s}: honest rule: {honest}");
+        for rule in [Rule::TenPercentOff, Rule::DropsTerm] {
+            let report = run(rule);
+            assert!(!report.passed, "scale {s}: {rule:?} passed: {report}");
+            assert!(report.to_string().contains("FAILED"));
+            let worst = report.worst.clone().unwrap();
+            assert_eq!(worst.input, 0);
+            if rule == Rule::TenPercentOff {
+                assert!(
+                    (worst.analytic / worst.numeric - 1.1).abs() < 0.01,
+                    "scale {s}: {report}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gradcheck_sees_a_missing_gradient_but_not_rounding() {
+    // A gradient the rule forgets, at the magnitude of real parameter gradients.
+    let x = away(&[8], 37, 0.0);
+    let forgotten = |t: &[Tensor]| -> Result<Tensor> {
+        let y = no_grad(|| t[0].mul_scalar(1e-3))?;
+        Ok(y.with_backward("forgotten", &[&t[0]], |_| Ok(vec![None])))
+    };
+    let report = gradcheck(
+        forgotten,
+        std::slice::from_ref(&x),
+        GradcheckOptions::default(),
+    )
+    .unwrap();
+    assert!(!report.passed, "{report}");
+    // A gradient that is zero in exact arithmetic, where the numeric side sees only f32
+    // rounding: softmax ignores a shift of the whole row (as attention ignores the key bias).
+    let rows = away(&[4, 9], 38, 0.0);
+    let shift = away(&[4, 1], 39, 0.0);
+    let report = gradcheck(
+        |t| t[0].add(&t[1])?.softmax(),
+        &[rows, shift],
+        GradcheckOptions::default(),
+    )
+    .unwrap();
+    assert!(report.passed, "{report}");
 }
 
 #[test]
