@@ -11,7 +11,7 @@ use engine::{Device, Tensor};
 use mae::{MaeConfig, MaskedAutoencoder};
 use nn::{Ctx, Init};
 
-fn step_images_per_s(dev: &Device, mask_ratio: f32, batch: usize) -> f64 {
+fn step_images_per_s(dev: &Device, mask_ratio: f64, batch: usize) -> f64 {
     let config = MaeConfig {
         mask_ratio,
         ..MaeConfig::mae_tiny_32_patch4()

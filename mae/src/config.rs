@@ -23,8 +23,9 @@ pub struct MaeConfig {
     pub decoder_heads: usize,
     /// MLP hidden width over the block width.
     pub mlp_ratio: f32,
-    /// Fraction of patches removed.
-    pub mask_ratio: f32,
+    /// Fraction of patches removed, in double precision as the reference holds it: the
+    /// number of visible patches is decided by its rounding ([`len_keep`]).
+    pub mask_ratio: f64,
     /// Normalise each target patch by its mean and (unbiased) variance.
     pub norm_pix_loss: bool,
     /// LayerNorm epsilon (1e-6 in the reference code, 1e-12 in transformers' default).
@@ -133,9 +134,9 @@ impl MaeConfig {
         self.patch_size * self.patch_size * self.channels
     }
 
-    /// Patches kept visible: `int(L * (1 - mask_ratio))`, truncated as the reference does.
+    /// Patches kept visible, [`len_keep`] of this config's patch count and ratio.
     pub fn len_keep(&self) -> usize {
-        (self.num_patches() as f64 * (1.0 - self.mask_ratio as f64)) as usize
+        len_keep(self.num_patches(), self.mask_ratio)
     }
 
     /// Check that the sizes fit together.
@@ -167,4 +168,13 @@ impl MaeConfig {
         }
         Ok(())
     }
+}
+
+/// The number of patches kept visible out of `num_patches` at `mask_ratio`:
+/// `int(L * (1 - mask_ratio))` exactly as the reference and transformers compute it, in
+/// double precision and truncated. The rounding decides the count: `1 - 0.6` is `0.4` and
+/// 25 patches keep 10, where a ratio held in `f32` would keep 9; `1 - 0.9` is just below
+/// `0.1` and 100 patches keep 9.
+pub fn len_keep(num_patches: usize, mask_ratio: f64) -> usize {
+    (num_patches as f64 * (1.0 - mask_ratio)) as usize
 }

@@ -72,7 +72,7 @@ pub fn config_from_json(json: &Value) -> Result<MaeConfig, String> {
         decoder_depth: int("decoder_num_hidden_layers", 8)?,
         decoder_heads: int("decoder_num_attention_heads", 16)?,
         mlp_ratio: intermediate as f32 / dim as f32,
-        mask_ratio: float("mask_ratio", 0.75)? as f32,
+        mask_ratio: float("mask_ratio", 0.75)?,
         norm_pix_loss: boolean("norm_pix_loss", false)?,
         eps: float("layer_norm_eps", 1e-12)? as f32,
         qkv_bias: boolean("qkv_bias", true)?,

@@ -56,7 +56,7 @@ enum Command {
         out: PathBuf,
         /// Fraction of patches masked (default: the model's).
         #[arg(long)]
-        mask_ratio: Option<f32>,
+        mask_ratio: Option<f64>,
         /// Seed of the mask.
         #[arg(long, default_value_t = 0)]
         seed: u64,
@@ -136,7 +136,7 @@ struct PretrainArgs {
     weight_decay: Option<f64>,
     /// Fraction of patches masked [0.75].
     #[arg(long)]
-    mask_ratio: Option<f32>,
+    mask_ratio: Option<f64>,
     /// Predict per-patch normalised pixels [on for ViT-B/L/H as in the paper, off for the
     /// small presets]; `--norm-pix-loss false` turns it off.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
@@ -451,7 +451,7 @@ fn visualize(
     data: Option<&Path>,
     count: usize,
     out: &Path,
-    mask_ratio: Option<f32>,
+    mask_ratio: Option<f64>,
     seed: u64,
 ) -> Result<(), String> {
     let device = Device::new().map_err(|e| e.to_string())?;

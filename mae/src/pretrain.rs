@@ -53,7 +53,7 @@ pub struct Settings {
     /// AdamW's decoupled weight decay, on matrices only.
     pub weight_decay: f64,
     /// Fraction of patches masked.
-    pub mask_ratio: f32,
+    pub mask_ratio: f64,
     /// Per-patch normalised targets.
     pub norm_pix_loss: bool,
     /// Seed of every random stream: initialisation, data order, augmentation, masks.
@@ -124,7 +124,7 @@ impl Settings {
             warmup_epochs: f("warmup_epochs")?,
             min_lr: f("min_lr")?,
             weight_decay: f("weight_decay")?,
-            mask_ratio: f("mask_ratio")? as f32,
+            mask_ratio: f("mask_ratio")?,
             norm_pix_loss: v.get("norm_pix_loss")?.as_bool()?,
             seed: u("seed")?,
             save_every: u("save_every")? as usize,

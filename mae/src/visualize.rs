@@ -24,7 +24,7 @@ pub fn reconstruction_grid(
     model: &mut MaskedAutoencoder,
     images: &[Image],
     normalize: &Normalize,
-    mask_ratio: f32,
+    mask_ratio: f64,
     seed: u64,
 ) -> Result<RgbImage, String> {
     if images.is_empty() {
