@@ -404,15 +404,15 @@ impl Device {
         }
     }
 
-    /// Write host bytes into a buffer, after everything recorded so far.
-    pub(crate) fn upload(&self, buffer: &wgpu::Buffer, bytes: &[u8]) {
+    /// Write host bytes into a buffer at byte `offset`, after everything recorded so far.
+    pub(crate) fn upload(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
         let mut rec = lock(&self.inner.recorder);
         // queue.write_buffer lands before the next submission's commands, so recorded work
         // that still reads this (reused) buffer must be submitted first.
         if rec.encoder.is_some() {
             self.submit(&mut rec);
         }
-        self.inner.queue.write_buffer(buffer, 0, bytes);
+        self.inner.queue.write_buffer(buffer, offset, bytes);
     }
 
     /// Read `len` bytes at `offset` of a buffer back to the host, after everything recorded

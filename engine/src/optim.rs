@@ -189,22 +189,24 @@ impl AdamW {
         self.step
     }
 
-    /// Update every parameter that has a gradient in `grads` (others are skipped, as in
-    /// PyTorch). Records one fused dispatch per parameter; nothing is read back.
+    /// Update every parameter with its gradient in `grads`. Records one fused dispatch per
+    /// parameter; nothing is read back.
     ///
     /// # Errors
-    /// [`Error::Shape`] when a gradient's shape differs from its parameter's.
+    /// [`Error::Shape`] when a gradient's shape differs from its parameter's;
+    /// [`Error::Autodiff`] when a parameter has no gradient in `grads` (unlike PyTorch,
+    /// which skips it: here it means the optimizer holds a tensor the model no longer
+    /// uses). Nothing is updated on an error.
     pub fn step(&mut self, grads: &Gradients) -> Result<()> {
+        let gradients = gradients_for("AdamW", &self.groups, grads)?;
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = self.betas;
         let bc1 = 1.0 - (b1 as f64).powi(t);
         let bc2 = 1.0 - (b2 as f64).powi(t);
         no_grad(|| {
-            for group in &self.groups {
-                for p in &group.params {
-                    let Some(g) = grads.get(p) else { continue };
-                    let g = grad_for("AdamW", p, g)?;
+            for (group, gs) in self.groups.iter().zip(&gradients) {
+                for (p, g) in group.params.iter().zip(gs) {
                     let state = self.slots.get(p, 2)?;
                     let params = OptimParams {
                         numel: p.numel() as u32,
@@ -289,16 +291,15 @@ impl Sgd {
         })
     }
 
-    /// Update every parameter that has a gradient in `grads`.
+    /// Update every parameter with its gradient in `grads`.
     ///
     /// # Errors
     /// As [`AdamW::step`].
     pub fn step(&mut self, grads: &Gradients) -> Result<()> {
+        let gradients = gradients_for("SGD", &self.groups, grads)?;
         no_grad(|| {
-            for group in &self.groups {
-                for p in &group.params {
-                    let Some(g) = grads.get(p) else { continue };
-                    let g = grad_for("SGD", p, g)?;
+            for (group, gs) in self.groups.iter().zip(&gradients) {
+                for (p, g) in group.params.iter().zip(gs) {
                     let first = !self.slots.buffers.contains_key(&p.id());
                     let buf = &self.slots.get(p, 1)?[0];
                     let params = OptimParams {
@@ -349,18 +350,53 @@ impl Sgd {
     }
 }
 
-fn grad_for(op: &'static str, p: &Tensor, g: &Tensor) -> Result<Tensor> {
-    if g.shape() != p.shape() {
-        return Err(Error::shape(
-            op,
-            format!(
-                "gradient of shape {:?} for a parameter of shape {:?}",
-                g.shape(),
-                p.shape()
-            ),
-        ));
+/// The gradient of every parameter of `groups`, checked before any update so that a step
+/// is all or nothing.
+///
+/// Unlike PyTorch, which skips a parameter without a gradient, a missing one is an error:
+/// every training loop here differentiates a loss through every parameter it optimizes, so
+/// a parameter with no gradient is one the model no longer uses, typically a tensor that
+/// was replaced after the optimizer was built, and skipping it would train nothing without
+/// a word.
+fn gradients_for(
+    op: &'static str,
+    groups: &[ParamGroup],
+    grads: &Gradients,
+) -> Result<Vec<Vec<Tensor>>> {
+    let mut missing = Vec::new();
+    let mut total = 0;
+    let mut out = Vec::new();
+    for (gi, group) in groups.iter().enumerate() {
+        let mut gs = Vec::new();
+        for (i, p) in group.params.iter().enumerate() {
+            total += 1;
+            let Some(g) = grads.get(p) else {
+                missing.push(format!("group {gi} parameter {i} {:?}", p.shape()));
+                continue;
+            };
+            if g.shape() != p.shape() {
+                return Err(Error::shape(
+                    op,
+                    format!(
+                        "gradient of shape {:?} for a parameter of shape {:?}",
+                        g.shape(),
+                        p.shape()
+                    ),
+                ));
+            }
+            gs.push(g.contiguous()?);
+        }
+        out.push(gs);
     }
-    g.contiguous()
+    if !missing.is_empty() {
+        return Err(Error::Autodiff(format!(
+            "{op}: {} of its {total} parameters got no gradient this step ({}{}): a parameter replaced after the optimizer was built is no longer the tensor it updates",
+            missing.len(),
+            missing[..missing.len().min(3)].join(", "),
+            if missing.len() > 3 { ", ..." } else { "" }
+        )));
+    }
+    Ok(out)
 }
 
 impl Gradients {

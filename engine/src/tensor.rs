@@ -101,7 +101,7 @@ impl Tensor {
     fn from_bytes(device: &Device, bytes: &[u8], shape: &[usize], dtype: DType) -> Result<Tensor> {
         let t = Tensor::empty(device, "from_slice", shape, dtype)?;
         if !bytes.is_empty() {
-            device.upload(t.buffer(), bytes);
+            device.upload(t.buffer(), 0, bytes);
         }
         Ok(t)
     }
@@ -122,6 +122,31 @@ impl Tensor {
     pub fn from_slice_u32(device: &Device, data: &[u32], shape: &[usize]) -> Result<Tensor> {
         check_len("from_slice_u32", data.len(), shape)?;
         Tensor::from_bytes(device, bytemuck::cast_slice(data), shape, DType::U32)
+    }
+
+    /// Overwrite this tensor's elements with host floats, in place: the buffer and the id
+    /// stay, so whatever holds this tensor (an optimizer, a clone in another module) sees
+    /// the new values, as PyTorch's `load_state_dict` copies into existing parameters. The
+    /// write lands after everything recorded so far.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `data.len()` is not the element count or the tensor is not
+    /// contiguous; [`Error::DType`] for a `U32` tensor.
+    pub fn copy_from_slice(&self, data: &[f32]) -> Result<()> {
+        self.expect_dtype("copy_from_slice", DType::F32)?;
+        check_len("copy_from_slice", data.len(), &self.shape)?;
+        if !self.is_contiguous() {
+            return Err(Error::shape(
+                "copy_from_slice",
+                format!("needs a contiguous tensor, got strides {:?}", self.strides),
+            ));
+        }
+        if !data.is_empty() {
+            let offset = self.offset as u64 * 4;
+            self.device()
+                .upload(self.buffer(), offset, bytemuck::cast_slice(data));
+        }
+        Ok(())
     }
 
     /// The device the tensor lives on.

@@ -268,3 +268,28 @@ fn bad_parameters_are_refused() {
     )
     .is_err());
 }
+
+#[test]
+fn a_parameter_without_a_gradient_stops_the_step_and_changes_nothing() {
+    let d = dev();
+    let w = Tensor::from_slice(&d, &[1.0, 2.0], &[2])
+        .unwrap()
+        .requires_grad(true)
+        .unwrap();
+    let b = Tensor::from_slice(&d, &[3.0], &[1])
+        .unwrap()
+        .requires_grad(true)
+        .unwrap();
+    // A loss that reaches w only, as after b was replaced by a new tensor.
+    let grads = w.sum_all().unwrap().backward().unwrap();
+    let groups = || vec![ParamGroup::new(vec![w.clone(), b.clone()], 0.1, 0.0)];
+    let mut adamw = AdamW::new(groups(), (0.9, 0.999), 1e-8).unwrap();
+    let e = adamw.step(&grads).unwrap_err().to_string();
+    assert!(e.contains("1 of its 2 parameters got no gradient"), "{e}");
+    assert!(e.contains("group 0 parameter 1 [1]"), "{e}");
+    assert_eq!(adamw.steps(), 0);
+    let mut sgd = Sgd::new(groups(), 0.9, 0.0, false).unwrap();
+    assert!(sgd.step(&grads).is_err());
+    assert_eq!(w.to_vec().unwrap(), [1.0, 2.0], "nothing updated");
+    assert_eq!(b.to_vec().unwrap(), [3.0]);
+}

@@ -24,7 +24,7 @@ use crate::pretrain::{
     checkpoint_dir, open_metrics, print_profile, profiling, progress_bar, write_dir_atomically,
     Invocation,
 };
-use crate::MaeConfig;
+use crate::{Error, MaeConfig};
 
 const ORDER_STREAM: u64 = 1;
 const DROP_STREAM: u64 = 2;
@@ -262,7 +262,7 @@ pub fn param_groups_lrd(
 /// One line for bad settings, missing or unlabelled data, an unreadable model or
 /// checkpoint, I/O, or a loss that becomes NaN or infinite (the checkpoints written before
 /// are kept).
-pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome, String> {
+pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome, Error> {
     let (mut s, resumed) = match (&run.resume, settings) {
         (Some(path), _) => {
             let (s, r) = read_trainer_state(path)?;
@@ -290,9 +290,7 @@ pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome
     let mut vit =
         classifier(enc.mae, data.classes, Pool::Avg, s.drop_path, &mut init).map_err(e)?;
     if let Some(r) = &resumed {
-        // Before the optimizer is built: loading replaces the parameter tensors.
-        load_safetensors(&r.dir.join("model.safetensors"), &mut vit, &device)
-            .map_err(|e| e.to_string())?;
+        load_safetensors(&r.dir.join("model.safetensors"), &mut vit).map_err(|e| e.to_string())?;
     }
     let (groups, scales) = param_groups_lrd(&vit, s.weight_decay as f32, s.layer_decay);
     let mut opt = AdamW::new(groups, (0.9, 0.999), 1e-8).map_err(e)?;
@@ -313,6 +311,7 @@ pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome
         );
     }
     let (first_epoch, mut step) = resumed.as_ref().map_or((0, 0), |r| (r.epoch, r.step));
+    let mut last_checkpoint = resumed.as_ref().map(|r| r.dir.clone());
     let c = vit.config.clone();
     let n = s
         .limit
@@ -322,7 +321,8 @@ pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome
         return Err(format!(
             "{}: {n} images, fewer than one batch of {}",
             data.train.description, s.batch_size
-        ));
+        )
+        .into());
     }
     std::fs::create_dir_all(&run.output).map_err(|e| format!("{}: {e}", run.output.display()))?;
     let metrics_path = run.output.join("metrics.jsonl");
@@ -389,10 +389,10 @@ pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome
             let value = loss.item().map_err(e)?;
             if !value.is_finite() {
                 bar.abandon();
-                return Err(format!(
-                    "the loss is {value} at step {step} (epoch {}); training stopped, \
-                     checkpoints written before are intact",
-                    epoch + 1
+                return Err(Error::non_finite(
+                    value,
+                    format!("at step {step} (epoch {})", epoch + 1),
+                    last_checkpoint.as_deref(),
                 ));
             }
             loss.backward_into(&scale, &mut grads).map_err(e)?;
@@ -433,13 +433,14 @@ pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome
             started.elapsed().as_secs_f64()
         );
         if (epoch + 1) % s.save_every == 0 || epoch + 1 == s.epochs {
-            save_checkpoint(&run.output, &vit, &opt, s, (epoch + 1, step, top1))?;
+            let dir = save_checkpoint(&run.output, &vit, &opt, s, (epoch + 1, step, top1))?;
+            last_checkpoint = Some(dir);
         }
     }
     if profiling {
         print_profile(&device);
     }
-    report(&run.output, "finetune", s.start, top1, s.epochs)
+    Ok(report(&run.output, "finetune", s.start, top1, s.epochs)?)
 }
 
 /// `output/checkpoint-{epoch}/`: `model.safetensors` (timm's names), `config.json` (the

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use engine::{Device, Tensor};
-use nn::{read_safetensors, CheckpointError, Init, Module, TensorMap};
+use nn::{load_tensors, read_safetensors, CheckpointError, Init, TensorMap};
 use serde_json::{json, Value};
 
 use crate::config::MaeConfig;
@@ -240,57 +240,26 @@ pub fn load_pretrained(dir: &Path, device: &Device) -> Result<MaskedAutoencoder,
     let file = read_safetensors(&weights_path)?;
     let mut model = MaskedAutoencoder::new(config, &mut Init::new(device, 0))?;
     // The fixed position tables: the file's, when it has them (as transformers runs it).
-    let mut mis_shaped = Vec::new();
     for (hf_name, table) in [
         ("vit.embeddings.position_embeddings", &mut model.pos_embed),
         ("decoder.decoder_pos_embed", &mut model.decoder_pos_embed),
     ] {
         if let Some((shape, values)) = file.get(hf_name) {
-            if shape.as_slice() == table.shape() {
-                *table = Tensor::from_slice(device, values, shape)?;
-            } else {
-                mis_shaped.push(format!(
-                    "{hf_name}: file {shape:?} vs model {:?}",
-                    table.shape()
-                ));
+            if shape.as_slice() != table.shape() {
+                return Err(CheckpointError::Mismatch {
+                    path: weights_path,
+                    missing: vec![],
+                    unexpected: vec![],
+                    mis_shaped: vec![format!(
+                        "{hf_name}: file {shape:?} vs model {:?}",
+                        table.shape()
+                    )],
+                });
             }
+            table.copy_from_slice(values)?;
         }
     }
-    let mut tensors = to_ours(file);
-    let mut missing = Vec::new();
-    let mut expected = Vec::new();
-    model.visit("", &mut |name, t| {
-        expected.push((name.to_string(), t.shape().to_vec()))
-    });
-    let mut loaded = BTreeMap::new();
-    for (name, shape) in expected {
-        match tensors.remove(&name) {
-            None => missing.push(name),
-            Some((s, _)) if s != shape => {
-                mis_shaped.push(format!("{name}: file {s:?} vs model {shape:?}"))
-            }
-            Some((s, v)) => {
-                loaded.insert(
-                    name,
-                    Tensor::from_slice(device, &v, &s)?.requires_grad(true)?,
-                );
-            }
-        }
-    }
-    let unexpected: Vec<String> = tensors.into_keys().collect();
-    if !missing.is_empty() || !unexpected.is_empty() || !mis_shaped.is_empty() {
-        return Err(CheckpointError::Mismatch {
-            path: weights_path,
-            missing,
-            unexpected,
-            mis_shaped,
-        });
-    }
-    model.visit_mut("", &mut |name, t| {
-        if let Some(new) = loaded.remove(name) {
-            *t = new;
-        }
-    });
+    load_tensors(&mut model, to_ours(file), &weights_path)?;
     Ok(model)
 }
 

@@ -9,6 +9,7 @@
 pub mod classify;
 pub mod config;
 pub mod data;
+pub mod error;
 pub mod finetune;
 pub mod hf;
 pub mod linprobe;
@@ -18,5 +19,6 @@ pub mod pretrain;
 pub mod visualize;
 
 pub use config::MaeConfig;
+pub use error::Error;
 pub use model::{patchify, unpatchify, MaeOutput, MaskedAutoencoder};
 pub use nn;

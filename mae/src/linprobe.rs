@@ -25,6 +25,7 @@ use crate::classify::{
 };
 use crate::data::{Dataset, Normalize, Rng};
 use crate::pretrain::{print_profile, profiling, progress_bar};
+use crate::Error;
 
 const ORDER_STREAM: u64 = 1;
 const HEAD_STREAM: u64 = 4;
@@ -112,7 +113,7 @@ impl Features {
 ///
 /// # Errors
 /// One line for bad settings, missing or unlabelled data, an unreadable model, or I/O.
-pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, String> {
+pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, Error> {
     if s.epochs == 0
         || s.batch_size < 2
         || !(s.blr > 0.0 && s.blr.is_finite())
@@ -159,7 +160,8 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, String> {
         return Err(format!(
             "{}: {n} training images, fewer than one batch of {}",
             data.train.description, s.batch_size
-        ));
+        )
+        .into());
     }
     let extract = |split: &str, d: &Arc<Dataset>, n: usize| {
         let key = format!(
@@ -192,9 +194,10 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, String> {
             .train_one_epoch(&mut sgd, s, &train, epoch)
             .map_err(e)?;
         if !loss.is_finite() {
-            return Err(format!(
-                "the probe's loss is {loss} in epoch {}; lower --blr",
-                epoch + 1
+            return Err(Error::non_finite(
+                loss as f32,
+                format!("in epoch {}", epoch + 1),
+                None,
             ));
         }
         top1 = probe.top1(&test_x, &test.labels).map_err(e)?;
@@ -216,7 +219,7 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, String> {
         print_profile(&device);
     }
     probe.save(&run.output.join("head.safetensors"))?;
-    report(&run.output, "linprobe", s.start, top1, s.epochs)
+    Ok(report(&run.output, "linprobe", s.start, top1, s.epochs)?)
 }
 
 /// The reference's probe head: `[BatchNorm1d(D, affine=False), Linear(D, classes)]`.

@@ -11,9 +11,9 @@ use engine::{Device, Tensor};
 use mae::classify::{Pool, Start};
 use mae::data::{Dataset, Split};
 use mae::hf::{load_pretrained, to_published};
-use mae::pretrain::{Invocation, PretrainError, Settings};
-use mae::MaeConfig;
+use mae::pretrain::{Invocation, Settings};
 use mae::{finetune, linprobe};
+use mae::{Error, MaeConfig};
 use nn::{read_safetensors, Ctx};
 use safetensors::tensor::{Dtype, TensorView};
 
@@ -269,7 +269,7 @@ struct FinetuneArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Pretrain(args) => return pretrain(*args),
+        Command::Pretrain(args) => pretrain(*args),
         Command::Visualize {
             model,
             image,
@@ -286,7 +286,8 @@ fn main() -> ExitCode {
             &out,
             mask_ratio,
             seed,
-        ),
+        )
+        .map_err(Error::from),
         Command::Linprobe(a) => linprobe(*a),
         Command::Finetune(a) => finetune(*a),
         Command::Forward {
@@ -295,24 +296,21 @@ fn main() -> ExitCode {
             output,
             grads,
             seed,
-        } => forward(&model, &input, &output, grads, seed),
+        } => forward(&model, &input, &output, grads, seed).map_err(Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-fn pretrain(a: PretrainArgs) -> ExitCode {
+fn pretrain(a: PretrainArgs) -> Result<(), Error> {
     let config = match mae::pretrain::config_from(&a.model) {
         Ok(c) => c,
-        Err(e) if a.resume.is_none() => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) if a.resume.is_none() => return Err(e.into()),
         Err(_) => MaeConfig::mae_tiny_28_patch4(), // the checkpoint's settings are used
     };
     if a.resume.is_some() {
@@ -357,36 +355,25 @@ fn pretrain(a: PretrainArgs) -> ExitCode {
         workers: a.workers,
         progress: std::io::stderr().is_terminal(),
     };
-    match mae::pretrain::pretrain(s, &run) {
-        Ok(summary) => {
-            let skipped = match summary.skipped {
-                0 => String::new(),
-                n => format!(", {n} unreadable files skipped"),
-            };
-            eprintln!(
-                "done: {} epochs, {} steps, last epoch loss {:.4}, {:.1} img/s{skipped}; checkpoint {}; \
-                 metrics, loss.png and reconstruction.png in {}",
-                summary.epochs,
-                summary.steps,
-                summary.last_epoch_loss,
-                summary.img_per_s,
-                summary.checkpoint.display(),
-                a.output.display()
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e @ PretrainError::NonFinite { .. }) => {
-            eprintln!("error: {e}");
-            ExitCode::from(3)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
+    let summary = mae::pretrain::pretrain(s, &run)?;
+    let skipped = match summary.skipped {
+        0 => String::new(),
+        n => format!(", {n} unreadable files skipped"),
+    };
+    eprintln!(
+        "done: {} epochs, {} steps, last epoch loss {:.4}, {:.1} img/s{skipped}; checkpoint {}; \
+         metrics, loss.png and reconstruction.png in {}",
+        summary.epochs,
+        summary.steps,
+        summary.last_epoch_loss,
+        summary.img_per_s,
+        summary.checkpoint.display(),
+        a.output.display()
+    );
+    Ok(())
 }
 
-fn linprobe(a: LinprobeArgs) -> Result<(), String> {
+fn linprobe(a: LinprobeArgs) -> Result<(), Error> {
     let mut s = linprobe::Settings::recipe(a.model, a.init, a.pool, a.data);
     s.epochs = a.epochs;
     s.limit = a.limit;
@@ -405,7 +392,7 @@ fn linprobe(a: LinprobeArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn finetune(a: FinetuneArgs) -> Result<(), String> {
+fn finetune(a: FinetuneArgs) -> Result<(), Error> {
     let run = Invocation {
         output: a.output.clone(),
         resume: a.resume.clone(),

@@ -21,7 +21,7 @@ use crate::data::{Augment, Dataset, Loader, Normalize, Rng, Skipped, Split};
 use crate::hf::{
     load_pretrained, read_config, read_preprocessor, save_preprocessor, save_pretrained,
 };
-use crate::{plot, visualize, MaeConfig, MaskedAutoencoder};
+use crate::{plot, visualize, Error, MaeConfig, MaskedAutoencoder};
 
 /// Random streams of a run, by purpose (see [`crate::data::Rng`]).
 const ORDER_STREAM: u64 = 1;
@@ -132,28 +132,8 @@ impl Settings {
     }
 }
 
-/// How a run ends badly. Each is one line for the user.
-#[derive(Debug, thiserror::Error)]
-pub enum PretrainError {
-    /// Bad settings or data, or a failure to read or write files.
-    #[error("{0}")]
-    Setup(String),
-    /// The loss became NaN or infinite; nothing after the last checkpoint was saved.
-    #[error("the loss is {loss} at step {step} (epoch {epoch}); training stopped. {checkpoint}")]
-    NonFinite {
-        /// The loss read back.
-        loss: f32,
-        /// Iteration.
-        step: u64,
-        /// Epoch.
-        epoch: usize,
-        /// Which checkpoint is the last good one.
-        checkpoint: String,
-    },
-}
-
-fn setup<E: std::fmt::Display>(e: E) -> PretrainError {
-    PretrainError::Setup(e.to_string())
+fn setup<E: std::fmt::Display>(e: E) -> Error {
+    Error::Setup(e.to_string())
 }
 
 /// A model and optimizer where training stands.
@@ -202,9 +182,9 @@ pub struct Invocation {
 /// Run (or continue) pretraining. Prints one line per epoch; returns what happened.
 ///
 /// # Errors
-/// [`PretrainError::Setup`] for bad settings, missing data or I/O failures;
-/// [`PretrainError::NonFinite`] when the loss diverges (earlier checkpoints are untouched).
-pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, PretrainError> {
+/// [`Error::Setup`] for bad settings, missing data or I/O failures;
+/// [`Error::NonFinite`] when the loss diverges (earlier checkpoints are untouched).
+pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Error> {
     let device = Device::new().map_err(setup)?;
     let profiling = profiling(&device);
     let (mut settings, mut state, checkpoint) = match &run.resume {
@@ -336,7 +316,7 @@ impl Trainer<'_> {
     /// One pass over the epoch's batches, as the reference's `train_one_epoch`: lr per
     /// iteration, forward, loss check, backward into the accumulated gradients, an AdamW
     /// step every `accum_iter` iterations. Returns the epoch's mean loss.
-    fn train_one_epoch(&mut self, state: &mut State, loader: Loader) -> Result<f64, PretrainError> {
+    fn train_one_epoch(&mut self, state: &mut State, loader: Loader) -> Result<f64, Error> {
         let (epoch, accum) = (state.epoch, self.settings.accum_iter);
         let prefix = format!("epoch {}/{}", epoch + 1, self.settings.epochs);
         let bar = progress_bar(self.run.progress, self.iters, prefix);
@@ -362,15 +342,11 @@ impl Trainer<'_> {
             let loss = out.loss.item().map_err(setup)?;
             if !loss.is_finite() {
                 bar.abandon();
-                return Err(PretrainError::NonFinite {
+                return Err(Error::non_finite(
                     loss,
-                    step: state.step,
-                    epoch,
-                    checkpoint: match &self.checkpoint {
-                        Some(dir) => format!("The last good checkpoint is {}.", dir.display()),
-                        None => "No checkpoint had been written.".into(),
-                    },
-                });
+                    format!("at step {} (epoch {})", state.step, epoch + 1),
+                    self.checkpoint.as_deref(),
+                ));
             }
             out.loss.backward_into(&scale, &mut grads).map_err(setup)?;
             if (it + 1) % accum == 0 {
@@ -405,7 +381,7 @@ impl Trainer<'_> {
         it: usize,
         loss: f32,
         bar: &indicatif::ProgressBar,
-    ) -> Result<(), PretrainError> {
+    ) -> Result<(), Error> {
         let elapsed = self.started.elapsed().as_secs_f64();
         let img_per_s = self.images_seen as f64 / elapsed;
         let lr = state.opt.groups[0].lr;
@@ -470,7 +446,7 @@ fn describe(c: &MaeConfig) -> String {
     )
 }
 
-fn validate(s: &Settings) -> Result<(), PretrainError> {
+fn validate(s: &Settings) -> Result<(), Error> {
     let problems = [
         (s.epochs == 0, "--epochs must be at least 1"),
         (s.batch_size == 0, "--batch-size must be at least 1"),
@@ -497,7 +473,7 @@ fn validate(s: &Settings) -> Result<(), PretrainError> {
 
 /// The model named by `settings.model` (a preset, or a directory or config.json, with its
 /// weights when the directory has them) and a new optimizer.
-fn fresh(settings: &Settings, device: &Device) -> Result<State, PretrainError> {
+fn fresh(settings: &Settings, device: &Device) -> Result<State, Error> {
     let mut model = model_from(&settings.model, settings.seed, device)?;
     model.config.mask_ratio = settings.mask_ratio;
     model.config.norm_pix_loss = settings.norm_pix_loss;
@@ -536,7 +512,7 @@ pub fn config_from(model: &str) -> Result<MaeConfig, String> {
     read_config(&config_path).map_err(|e| e.to_string())
 }
 
-fn model_from(model: &str, seed: u64, device: &Device) -> Result<MaskedAutoencoder, PretrainError> {
+fn model_from(model: &str, seed: u64, device: &Device) -> Result<MaskedAutoencoder, Error> {
     let dir = Path::new(model);
     if dir.join("model.safetensors").is_file() {
         return load_pretrained(dir, device).map_err(setup);
@@ -566,7 +542,7 @@ pub fn adamw(model: &MaskedAutoencoder, lr: f32, weight_decay: f32) -> engine::R
     )
 }
 
-fn optimizer(model: &MaskedAutoencoder, s: &Settings) -> Result<AdamW, PretrainError> {
+fn optimizer(model: &MaskedAutoencoder, s: &Settings) -> Result<AdamW, Error> {
     adamw(model, s.lr() as f32, s.weight_decay as f32).map_err(setup)
 }
 
@@ -596,7 +572,7 @@ pub(crate) fn checkpoint_dir(path: &Path) -> Result<PathBuf, String> {
     })
 }
 
-fn resume(path: &Path, device: &Device) -> Result<(Settings, State, PathBuf), PretrainError> {
+fn resume(path: &Path, device: &Device) -> Result<(Settings, State, PathBuf), Error> {
     let dir = checkpoint_dir(path).map_err(setup)?;
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path)
@@ -645,11 +621,7 @@ fn resume(path: &Path, device: &Device) -> Result<(Settings, State, PathBuf), Pr
 }
 
 /// Write `output/checkpoint-{epoch}` (model, preprocessor, optimizer, trainer state).
-fn save_checkpoint(
-    output: &Path,
-    settings: &Settings,
-    state: &State,
-) -> Result<PathBuf, PretrainError> {
+fn save_checkpoint(output: &Path, settings: &Settings, state: &State) -> Result<PathBuf, Error> {
     let name = format!("checkpoint-{}", state.epoch);
     write_dir_atomically(output, &name, |tmp| {
         let e = |e: nn::CheckpointError| e.to_string();
@@ -669,7 +641,7 @@ fn save_checkpoint(
         std::fs::write(&path, serde_json::to_string_pretty(&trainer).expect("JSON"))
             .map_err(|e| format!("{}: {e}", path.display()))
     })
-    .map_err(PretrainError::Setup)
+    .map_err(Error::Setup)
 }
 
 /// Write the directory `output/name` whole or not at all: `fill` writes into a hidden
@@ -747,7 +719,7 @@ fn write_reconstructions(
     settings: &Settings,
     state: &mut State,
     output: &Path,
-) -> Result<(), PretrainError> {
+) -> Result<(), Error> {
     let data = Dataset::open(&settings.data, Split::Test)
         .or_else(|_| Dataset::open(&settings.data, Split::Train))
         .map_err(setup)?;

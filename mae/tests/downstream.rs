@@ -223,6 +223,75 @@ fn finetune_end_to_end() {
     let bytes = |d: &Path| std::fs::read(d.join("checkpoint-2/model.safetensors")).unwrap();
     assert!(bytes(&resumed) == bytes(&out), "resumed weights differ");
     assert!(!resumed.join("checkpoint-1").exists());
+
+    // A diverging run exits as pretraining's does: code 3, the last good checkpoint named
+    // and left as it was.
+    let ckpt = out.join("checkpoint-1");
+    let state_path = ckpt.join("trainer_state.json");
+    let mut state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    state["settings"]["blr"] = 1e30.into();
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    let before = std::fs::read(ckpt.join("model.safetensors")).unwrap();
+    let diverged = dir.join("diverged");
+    let o = mae(&[
+        "finetune",
+        "--resume",
+        ckpt.to_str().unwrap(),
+        "--output",
+        diverged.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: the loss is")
+            && last.contains("training stopped")
+            && last.contains("The last good checkpoint is")
+            && last.contains("checkpoint-1"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(ckpt.join("model.safetensors")).unwrap(),
+        before
+    );
+    assert!(!diverged.join("checkpoint-2").exists());
+}
+
+#[test]
+fn a_diverging_probe_exits_with_code_3() {
+    let dir = tmp("probe-nan");
+    let (data, config, _) = setup(&dir);
+    let o = mae(&[
+        "linprobe",
+        "--model",
+        config.to_str().unwrap(),
+        "--init",
+        "random",
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        dir.join("probe").to_str().unwrap(),
+        "--cache",
+        dir.join("cache").to_str().unwrap(),
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--blr",
+        "3e38",
+        "--warmup-epochs",
+        "0",
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .starts_with("error: the loss is"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -7,12 +7,12 @@
 //! temporary file beside the target, syncs it and renames it over the target: a process
 //! killed mid-save leaves the previous checkpoint intact.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use engine::{Device, Tensor};
+use engine::Tensor;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
@@ -208,35 +208,40 @@ fn to_f32(view: &TensorView<'_>) -> Result<Vec<f32>, String> {
 }
 
 /// Load every parameter of `module` from `path`, strictly: the file must hold exactly the
-/// module's parameter names with the same shapes. Nothing is changed unless everything
-/// matches. Loaded parameters require grad.
+/// module's parameter names with the same shapes ([`load_tensors`]).
 ///
 /// # Errors
 /// [`CheckpointError::Mismatch`] listing every missing, unexpected and mis-shaped tensor;
 /// the errors of [`read_safetensors`].
-pub fn load_safetensors(
-    path: &Path,
+pub fn load_safetensors(path: &Path, module: &mut dyn Module) -> Result<(), CheckpointError> {
+    load_tensors(module, read_safetensors(path)?, path)
+}
+
+/// Copy `tensors` (read from `path`, named in the error) into `module`'s parameters,
+/// strictly and in place: every parameter name present with its shape and nothing left
+/// over, else one error listing every missing, unexpected and mis-shaped tensor, and
+/// nothing is changed. The parameter tensors stay the same (buffers and ids), so an
+/// optimizer built before the load goes on updating them.
+///
+/// # Errors
+/// [`CheckpointError::Mismatch`]; [`CheckpointError::Engine`] if a write fails.
+pub fn load_tensors(
     module: &mut dyn Module,
-    device: &Device,
+    mut tensors: TensorMap,
+    path: &Path,
 ) -> Result<(), CheckpointError> {
-    let mut file = read_safetensors(path)?;
-    let mut expected: Vec<(String, Vec<usize>)> = Vec::new();
+    let (mut missing, mut mis_shaped, mut known) = (Vec::new(), Vec::new(), HashSet::new());
     module.visit("", &mut |name, t| {
-        expected.push((name.to_string(), t.shape().to_vec()))
-    });
-    let mut missing = Vec::new();
-    let mut mis_shaped = Vec::new();
-    for (name, shape) in &expected {
-        match file.get(name) {
-            None => missing.push(name.clone()),
-            Some((s, _)) if s != shape => {
-                mis_shaped.push(format!("{name}: file {s:?} vs model {shape:?}"))
+        known.insert(name.to_string());
+        match tensors.get(name) {
+            None => missing.push(name.to_string()),
+            Some((s, _)) if s.as_slice() != t.shape() => {
+                mis_shaped.push(format!("{name}: file {s:?} vs model {:?}", t.shape()))
             }
             Some(_) => {}
         }
-    }
-    let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
-    let unexpected: Vec<String> = file
+    });
+    let unexpected: Vec<String> = tensors
         .keys()
         .filter(|k| !known.contains(k.as_str()))
         .cloned()
@@ -249,18 +254,12 @@ pub fn load_safetensors(
             mis_shaped,
         });
     }
-    let mut loaded: HashMap<String, Tensor> = HashMap::new();
-    for (name, shape) in &expected {
-        let (_, values) = file.remove(name).expect("checked above");
-        loaded.insert(
-            name.clone(),
-            Tensor::from_slice(device, &values, shape)?.requires_grad(true)?,
-        );
-    }
-    module.visit_mut("", &mut |name, t| {
-        if let Some(new) = loaded.remove(name) {
-            *t = new;
+    let mut result = Ok(());
+    module.visit("", &mut |name, t| {
+        if result.is_ok() {
+            let (_, values) = tensors.remove(name).expect("checked above");
+            result = t.copy_from_slice(&values);
         }
     });
-    Ok(())
+    Ok(result?)
 }

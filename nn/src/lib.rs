@@ -17,8 +17,8 @@ pub mod pos_embed;
 pub mod vit;
 
 pub use checkpoint::{
-    load_safetensors, read_safetensors, save_host_safetensors, save_safetensors, CheckpointError,
-    TensorMap,
+    load_safetensors, load_tensors, read_safetensors, save_host_safetensors, save_safetensors,
+    CheckpointError, TensorMap,
 };
 pub use engine;
 pub use init::Init;

@@ -37,7 +37,7 @@ fn round_trip_restores_every_parameter() {
     save_safetensors(&path, &named_parameters(&a), None).unwrap();
     let mut b = block(2);
     assert_ne!(values(&a), values(&b));
-    load_safetensors(&path, &mut b, &dev()).unwrap();
+    load_safetensors(&path, &mut b).unwrap();
     assert_eq!(values(&a), values(&b));
     assert!(named_parameters(&b).iter().all(|(_, t)| t.is_tracked()));
     let names: Vec<String> = named_parameters(&b).into_iter().map(|(n, _)| n).collect();
@@ -67,7 +67,7 @@ fn strict_loading_lists_every_problem_and_changes_nothing() {
     save_safetensors(&path, &tensors, None).unwrap();
     let mut b = block(2);
     let before = values(&b);
-    let e = load_safetensors(&path, &mut b, &dev()).unwrap_err();
+    let e = load_safetensors(&path, &mut b).unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, CheckpointError::Mismatch { .. }));
     assert!(msg.contains("missing [mlp.fc2.bias]"), "{msg}");
@@ -172,7 +172,7 @@ fn corrupt_and_hostile_files_are_errors() {
             .unwrap_or_else(|| panic!("{what} was accepted"));
         assert!(matches!(e, CheckpointError::Format(..)), "{what}: {e}");
         let mut b = block(3);
-        assert!(load_safetensors(&path, &mut b, &dev()).is_err(), "{what}");
+        assert!(load_safetensors(&path, &mut b).is_err(), "{what}");
     }
     let e = read_safetensors(&tmp("does-not-exist.safetensors")).unwrap_err();
     assert!(matches!(e, CheckpointError::Io(..)), "{e}");
@@ -234,4 +234,56 @@ fn a_process_killed_mid_save_leaves_a_valid_checkpoint() {
     // The child did write checkpoints (a kill before its first save would prove nothing);
     // it may leave its temporary file behind, never a broken target.
     assert!(saw_child_save, "the child process never completed a save");
+}
+
+#[test]
+fn loading_after_the_optimizer_is_built_keeps_the_model_trained() {
+    // The order that used to train nothing: optimizer first, then the weights.
+    let path = tmp("before-optimizer.safetensors");
+    let source = block(1);
+    save_safetensors(&path, &named_parameters(&source), None).unwrap();
+    let x = Tensor::randn(&dev(), &[2, 3, 8], 5).unwrap();
+    let train = |m: &Block, opt: &mut engine::AdamW| {
+        let loss = m
+            .forward(&x, &mut nn::Ctx::eval())
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        opt.step(&loss.backward().unwrap()).unwrap();
+    };
+    let adamw = |m: &Block| {
+        let params = named_parameters(m).into_iter().map(|(_, t)| t).collect();
+        engine::AdamW::new(
+            vec![engine::ParamGroup::new(params, 0.1, 0.0)],
+            (0.9, 0.999),
+            1e-8,
+        )
+        .unwrap()
+    };
+
+    let mut late = block(2);
+    let ids: Vec<_> = named_parameters(&late)
+        .iter()
+        .map(|(_, t)| t.id())
+        .collect();
+    let mut opt = adamw(&late);
+    load_safetensors(&path, &mut late).unwrap();
+    let after: Vec<_> = named_parameters(&late)
+        .iter()
+        .map(|(_, t)| t.id())
+        .collect();
+    assert_eq!(ids, after, "loading keeps the parameter tensors");
+    train(&late, &mut opt);
+
+    let mut early = block(3);
+    load_safetensors(&path, &mut early).unwrap();
+    let mut opt = adamw(&early);
+    train(&early, &mut opt);
+
+    assert_ne!(
+        values(&late),
+        values(&source),
+        "the step changed the loaded weights"
+    );
+    assert_eq!(values(&late), values(&early), "either order, the same step");
 }
