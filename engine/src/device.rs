@@ -127,6 +127,20 @@ impl Device {
     /// [`Error::NoAdapter`] when no adapter exists (the message says what to install) or none
     /// matches `WGPU_ADAPTER_NAME`; [`Error::Device`] when the device cannot be created.
     pub fn new() -> Result<Device> {
+        Device::open(None)
+    }
+
+    /// [`Device::new`] with the storage-binding limit (the largest tensor) lowered to
+    /// `bytes`: the device then enforces that limit as a smaller GPU's would. For tests of
+    /// large-buffer paths, and to rehearse a run for an adapter with less memory.
+    ///
+    /// # Errors
+    /// As [`Device::new`].
+    pub fn with_binding_limit(bytes: u64) -> Result<Device> {
+        Device::open(Some(bytes))
+    }
+
+    fn open(binding_limit: Option<u64>) -> Result<Device> {
         // Without WGPU_BACKEND, try the modern APIs first and fall back to GL only when they
         // have no adapter (probing GL on a headless machine is slow and noisy).
         let from_env = wgpu::Backends::from_env();
@@ -155,7 +169,11 @@ impl Device {
                 }
             },
         };
-        let limits = adapter.limits();
+        let mut limits = adapter.limits();
+        if let Some(bytes) = binding_limit {
+            limits.max_storage_buffer_binding_size =
+                limits.max_storage_buffer_binding_size.min(bytes);
+        }
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("engine"),
             required_features: wgpu::Features::empty(),
@@ -321,7 +339,25 @@ impl Device {
                 limit,
             });
         }
-        Ok(lock(&self.inner.pool).take(&self.inner.device, bytes))
+        let take = || lock(&self.inner.pool).take(&self.inner.device, bytes, limit);
+        let out_of_memory = |message| Error::OutOfMemory {
+            op,
+            shape: shape.to_vec(),
+            bytes,
+            live_bytes: self.pool_stats().live_bytes,
+            message,
+        };
+        match take() {
+            Ok(taken) => Ok(taken),
+            // Cached buffers of other sizes may be what fills the memory: free them (once
+            // the GPU is done with them) and try again.
+            Err(_) if self.pool_stats().cached_bytes > 0 => {
+                self.trim_pool();
+                self.synchronize()?;
+                take().map_err(out_of_memory)
+            }
+            Err(message) => Err(out_of_memory(message)),
+        }
     }
 
     pub(crate) fn release(&self, buffer: wgpu::Buffer, class: u64) {
@@ -562,4 +598,19 @@ fn choose_adapter(adapters: Vec<wgpu::Adapter>) -> Result<wgpu::Adapter> {
         .into_iter()
         .min_by_key(rank)
         .expect("adapters is not empty"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Device;
+
+    #[test]
+    fn a_buffer_the_driver_refuses_is_an_error_not_a_panic() {
+        let d = Device::shared().unwrap();
+        let too_big = d.info().max_buffer_size + 4;
+        let e = crate::pool::create(&d.inner.device, too_big).unwrap_err();
+        assert!(!e.is_empty());
+        // The device goes on working.
+        assert!(crate::pool::create(&d.inner.device, 1024).is_ok());
+    }
 }

@@ -70,6 +70,20 @@ pub enum Error {
         /// The adapter's limit.
         limit: u64,
     },
+    /// The device could not create a buffer: its memory is full (or the driver refused).
+    #[error("{op}: could not allocate {bytes} bytes for a tensor of shape {shape:?} with {live_bytes} bytes already held by tensors: {message}")]
+    OutOfMemory {
+        /// The op that would have allocated it.
+        op: &'static str,
+        /// The shape asked for.
+        shape: Vec<usize>,
+        /// Bytes it needs.
+        bytes: u64,
+        /// Bytes held by live tensors at the time.
+        live_bytes: u64,
+        /// The driver's reason.
+        message: String,
+    },
 }
 
 impl Error {

@@ -3,6 +3,10 @@
 //!
 //! Size classes are powers of two split into four steps (1, 1.25, 1.5, 1.75 × 2^k), so a
 //! buffer wastes at most a fifth of its size while still being reused across close sizes.
+//! A class never exceeds the adapter's buffer limit: a request near the limit (1.75 to 2
+//! GiB where the limit is 2^31 - 1) gets a buffer of the limit, not of the next class.
+//! Creating a buffer can fail (the GPU's memory is full); that is an error to report, not a
+//! validation panic, so fresh buffers are made inside an error scope.
 
 use std::collections::HashMap;
 
@@ -24,15 +28,19 @@ pub struct PoolStats {
 /// Smallest buffer the pool hands out; tiny tensors share this class.
 const MIN_CLASS: u64 = 256;
 
-/// The size class (bytes actually allocated) for a request of `bytes`.
-pub(crate) fn size_class(bytes: u64) -> u64 {
+/// The size class (bytes actually allocated) for a request of `bytes`, at most `limit`
+/// (the largest buffer the adapter binds) rounded down to a multiple of 4, which a request
+/// of whole 32-bit elements never exceeds.
+pub(crate) fn size_class(bytes: u64, limit: u64) -> u64 {
     let bytes = bytes.max(MIN_CLASS);
     let pow = bytes.next_power_of_two();
-    if pow == bytes {
-        return bytes;
-    }
-    let step = pow / 8; // quarter steps between pow/2 and pow
-    bytes.div_ceil(step) * step
+    let class = if pow == bytes {
+        bytes
+    } else {
+        let step = pow / 8; // quarter steps between pow/2 and pow
+        bytes.div_ceil(step) * step
+    };
+    class.min(limit & !3)
 }
 
 #[derive(Default)]
@@ -42,9 +50,18 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// A buffer of at least `bytes`, from the free list when one of its class is there.
-    pub(crate) fn take(&mut self, device: &wgpu::Device, bytes: u64) -> (wgpu::Buffer, u64) {
-        let class = size_class(bytes);
+    /// A buffer of at least `bytes` (at most `limit`), from the free list when one of its
+    /// class is there.
+    ///
+    /// # Errors
+    /// The driver's message when a fresh buffer cannot be created.
+    pub(crate) fn take(
+        &mut self,
+        device: &wgpu::Device,
+        bytes: u64,
+        limit: u64,
+    ) -> Result<(wgpu::Buffer, u64), String> {
+        let class = size_class(bytes, limit);
         let buffer = match self.free.get_mut(&class).and_then(Vec::pop) {
             Some(buffer) => {
                 self.stats.cached_bytes -= class;
@@ -52,20 +69,14 @@ impl Pool {
                 buffer
             }
             None => {
+                let buffer = create(device, class)?;
                 self.stats.allocations += 1;
-                device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("tensor"),
-                    size: class,
-                    usage: wgpu::BufferUsages::STORAGE
-                        | wgpu::BufferUsages::COPY_SRC
-                        | wgpu::BufferUsages::COPY_DST,
-                    mapped_at_creation: false,
-                })
+                buffer
             }
         };
         self.stats.live_bytes += class;
         self.stats.peak_bytes = self.stats.peak_bytes.max(self.stats.live_bytes);
-        (buffer, class)
+        Ok((buffer, class))
     }
 
     /// Return a buffer taken with [`Pool::take`]. Commands already recorded that use it stay
@@ -91,21 +102,64 @@ impl Pool {
     }
 }
 
+/// A storage buffer of `size` bytes, or the driver's reason (out of memory, over a limit).
+pub(crate) fn create(device: &wgpu::Device, size: u64) -> Result<wgpu::Buffer, String> {
+    let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("tensor"),
+        size,
+        usage: wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let invalid = pollster::block_on(validation.pop());
+    let out_of_memory = pollster::block_on(memory.pop());
+    match out_of_memory.or(invalid) {
+        None => Ok(buffer),
+        Some(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::size_class;
 
+    const NO_LIMIT: u64 = u64::MAX;
+
     #[test]
     fn size_classes_round_up_by_quarter_steps() {
-        assert_eq!(size_class(1), 256);
-        assert_eq!(size_class(256), 256);
-        assert_eq!(size_class(257), 320);
-        assert_eq!(size_class(1024), 1024);
-        assert_eq!(size_class(1025), 1280);
-        assert_eq!(size_class(1537), 1792);
+        assert_eq!(size_class(1, NO_LIMIT), 256);
+        assert_eq!(size_class(256, NO_LIMIT), 256);
+        assert_eq!(size_class(257, NO_LIMIT), 320);
+        assert_eq!(size_class(1024, NO_LIMIT), 1024);
+        assert_eq!(size_class(1025, NO_LIMIT), 1280);
+        assert_eq!(size_class(1537, NO_LIMIT), 1792);
         for bytes in [300u64, 5000, 123_457, 9_999_999] {
-            let class = size_class(bytes);
+            let class = size_class(bytes, NO_LIMIT);
             assert!(class >= bytes && (class as f64) < bytes as f64 * 1.25 + 1.0);
         }
+    }
+
+    #[test]
+    fn size_classes_stop_at_the_binding_limit() {
+        // A common limit (2^31 - 1): requests of 1.75 to 2 GiB would round to 2 GiB.
+        let limit = (1u64 << 31) - 1;
+        for bytes in [
+            (7u64 << 28) + 4,
+            (15u64 << 27) + 4,
+            (1 << 31) - 1024,
+            (1 << 31) - 4,
+        ] {
+            let class = size_class(bytes, limit);
+            assert!(
+                class >= bytes && class <= limit && class % 4 == 0,
+                "{bytes} -> {class}"
+            );
+        }
+        assert_eq!(size_class(1000, 1000), 1000);
+        assert_eq!(size_class(996, 1001), 1000);
+        assert_eq!(size_class(100, 1000), 256);
     }
 }

@@ -93,3 +93,33 @@ fn device_reports_adapter_and_limits() {
     assert!(line.contains(&info.name) && line.contains("max storage binding"));
     d.synchronize().unwrap();
 }
+
+#[test]
+fn buffers_stay_within_a_low_binding_limit() {
+    // A limit that is no size class: 1,000,000 bytes round up to the 1 MiB class.
+    let limit = 1_000_100;
+    let d = Device::with_binding_limit(limit).unwrap();
+    assert_eq!(d.info().max_storage_buffer_binding_size, limit);
+    let n = 250_000;
+    let x = Tensor::full(&d, &[n], 1.5).unwrap();
+    let y = x
+        .add(&x)
+        .unwrap()
+        .mul_scalar(2.0)
+        .unwrap()
+        .sum_all()
+        .unwrap();
+    assert_eq!(y.item().unwrap(), 6.0 * n as f32);
+    // One element more than the limit holds: an error naming the limit, not a panic.
+    let e = Tensor::zeros(&d, &[250_026]).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            engine::Error::TooLarge {
+                limit: 1_000_100,
+                ..
+            }
+        ),
+        "{e}"
+    );
+}
