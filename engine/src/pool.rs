@@ -154,7 +154,7 @@ mod tests {
         ] {
             let class = size_class(bytes, limit);
             assert!(
-                class >= bytes && class <= limit && class % 4 == 0,
+                class >= bytes && class <= limit && class.is_multiple_of(4),
                 "{bytes} -> {class}"
             );
         }
