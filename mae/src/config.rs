@@ -139,7 +139,27 @@ impl MaeConfig {
         len_keep(self.num_patches(), self.mask_ratio)
     }
 
-    /// Check that the sizes fit together.
+    /// The number of trained parameters, in `f64` so that no config can overflow it.
+    pub fn parameter_count(&self) -> f64 {
+        let block = |d: f64| {
+            let hidden = d * self.mlp_ratio as f64;
+            4.0 * d // two norms
+                + 3.0 * d * d + 3.0 * d // qkv
+                + d * d + d // proj
+                + 2.0 * d * hidden + hidden + d // mlp
+        };
+        let (d, dd) = (self.dim as f64, self.decoder_dim as f64);
+        let p = (self.patch_size as f64).powi(2) * self.channels as f64;
+        let encoder = d * p + d + d + self.depth as f64 * block(d) + 2.0 * d;
+        let decoder =
+            d * dd + dd + dd + self.decoder_depth as f64 * block(dd) + 2.0 * dd + dd * p + p;
+        encoder + decoder
+    }
+
+    /// Check that the sizes fit together and stay within what one GPU can train: at most
+    /// [`MAX_BLOCKS`] blocks in the encoder and in the decoder, and at most
+    /// [`MAX_PARAMETERS`] parameters. A config is read before any weights are, so these
+    /// bounds are what stops a corrupt or hostile one from allocating without end.
     ///
     /// # Errors
     /// A message naming the first inconsistency.
@@ -148,6 +168,49 @@ impl MaeConfig {
             return Err(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
+            ));
+        }
+        if self.grid() > MAX_GRID {
+            return Err(format!(
+                "{}x{} patches of {}, more than {MAX_GRID} per side",
+                self.grid(),
+                self.grid(),
+                self.patch_size
+            ));
+        }
+        if self.dim == 0 || self.decoder_dim == 0 || self.channels == 0 {
+            return Err("widths and channels must be at least 1".into());
+        }
+        if self.dim.max(self.decoder_dim) > MAX_WIDTH {
+            return Err(format!(
+                "widths {} and {} must be at most {MAX_WIDTH}",
+                self.dim, self.decoder_dim
+            ));
+        }
+        for (what, depth) in [
+            ("num_hidden_layers", self.depth),
+            ("decoder_num_hidden_layers", self.decoder_depth),
+        ] {
+            if depth > MAX_BLOCKS {
+                return Err(format!("{what} is {depth}, more than {MAX_BLOCKS}"));
+            }
+        }
+        if !(self.mlp_ratio > 0.0 && self.mlp_ratio <= 64.0) {
+            return Err(format!(
+                "the MLP ratio {} must be in (0, 64]",
+                self.mlp_ratio
+            ));
+        }
+        if !(self.eps >= 0.0 && self.eps.is_finite()) {
+            return Err(format!(
+                "layer_norm_eps {} must be a non-negative number",
+                self.eps
+            ));
+        }
+        let parameters = self.parameter_count();
+        if parameters > MAX_PARAMETERS {
+            return Err(format!(
+                "the config describes {parameters:.3e} parameters, more than {MAX_PARAMETERS:e} (weights, gradients and AdamW state take 16 bytes each)"
             ));
         }
         for (what, dim, heads) in [
@@ -169,6 +232,19 @@ impl MaeConfig {
         Ok(())
     }
 }
+
+/// The widest encoder or decoder (ViT-22B is 6144 wide).
+pub const MAX_WIDTH: usize = 16384;
+
+/// The most patches per side (a 4096-pixel image in patches of 16 has 256).
+pub const MAX_GRID: usize = 256;
+
+/// The most blocks an encoder or decoder may have (ViT-22B has 48).
+pub const MAX_BLOCKS: usize = 1024;
+
+/// The most parameters a model may have: at 16 bytes each (weights, gradients, AdamW's two
+/// moments) 1e10 parameters fill 160 GB, more than one GPU holds today.
+pub const MAX_PARAMETERS: f64 = 1e10;
 
 /// The number of patches kept visible out of `num_patches` at `mask_ratio`:
 /// `int(L * (1 - mask_ratio))` exactly as the reference and transformers compute it, in

@@ -175,8 +175,63 @@ pub fn read_config(path: &Path) -> Result<MaeConfig, CheckpointError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| CheckpointError::Io(path.to_path_buf(), e))?;
     let json: Value = serde_json::from_str(&text)
-        .map_err(|e| CheckpointError::Format(path.to_path_buf(), e.to_string()))?;
-    config_from_json(&json).map_err(|e| CheckpointError::Format(path.to_path_buf(), e))
+        .map_err(|e| CheckpointError::Config(path.to_path_buf(), format!("not JSON: {e}")))?;
+    config_from_json(&json).map_err(|e| CheckpointError::Config(path.to_path_buf(), e))
+}
+
+/// Check a config against the tensors of its weights file before a model is built from it:
+/// the number of layers and the shapes that fix the widths, patch size, channels, MLP size
+/// and patch count. A config that claims more than the file holds is refused here, before
+/// anything is allocated for it; the strict load afterwards checks every name and shape.
+fn check_against_weights(c: &MaeConfig, file: &TensorMap) -> Result<(), String> {
+    let layers = |prefixes: &[&str]| {
+        file.keys()
+            .filter_map(|k| {
+                let rest = prefixes.iter().find_map(|p| k.strip_prefix(p))?;
+                rest.split('.').next()?.parse::<usize>().ok()
+            })
+            .max()
+            .map_or(0, |i| i + 1)
+    };
+    let encoder = layers(&["vit.encoder.layer."]);
+    let decoder = layers(&["decoder.decoder_layers.", "decoder.decoder_encoder.layer."]);
+    for (field, claimed, held) in [
+        ("num_hidden_layers", c.depth, encoder),
+        ("decoder_num_hidden_layers", c.decoder_depth, decoder),
+    ] {
+        if claimed != held {
+            return Err(format!(
+                "{field} is {claimed}, but model.safetensors has {held} such layers"
+            ));
+        }
+    }
+    let (d, dd, l, p) = (c.dim, c.decoder_dim, c.num_patches(), c.patch_size);
+    let hidden = |width: usize| (width as f32 * c.mlp_ratio) as usize;
+    let shapes = [
+        ("vit.embeddings.cls_token", vec![1, 1, d]),
+        (
+            "vit.embeddings.patch_embeddings.projection.weight",
+            vec![d, c.channels, p, p],
+        ),
+        ("vit.embeddings.position_embeddings", vec![1, 1 + l, d]),
+        ("decoder.mask_token", vec![1, 1, dd]),
+        ("decoder.decoder_pos_embed", vec![1, 1 + l, dd]),
+        ("decoder.decoder_pred.weight", vec![c.patch_dim(), dd]),
+        (
+            "vit.encoder.layer.0.intermediate.dense.weight",
+            vec![hidden(d), d],
+        ),
+    ];
+    for (name, want) in shapes {
+        if let Some((shape, _)) = file.get(name) {
+            if *shape != want {
+                return Err(format!(
+                    "describes {name} as {want:?}, but model.safetensors holds {shape:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `preprocessor_config.json` as transformers' `ViTImageProcessor` reads it.
@@ -235,9 +290,11 @@ pub fn read_preprocessor(dir: &Path) -> Result<Normalize, String> {
 /// [`CheckpointError`] with one line naming the problem: a missing or unreadable file, an
 /// unsupported config, or the missing, unexpected and mis-shaped tensors.
 pub fn load_pretrained(dir: &Path, device: &Device) -> Result<MaskedAutoencoder, CheckpointError> {
-    let config = read_config(&dir.join("config.json"))?;
+    let config_path = dir.join("config.json");
+    let config = read_config(&config_path)?;
     let weights_path = dir.join("model.safetensors");
     let file = read_safetensors(&weights_path)?;
+    check_against_weights(&config, &file).map_err(|e| CheckpointError::Config(config_path, e))?;
     let mut model = MaskedAutoencoder::new(config, &mut Init::new(device, 0))?;
     // The fixed position tables: the file's, when it has them (as transformers runs it).
     for (hf_name, table) in [

@@ -178,3 +178,139 @@ fn save_pretrained_round_trips() {
     assert!(file.contains_key("decoder.decoder_layers.0.attention.attention.query.weight"));
     assert!(file.contains_key("vit.embeddings.position_embeddings"));
 }
+
+/// Run `mae` with `args`, killed (and the test failed) if it takes longer than a minute:
+/// a config that makes it allocate without end must not hang the suite.
+fn mae_within_a_minute(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() > 60 {
+            child.kill().unwrap();
+            panic!("mae {args:?} ran for more than a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn lying_configs_are_refused_before_anything_is_built() {
+    let fixture = fixture("rgb_eps12");
+    let good: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap())
+            .unwrap();
+    let input = fixture.join("io.safetensors");
+    let out = tmp("lying.safetensors");
+    let big = serde_json::Value::from(1_000_000_000u64);
+    let cases: [(&[(&str, serde_json::Value)], &str); 6] = [
+        (
+            &[("num_hidden_layers", big.clone())],
+            "num_hidden_layers is 1000000000, more than 1024",
+        ),
+        (
+            &[("num_hidden_layers", 3.into())],
+            "num_hidden_layers is 3, but model.safetensors has 2",
+        ),
+        (
+            &[("decoder_num_hidden_layers", big.clone())],
+            "decoder_num_hidden_layers is 1000000000",
+        ),
+        (
+            &[
+                ("decoder_hidden_size", big.clone()),
+                ("decoder_intermediate_size", 4_000_000_000u64.into()),
+            ],
+            "must be at most 16384",
+        ),
+        (
+            &[("image_size", 32.into())],
+            "position_embeddings as [1, 65, 16]",
+        ),
+        (
+            &[("num_channels", 1.into())],
+            "projection.weight as [16, 1, 4, 4]",
+        ),
+    ];
+    for (i, (fields, needle)) in cases.into_iter().enumerate() {
+        let field = fields[0].0;
+        let dir = tmp(&format!("lying-{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(
+            fixture.join("model.safetensors"),
+            dir.join("model.safetensors"),
+        )
+        .unwrap();
+        let mut config = good.clone();
+        for (f, v) in fields {
+            config[*f] = v.clone();
+        }
+        std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+        let run = mae_within_a_minute(&[
+            "forward",
+            "--model",
+            dir.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&run.stderr).to_string();
+        assert_eq!(run.status.code(), Some(2), "{field}: {err}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_default();
+        assert!(
+            line.contains("config.json") && line.contains(needle),
+            "{field}: {err}"
+        );
+    }
+
+    // A config.json that is not JSON is named as such, not as a bad weights file.
+    let dir = tmp("lying-not-json");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        fixture.join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("config.json"), "{\"hidden_size\": 16,").unwrap();
+    let run = mae_within_a_minute(&[
+        "forward",
+        "--model",
+        dir.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr).to_string();
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains("config.json: not JSON"), "{err}");
+    assert!(!err.contains("safetensors"), "{err}");
+
+    // Without weights the bounds alone stop it: a fresh pretraining from the config.
+    let mut config = good.clone();
+    config["num_hidden_layers"] = 1_000_000_000.into();
+    let path = tmp("lying-fresh.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let run = mae_within_a_minute(&[
+        "pretrain",
+        "--model",
+        path.to_str().unwrap(),
+        "--output",
+        tmp("lying-run").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&run.stderr).to_string();
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("lying-fresh.json") && err.contains("more than 1024"),
+        "{err}"
+    );
+}

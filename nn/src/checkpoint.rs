@@ -25,6 +25,9 @@ pub enum CheckpointError {
     Io(PathBuf, std::io::Error),
     /// The file is not valid safetensors, or holds a dtype we cannot convert.
     Format(PathBuf, String),
+    /// A model's configuration file (`config.json`) is unreadable as one, or disagrees
+    /// with its weights file.
+    Config(PathBuf, String),
     /// Strict loading found tensors that do not match the model.
     Mismatch {
         /// The file.
@@ -49,6 +52,7 @@ impl fmt::Display for CheckpointError {
                 "{}: not a valid safetensors checkpoint: {e}",
                 p.display()
             ),
+            CheckpointError::Config(p, e) => write!(f, "{}: {e}", p.display()),
             CheckpointError::Mismatch {
                 path,
                 missing,
