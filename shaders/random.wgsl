@@ -1,6 +1,8 @@
 // Counter-based random numbers: element i of a tensor drawn with seed s is a pure function of
-// (s, i), so the same seed gives the same numbers on every device and in the CPU reference
-// (engine/src/reference.rs mirrors these functions bit for bit).
+// (s, i). The random words are integer arithmetic, the same on every device and in the CPU
+// reference (engine/src/reference.rs mirrors these functions); uniform [0, 1) values scale
+// them exactly, while normal values go through log, sqrt and cos, whose last bits are each
+// implementation's own.
 
 struct Params {
     numel: u32,

@@ -1,7 +1,7 @@
 //! Seeded parameter initialisation as the MAE reference does it: xavier-uniform for linear
 //! layers (and the patch embedding viewed as 2-D), zero biases, LayerNorm at 1 and 0,
-//! normal(0.02) for the cls and mask tokens, truncated normal for classifier heads. The
-//! same seed gives the same weights bit for bit: every tensor draws from the engine's
+//! normal(0.02) for the cls and mask tokens, truncated normal for classifier heads. On one
+//! device the same seed gives the same weights bit for bit: every tensor draws from the engine's
 //! counter-based generator with its own seed, derived from the initialiser's seed and a
 //! running count.
 
