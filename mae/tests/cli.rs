@@ -19,14 +19,17 @@ fn tmp(name: &str) -> PathBuf {
 
 /// Run `mae forward --model M --input I --output O` with extra arguments.
 fn forward(model: &Path, input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mae"))
-        .arg("forward")
-        .args(["--model", model.to_str().unwrap()])
-        .args(["--input", input.to_str().unwrap()])
-        .args(["--output", output.to_str().unwrap()])
-        .args(extra)
-        .output()
-        .unwrap()
+    let mut args = vec![
+        "forward",
+        "--model",
+        model.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    mae_within_a_minute(&args)
 }
 
 fn write_input(path: &Path, tensors: &[(&str, Vec<usize>, Vec<f32>)]) {
@@ -251,15 +254,7 @@ fn lying_configs_are_refused_before_anything_is_built() {
             config[*f] = v.clone();
         }
         std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-        let run = mae_within_a_minute(&[
-            "forward",
-            "--model",
-            dir.to_str().unwrap(),
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-        ]);
+        let run = forward(&dir, &input, &out, &[]);
         let err = String::from_utf8_lossy(&run.stderr).to_string();
         assert_eq!(run.status.code(), Some(2), "{field}: {err}");
         let line = err
@@ -281,15 +276,7 @@ fn lying_configs_are_refused_before_anything_is_built() {
     )
     .unwrap();
     std::fs::write(dir.join("config.json"), "{\"hidden_size\": 16,").unwrap();
-    let run = mae_within_a_minute(&[
-        "forward",
-        "--model",
-        dir.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+    let run = forward(&dir, &input, &out, &[]);
     let err = String::from_utf8_lossy(&run.stderr).to_string();
     assert_eq!(run.status.code(), Some(2), "{err}");
     assert!(err.contains("config.json: not JSON"), "{err}");

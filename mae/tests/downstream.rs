@@ -2,7 +2,7 @@
 //! files, the feature cache, labels from class folders, and clear errors for bad labels.
 
 mod common;
-use common::{assert_one_line_error, mae, stderr};
+use common::{assert_one_line_error, assert_resume_diverges, mae, stderr};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -75,8 +75,30 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (data, config_path, checkpoint)
 }
 
+/// `mae linprobe` on `data` at batch 16, its outputs under `out`, for 20 epochs with 2 of
+/// warmup.
 fn linprobe(model: &Path, init: &str, pool: &str, data: &Path, out: &Path) -> Output {
-    mae(&[
+    linprobe_with(
+        model,
+        init,
+        pool,
+        data,
+        out,
+        &["--epochs", "20", "--warmup-epochs", "2"],
+    )
+}
+
+/// [`linprobe`] with other schedule options.
+fn linprobe_with(
+    model: &Path,
+    init: &str,
+    pool: &str,
+    data: &Path,
+    out: &Path,
+    schedule: &[&str],
+) -> Output {
+    let (probe, cache) = (out.join("probe"), out.join("cache"));
+    let mut args = vec![
         "linprobe",
         "--model",
         model.to_str().unwrap(),
@@ -87,16 +109,14 @@ fn linprobe(model: &Path, init: &str, pool: &str, data: &Path, out: &Path) -> Ou
         "--data",
         data.to_str().unwrap(),
         "--output",
-        out.join("probe").to_str().unwrap(),
+        probe.to_str().unwrap(),
         "--cache",
-        out.join("cache").to_str().unwrap(),
-        "--epochs",
-        "20",
-        "--warmup-epochs",
-        "2",
+        cache.to_str().unwrap(),
         "--batch-size",
         "16",
-    ])
+    ];
+    args.extend(schedule);
+    mae(&args)
 }
 
 fn files(dir: &Path) -> Vec<String> {
@@ -226,35 +246,8 @@ fn finetune_end_to_end() {
 
     // A diverging run exits as pretraining's does: code 3, the last good checkpoint named
     // and left as it was.
-    let ckpt = out.join("checkpoint-1");
-    let state_path = ckpt.join("trainer_state.json");
-    let mut state: Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
-    state["settings"]["blr"] = 1e30.into();
-    std::fs::write(&state_path, state.to_string()).unwrap();
-    let before = std::fs::read(ckpt.join("model.safetensors")).unwrap();
     let diverged = dir.join("diverged");
-    let o = mae(&[
-        "finetune",
-        "--resume",
-        ckpt.to_str().unwrap(),
-        "--output",
-        diverged.to_str().unwrap(),
-    ]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(3), "{err}");
-    let last = err.lines().last().unwrap();
-    assert!(
-        last.starts_with("error: the loss is")
-            && last.contains("training stopped")
-            && last.contains("The last good checkpoint is")
-            && last.contains("checkpoint-1"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read(ckpt.join("model.safetensors")).unwrap(),
-        before
-    );
+    assert_resume_diverges("finetune", &out.join("checkpoint-1"), &diverged, None);
     assert!(!diverged.join("checkpoint-2").exists());
 }
 
@@ -262,27 +255,8 @@ fn finetune_end_to_end() {
 fn a_diverging_probe_exits_with_code_3() {
     let dir = tmp("probe-nan");
     let (data, config, _) = setup(&dir);
-    let o = mae(&[
-        "linprobe",
-        "--model",
-        config.to_str().unwrap(),
-        "--init",
-        "random",
-        "--data",
-        data.to_str().unwrap(),
-        "--output",
-        dir.join("probe").to_str().unwrap(),
-        "--cache",
-        dir.join("cache").to_str().unwrap(),
-        "--epochs",
-        "3",
-        "--batch-size",
-        "16",
-        "--blr",
-        "3e38",
-        "--warmup-epochs",
-        "0",
-    ]);
+    let schedule = ["--epochs", "3", "--blr", "3e38", "--warmup-epochs", "0"];
+    let o = linprobe_with(&config, "random", "cls", &data, &dir, &schedule);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(

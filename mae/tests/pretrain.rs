@@ -2,7 +2,7 @@
 //! `mae visualize` load, exact resume, a diverging run, and bad input.
 
 mod common;
-use common::{assert_one_line_error, mae, stderr};
+use common::{assert_one_line_error, assert_resume_diverges, mae, stderr};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -184,32 +184,7 @@ fn a_diverging_run_stops_and_keeps_its_checkpoint() {
     assert!(o.status.success(), "{}", stderr(&o));
     // The same checkpoint with an absurd learning rate in its settings.
     let ckpt = out.join("checkpoint-1");
-    let state_path = ckpt.join("trainer_state.json");
-    let mut state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
-    state["settings"]["blr"] = 1e30.into();
-    state["settings"]["epochs"] = 3.into();
-    std::fs::write(&state_path, state.to_string()).unwrap();
-    let before = std::fs::read(ckpt.join("model.safetensors")).unwrap();
-    let o = mae(&[
-        "pretrain",
-        "--resume",
-        ckpt.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    let err = stderr(&o);
-    let last = err.lines().last().unwrap();
-    assert!(
-        last.contains("training stopped") && last.contains("checkpoint-1"),
-        "{err}"
-    );
-    assert!(!err.contains("panicked"));
-    assert_eq!(
-        std::fs::read(ckpt.join("model.safetensors")).unwrap(),
-        before
-    );
+    assert_resume_diverges("pretrain", &ckpt, &out, Some(3));
     assert!(!out.join("checkpoint-2").exists());
 }
 

@@ -63,3 +63,45 @@ pub fn assert_one_line_error(o: &Output, needle: &str) {
         "{err}"
     );
 }
+
+/// Resume `command` (`pretrain` or `finetune`) from `checkpoint` into `output` with a
+/// learning rate of 1e30 written into its saved settings (and `epochs`, when given): the
+/// run must stop with exit code 3 and a last line naming `checkpoint`, left as it was.
+pub fn assert_resume_diverges(
+    command: &str,
+    checkpoint: &std::path::Path,
+    output: &std::path::Path,
+    epochs: Option<u64>,
+) {
+    let state_path = checkpoint.join("trainer_state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    state["settings"]["blr"] = 1e30.into();
+    if let Some(epochs) = epochs {
+        state["settings"]["epochs"] = epochs.into();
+    }
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    let weights = checkpoint.join("model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let o = mae(&[
+        command,
+        "--resume",
+        checkpoint.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    let last = err.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: the loss is")
+            && last.contains("training stopped")
+            && last.contains(&format!(
+                "The last good checkpoint is {}",
+                checkpoint.display()
+            )),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+}
