@@ -40,6 +40,83 @@ pub struct DeviceInfo {
     pub max_compute_invocations_per_workgroup: u32,
     /// Workgroups along one dispatch dimension.
     pub max_compute_workgroups_per_dimension: u32,
+    /// The optional features the adapter offered and the device enabled; kernels that use
+    /// one have a path without it.
+    pub features: Features,
+}
+
+/// Optional adapter features the engine asks for when offered, and never requires.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// GPU timestamps at pass boundaries (the profiler's clock).
+    pub timestamp_query: bool,
+    /// GPU timestamps between dispatches inside a pass.
+    pub timestamp_query_inside_passes: bool,
+    /// Subgroup (wave, warp, SIMD-group) operations in shaders.
+    pub subgroup: bool,
+    /// `f16` arithmetic in shaders.
+    pub shader_f16: bool,
+    /// Driver-side pipeline caches.
+    pub pipeline_cache: bool,
+}
+
+impl Features {
+    /// What the engine would use of `offered`.
+    fn of(offered: wgpu::Features) -> Features {
+        Features {
+            timestamp_query: offered.contains(wgpu::Features::TIMESTAMP_QUERY),
+            timestamp_query_inside_passes: offered.contains(
+                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+            ),
+            subgroup: offered.contains(wgpu::Features::SUBGROUP),
+            shader_f16: offered.contains(wgpu::Features::SHADER_F16),
+            pipeline_cache: offered.contains(wgpu::Features::PIPELINE_CACHE),
+        }
+    }
+
+    /// The wgpu features to request.
+    fn wgpu(self) -> wgpu::Features {
+        let mut f = wgpu::Features::empty();
+        for (on, flag) in [
+            (self.timestamp_query, wgpu::Features::TIMESTAMP_QUERY),
+            (
+                self.timestamp_query_inside_passes,
+                wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
+            ),
+            (self.subgroup, wgpu::Features::SUBGROUP),
+            (self.shader_f16, wgpu::Features::SHADER_F16),
+            (self.pipeline_cache, wgpu::Features::PIPELINE_CACHE),
+        ] {
+            if on {
+                f |= flag;
+            }
+        }
+        f
+    }
+}
+
+impl std::fmt::Display for Features {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = [
+            (self.timestamp_query, "timestamp-query"),
+            (
+                self.timestamp_query_inside_passes,
+                "timestamps-inside-passes",
+            ),
+            (self.subgroup, "subgroup"),
+            (self.shader_f16, "shader-f16"),
+            (self.pipeline_cache, "pipeline-cache"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, name)| *name)
+        .collect();
+        if names.is_empty() {
+            write!(f, "none")
+        } else {
+            write!(f, "{}", names.join(", "))
+        }
+    }
 }
 
 impl DeviceInfo {
@@ -53,13 +130,14 @@ impl std::fmt::Display for DeviceInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ({}, {}, driver {}; max storage binding {} MiB, max buffer {} MiB)",
+            "{} ({}, {}, driver {}; max storage binding {} MiB, max buffer {} MiB; features: {})",
             self.name,
             self.backend,
             self.device_type,
             self.driver,
             self.max_storage_buffer_binding_size >> 20,
-            self.max_buffer_size >> 20
+            self.max_buffer_size >> 20,
+            self.features
         )
     }
 }
@@ -174,9 +252,10 @@ impl Device {
             limits.max_storage_buffer_binding_size =
                 limits.max_storage_buffer_binding_size.min(bytes);
         }
+        let features = Features::of(adapter.features());
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("engine"),
-            required_features: wgpu::Features::empty(),
+            required_features: features.wgpu(),
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -195,6 +274,7 @@ impl Device {
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
             max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            features,
         };
         assert!(limits.min_uniform_buffer_offset_alignment as u64 <= PARAM_SLOT);
         let arena = device.create_buffer(&wgpu::BufferDescriptor {

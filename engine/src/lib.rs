@@ -36,7 +36,7 @@ pub mod shape;
 mod tensor;
 
 pub use autodiff::{no_grad, Gradients, TensorId};
-pub use device::{Device, DeviceInfo, KernelTime, DISPATCHES_PER_BATCH};
+pub use device::{Device, DeviceInfo, Features, KernelTime, DISPATCHES_PER_BATCH};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, GradMismatch, GradcheckOptions, GradcheckReport};
 pub use ops::{BinaryOp, CompareOp, UnaryOp, MAX_ATTENTION_HEAD_DIM};

@@ -91,6 +91,7 @@ fn device_reports_adapter_and_limits() {
     assert!(info.max_storage_buffer_binding_size >= 128 << 20);
     let line = info.to_string();
     assert!(line.contains(&info.name) && line.contains("max storage binding"));
+    assert!(line.contains(&format!("features: {}", info.features)));
     d.synchronize().unwrap();
 }
 
