@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, PipelineCache};
 use crate::pool::{Pool, PoolStats};
+use crate::profile::{Clock, KernelTime, Profiler};
 
 /// Dispatches recorded before the batch is submitted without waiting for a read-back.
 pub const DISPATCHES_PER_BATCH: usize = 512;
@@ -45,6 +46,16 @@ pub struct DeviceInfo {
     pub features: Features,
 }
 
+/// How [`Device::with_options`] departs from what the adapter offers.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeviceOptions {
+    /// Lower the storage-binding limit (the largest tensor) to this many bytes, as a
+    /// smaller GPU's would be: the device enforces it.
+    pub binding_limit: Option<u64>,
+    /// Leave these optional features off even when the adapter offers them.
+    pub without: Features,
+}
+
 /// Optional adapter features the engine asks for when offered, and never requires.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Features {
@@ -71,6 +82,30 @@ impl Features {
             subgroup: offered.contains(wgpu::Features::SUBGROUP),
             shader_f16: offered.contains(wgpu::Features::SHADER_F16),
             pipeline_cache: offered.contains(wgpu::Features::PIPELINE_CACHE),
+        }
+    }
+
+    /// These features less those set in `off`.
+    pub fn without(self, off: Features) -> Features {
+        Features {
+            timestamp_query: self.timestamp_query && !off.timestamp_query,
+            timestamp_query_inside_passes: self.timestamp_query_inside_passes
+                && !off.timestamp_query_inside_passes
+                && !off.timestamp_query,
+            subgroup: self.subgroup && !off.subgroup,
+            shader_f16: self.shader_f16 && !off.shader_f16,
+            pipeline_cache: self.pipeline_cache && !off.pipeline_cache,
+        }
+    }
+
+    /// Every optional feature (for [`DeviceOptions::without`]).
+    pub fn all() -> Features {
+        Features {
+            timestamp_query: true,
+            timestamp_query_inside_passes: true,
+            subgroup: true,
+            shader_f16: true,
+            pipeline_cache: true,
         }
     }
 
@@ -160,21 +195,8 @@ pub(crate) struct Inner {
     status: wgpu::Buffer,
     /// Invocations per workgroup of the row kernels.
     row_workgroup: u32,
-    /// Per-kernel wall time while profiling is on (see [`Device::set_profiling`]).
-    profile: Mutex<Option<Vec<KernelTime>>>,
-}
-
-/// Time spent in one kernel while profiling was on: each dispatch was submitted alone and
-/// waited for, so `seconds` includes one submission's overhead per dispatch.
-#[derive(Clone, Debug, PartialEq)]
-pub struct KernelTime {
-    /// `file::entry` of the kernel and its override values, e.g.
-    /// `matmul.wgsl::matmul_vec4 TRANS_A=0 TRANS_B=1`.
-    pub kernel: String,
-    /// How many dispatches were timed.
-    pub dispatches: u64,
-    /// Their total wall time.
-    pub seconds: f64,
+    /// Per-kernel times while profiling is on (see [`Device::set_profiling`]).
+    profile: Mutex<Option<Profiler>>,
 }
 
 /// Commands recorded but not yet submitted.
@@ -205,20 +227,20 @@ impl Device {
     /// [`Error::NoAdapter`] when no adapter exists (the message says what to install) or none
     /// matches `WGPU_ADAPTER_NAME`; [`Error::Device`] when the device cannot be created.
     pub fn new() -> Result<Device> {
-        Device::open(None)
+        Device::with_options(DeviceOptions::default())
     }
 
-    /// [`Device::new`] with the storage-binding limit (the largest tensor) lowered to
-    /// `bytes`: the device then enforces that limit as a smaller GPU's would. For tests of
-    /// large-buffer paths, and to rehearse a run for an adapter with less memory.
+    /// [`Device::new`] with [`DeviceOptions`]: a device that behaves as a smaller or plainer
+    /// adapter would, for tests of the paths such adapters take and to rehearse a run for
+    /// one.
     ///
     /// # Errors
     /// As [`Device::new`].
-    pub fn with_binding_limit(bytes: u64) -> Result<Device> {
-        Device::open(Some(bytes))
+    pub fn with_options(options: DeviceOptions) -> Result<Device> {
+        Device::open(options)
     }
 
-    fn open(binding_limit: Option<u64>) -> Result<Device> {
+    fn open(options: DeviceOptions) -> Result<Device> {
         // Without WGPU_BACKEND, try the modern APIs first and fall back to GL only when they
         // have no adapter (probing GL on a headless machine is slow and noisy).
         let from_env = wgpu::Backends::from_env();
@@ -248,11 +270,11 @@ impl Device {
             },
         };
         let mut limits = adapter.limits();
-        if let Some(bytes) = binding_limit {
+        if let Some(bytes) = options.binding_limit {
             limits.max_storage_buffer_binding_size =
                 limits.max_storage_buffer_binding_size.min(bytes);
         }
-        let features = Features::of(adapter.features());
+        let features = Features::of(adapter.features()).without(options.without);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("engine"),
             required_features: features.wgpu(),
@@ -364,23 +386,32 @@ impl Device {
         lock(&self.inner.recorder).submissions
     }
 
-    /// Turn per-kernel profiling on (clearing earlier figures) or off. While it is on, every
-    /// dispatch is submitted alone and waited for, which is slow but tells where a step's
-    /// time goes; [`Device::profile`] reads the figures. `ENGINE_PROFILE=1` in the
-    /// environment is how the programs turn it on.
+    /// Turn per-kernel profiling on (clearing earlier figures) or off; [`Device::profile`]
+    /// reads the figures. With `TIMESTAMP_QUERY` each dispatch runs in a pass of its own
+    /// that the GPU stamps, and the batch is still submitted whole; without, each dispatch
+    /// is submitted alone and waited for, which measures wall time and is slow.
+    /// `ENGINE_PROFILE=1` in the environment is how the programs turn it on.
     pub fn set_profiling(&self, on: bool) {
         if on {
             self.synchronize().ok();
         }
-        *lock(&self.inner.profile) = on.then(Vec::new);
+        let timestamps = self.inner.info.features.timestamp_query;
+        *lock(&self.inner.profile) =
+            on.then(|| Profiler::new(&self.inner.device, &self.inner.queue, timestamps));
+    }
+
+    /// What the profiler measures with, or `None` when profiling is off.
+    pub fn profile_clock(&self) -> Option<Clock> {
+        lock(&self.inner.profile).as_ref().map(Profiler::clock)
     }
 
     /// Per-kernel times gathered since profiling was turned on, slowest first; empty when
-    /// profiling is off.
+    /// profiling is off. Dispatches not yet submitted are not counted: synchronize first.
     pub fn profile(&self) -> Vec<KernelTime> {
-        let mut times = lock(&self.inner.profile).clone().unwrap_or_default();
-        times.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
-        times
+        lock(&self.inner.profile)
+            .as_ref()
+            .map(Profiler::times)
+            .unwrap_or_default()
     }
 
     /// Submit what has been recorded and wait until the GPU has finished it.
@@ -488,35 +519,51 @@ impl Device {
                 layout: &pipeline.layout,
                 entries: &entries,
             });
-        let pass = self.open_pass(&mut rec);
-        pass.set_pipeline(&pipeline.pipeline);
-        pass.set_bind_group(0, &bind_group, &[offset as u32]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
-        rec.dispatches += 1;
         let mut profile = lock(&self.inner.profile);
-        if let Some(times) = profile.as_mut() {
+        let Some(profiler) = profile.as_mut() else {
+            drop(profile);
+            let pass = self.open_pass(&mut rec);
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[offset as u32]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+            rec.dispatches += 1;
+            if rec.dispatches >= DISPATCHES_PER_BATCH {
+                self.submit(&mut rec);
+            }
+            return;
+        };
+        let mut name = format!("{}::{}", kernel.shader.file, kernel.entry);
+        for (k, v) in kernel.overrides.iter().zip(overrides) {
+            name += &format!(" {k}={v}");
+        }
+        rec.pass = None;
+        let timestamp_writes = profiler.stamp(name.clone());
+        let stamped = timestamp_writes.is_some();
+        {
+            let mut pass =
+                self.open_encoder(&mut rec)
+                    .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes,
+                    });
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, &bind_group, &[offset as u32]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        drop(profile);
+        rec.dispatches += 1;
+        if stamped {
+            if rec.dispatches >= DISPATCHES_PER_BATCH {
+                self.submit(&mut rec);
+            }
+        } else {
             let start = std::time::Instant::now();
             let index = self.submit(&mut rec);
             drop(rec);
             self.wait(index).ok();
-            let seconds = start.elapsed().as_secs_f64();
-            let mut name = format!("{}::{}", kernel.shader.file, kernel.entry);
-            for (k, v) in kernel.overrides.iter().zip(overrides) {
-                name += &format!(" {k}={v}");
+            if let Some(p) = lock(&self.inner.profile).as_mut() {
+                p.add(name, start.elapsed().as_secs_f64());
             }
-            match times.iter_mut().find(|t| t.kernel == name) {
-                Some(t) => {
-                    t.dispatches += 1;
-                    t.seconds += seconds;
-                }
-                None => times.push(KernelTime {
-                    kernel: name,
-                    dispatches: 1,
-                    seconds,
-                }),
-            }
-        } else if rec.dispatches >= DISPATCHES_PER_BATCH {
-            self.submit(&mut rec);
         }
     }
 
@@ -604,17 +651,28 @@ impl Device {
         rec.pass.as_mut().expect("pass was just opened")
     }
 
-    /// Close the pass, write the batch's parameters and submit. Does not wait.
+    /// Close the pass, write the batch's parameters and submit. Does not wait, unless the
+    /// profiler stamped the batch's dispatches: then it waits to read the stamps.
     fn submit(&self, rec: &mut Recorder) -> Option<wgpu::SubmissionIndex> {
         rec.pass = None;
-        let encoder = rec.encoder.take()?;
+        let mut encoder = rec.encoder.take()?;
         if !rec.params.is_empty() {
             self.inner.queue.write_buffer(&rec.arena, 0, &rec.params);
             rec.params.clear();
         }
         rec.dispatches = 0;
         rec.submissions += 1;
-        Some(self.inner.queue.submit([encoder.finish()]))
+        let mut profile = lock(&self.inner.profile);
+        let stamped = profile.as_ref().is_some_and(Profiler::has_pending);
+        if let Some(p) = profile.as_ref() {
+            p.resolve(&mut encoder);
+        }
+        let index = self.inner.queue.submit([encoder.finish()]);
+        if let (true, Some(p)) = (stamped, profile.as_mut()) {
+            // The figures are lost if the device is; the read-back that follows reports it.
+            p.collect(&self.inner.device).ok();
+        }
+        Some(index)
     }
 
     fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {

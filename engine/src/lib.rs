@@ -31,15 +31,17 @@ pub mod optim;
 #[doc(hidden)]
 pub mod params;
 mod pool;
+mod profile;
 pub mod reference;
 pub mod shape;
 mod tensor;
 
 pub use autodiff::{no_grad, Gradients, TensorId};
-pub use device::{Device, DeviceInfo, Features, KernelTime, DISPATCHES_PER_BATCH};
+pub use device::{Device, DeviceInfo, DeviceOptions, Features, DISPATCHES_PER_BATCH};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, GradMismatch, GradcheckOptions, GradcheckReport};
 pub use ops::{BinaryOp, CompareOp, UnaryOp, MAX_ATTENTION_HEAD_DIM};
 pub use optim::{warmup_cosine_lr, AdamW, OptimizerState, ParamGroup, Sgd};
 pub use pool::PoolStats;
+pub use profile::{Clock, KernelTime};
 pub use tensor::{DType, Tensor};

@@ -1,7 +1,7 @@
 //! The runtime: batched submission, buffer pool reuse, pipeline cache, device report.
 //! Each test uses a private device so the counters it reads are its own.
 
-use engine::{Device, Tensor, DISPATCHES_PER_BATCH};
+use engine::{Device, DeviceOptions, Features, Tensor, DISPATCHES_PER_BATCH};
 
 #[test]
 fn ops_are_recorded_not_submitted_one_by_one() {
@@ -99,7 +99,11 @@ fn device_reports_adapter_and_limits() {
 fn buffers_stay_within_a_low_binding_limit() {
     // A limit that is no size class: 1,000,000 bytes round up to the 1 MiB class.
     let limit = 1_000_100;
-    let d = Device::with_binding_limit(limit).unwrap();
+    let d = Device::with_options(DeviceOptions {
+        binding_limit: Some(limit),
+        ..Default::default()
+    })
+    .unwrap();
     assert_eq!(d.info().max_storage_buffer_binding_size, limit);
     let n = 250_000;
     let x = Tensor::full(&d, &[n], 1.5).unwrap();
@@ -123,4 +127,47 @@ fn buffers_stay_within_a_low_binding_limit() {
         ),
         "{e}"
     );
+}
+
+#[test]
+fn the_profiler_times_every_dispatch_without_a_submission_each() {
+    // With the adapter's timestamps, and as on an adapter without them.
+    let plain = Device::with_options(DeviceOptions {
+        without: Features::all(),
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(plain.info().features, Features::default());
+    for d in [Device::new().unwrap(), plain] {
+        profile_a_loop(d);
+    }
+}
+
+fn profile_a_loop(d: Device) {
+    d.set_profiling(true);
+    let clock = d.profile_clock().unwrap();
+    assert_eq!(
+        clock == engine::Clock::GpuTimestamps,
+        d.info().features.timestamp_query
+    );
+    let x = Tensor::rand(&d, &[64, 64], 1).unwrap();
+    let before = d.submission_count();
+    let mut y = x.clone();
+    for _ in 0..20 {
+        y = y.matmul(&x).unwrap().mul_scalar(0.01).unwrap();
+    }
+    y.to_vec().unwrap();
+    let submissions = d.submission_count() - before;
+    let times = d.profile();
+    let find = |name: &str| times.iter().find(|t| t.kernel.contains(name)).unwrap();
+    assert_eq!(find("matmul.wgsl").dispatches, 20, "{times:?}");
+    assert_eq!(find("elementwise.wgsl::unary").dispatches, 20, "{times:?}");
+    assert!(times.iter().all(|t| t.seconds > 0.0), "{times:?}");
+    if clock == engine::Clock::GpuTimestamps {
+        assert_eq!(submissions, 1, "the batch went whole");
+    } else {
+        assert!(submissions >= 40);
+    }
+    d.set_profiling(false);
+    assert!(d.profile().is_empty() && d.profile_clock().is_none());
 }

@@ -417,9 +417,14 @@ pub(crate) fn profiling(device: &Device) -> bool {
 
 /// Per-kernel times of the run, slowest first (`ENGINE_PROFILE=1`).
 pub(crate) fn print_profile(device: &Device) {
+    device.synchronize().ok();
+    let clock = match device.profile_clock() {
+        Some(engine::Clock::GpuTimestamps) => "GPU timestamps",
+        _ => "wall time, each dispatch submitted alone",
+    };
     let times = device.profile();
     let total: f64 = times.iter().map(|t| t.seconds).sum();
-    eprintln!("kernel time (ENGINE_PROFILE), slowest first:");
+    eprintln!("kernel time (ENGINE_PROFILE, {clock}), slowest first:");
     for t in times.iter().take(15) {
         eprintln!(
             "{:>5.1}%  {:>8.3} s  {:>7} dispatches  {}",
