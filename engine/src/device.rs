@@ -5,12 +5,14 @@
 //! the recorded batch is submitted when a result is read back, when host data is uploaded,
 //! or when [`DISPATCHES_PER_BATCH`] dispatches have been recorded.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, PipelineCache};
 use crate::pool::{Pool, PoolStats};
 use crate::profile::{Clock, KernelTime, Profiler};
+use crate::tune::{Autotune, MatmulKernel, MatmulKey, Tuner};
 
 /// Dispatches recorded before the batch is submitted without waiting for a read-back.
 pub const DISPATCHES_PER_BATCH: usize = 512;
@@ -39,6 +41,8 @@ pub struct DeviceInfo {
     pub max_compute_workgroup_storage_size: u32,
     /// Invocations in one workgroup.
     pub max_compute_invocations_per_workgroup: u32,
+    /// Invocations along a workgroup's x axis.
+    pub max_compute_workgroup_size_x: u32,
     /// Workgroups along one dispatch dimension.
     pub max_compute_workgroups_per_dimension: u32,
     /// The optional features the adapter offered and the device enabled; kernels that use
@@ -46,14 +50,22 @@ pub struct DeviceInfo {
     pub features: Features,
 }
 
-/// How [`Device::with_options`] departs from what the adapter offers.
-#[derive(Clone, Copy, Debug, Default)]
+/// How [`Device::with_options`] departs from what the adapter offers and the environment
+/// says.
+#[derive(Clone, Debug, Default)]
 pub struct DeviceOptions {
     /// Lower the storage-binding limit (the largest tensor) to this many bytes, as a
     /// smaller GPU's would be: the device enforces it.
     pub binding_limit: Option<u64>,
     /// Leave these optional features off even when the adapter offers them.
     pub without: Features,
+    /// How matrix products pick their kernel, instead of `ENGINE_AUTOTUNE`.
+    pub autotune: Option<Autotune>,
+    /// The tuning cache file, instead of `autotune.json` in the user's cache directory.
+    pub tune_cache: Option<PathBuf>,
+    /// Fill the tiled kernels' workgroup memory with NaN before use, so that a missing
+    /// barrier shows as NaN (also `ENGINE_POISON_WORKGROUP=1`). A debugging aid: slower.
+    pub poison_workgroup_memory: bool,
 }
 
 /// Optional adapter features the engine asks for when offered, and never requires.
@@ -197,6 +209,10 @@ pub(crate) struct Inner {
     row_workgroup: u32,
     /// Per-kernel times while profiling is on (see [`Device::set_profiling`]).
     profile: Mutex<Option<Profiler>>,
+    /// The matrix product's kernel choices.
+    tuner: Mutex<Tuner>,
+    /// Tiled kernels fill workgroup memory with NaN first.
+    poison: bool,
 }
 
 /// Commands recorded but not yet submitted.
@@ -295,9 +311,17 @@ impl Device {
             max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
             max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
+            max_compute_workgroup_size_x: limits.max_compute_workgroup_size_x,
             max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
             features,
         };
+        let autotune = match options.autotune {
+            Some(mode) => mode,
+            None => Autotune::from_env(&info)?,
+        };
+        let tuner = Tuner::new(&info, autotune, options.tune_cache);
+        let poison = options.poison_workgroup_memory
+            || std::env::var_os("ENGINE_POISON_WORKGROUP").is_some_and(|v| v != "0");
         assert!(limits.min_uniform_buffer_offset_alignment as u64 <= PARAM_SLOT);
         let arena = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("uniform arena"),
@@ -332,6 +356,8 @@ impl Device {
                 status,
                 row_workgroup,
                 profile: Mutex::new(None),
+                tuner: Mutex::new(tuner),
+                poison,
             }),
         })
     }
@@ -412,6 +438,48 @@ impl Device {
             .as_ref()
             .map(Profiler::times)
             .unwrap_or_default()
+    }
+
+    /// How this device's matrix products pick their kernel.
+    pub fn autotune(&self) -> Autotune {
+        lock(&self.inner.tuner).mode
+    }
+
+    /// The kernel for a product in bucket `key` of sizes `[m, n, k, batch]`: the one chosen
+    /// before for the bucket, else (with [`Autotune::On`]) the fastest of the candidates,
+    /// each timed by `run`, or the adapter's default.
+    ///
+    /// # Errors
+    /// Whatever `run` or synchronisation return while tuning.
+    pub(crate) fn matmul_kernel(
+        &self,
+        key: &MatmulKey,
+        sizes: [usize; 4],
+        run: impl FnMut(MatmulKernel) -> Result<()>,
+    ) -> Result<MatmulKernel> {
+        let mut tuner = lock(&self.inner.tuner);
+        if let Some(kernel) = tuner.lookup(key) {
+            return Ok(kernel);
+        }
+        let info = &self.inner.info;
+        let (kernel, tuned) = match tuner.mode {
+            Autotune::On => {
+                let candidates = crate::tune::candidates(info, key, sizes[2]);
+                let budget = std::time::Duration::from_secs(2);
+                let best = crate::tune::fastest(&candidates, budget, run, || self.synchronize())?;
+                (best, true)
+            }
+            Autotune::Off | Autotune::Cache => {
+                (crate::tune::default_kernel(info, key, sizes), false)
+            }
+        };
+        tuner.remember(key, kernel, tuned);
+        Ok(kernel)
+    }
+
+    /// Whether tiled kernels poison their workgroup memory ([`DeviceOptions`]).
+    pub(crate) fn poisons_workgroup_memory(&self) -> bool {
+        self.inner.poison
     }
 
     /// Submit what has been recorded and wait until the GPU has finished it.

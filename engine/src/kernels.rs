@@ -44,6 +44,8 @@ shader!(FILL, "fill.wgsl");
 shader!(RANDOM, "random.wgsl");
 shader!(REDUCE, "reduce.wgsl");
 shader!(MATMUL, "matmul.wgsl");
+shader!(MATMUL_TILED, "matmul_tiled.wgsl");
+shader!(SPLITK, "splitk.wgsl");
 shader!(SOFTMAX, "softmax.wgsl", with "rows.wgsl");
 shader!(LAYER_NORM, "layer_norm.wgsl", with "rows.wgsl");
 shader!(CROSS_ENTROPY, "cross_entropy.wgsl", with "rows.wgsl");
@@ -64,6 +66,8 @@ pub static ALL_SHADERS: &[&Shader] = &[
     &RANDOM,
     &REDUCE,
     &MATMUL,
+    &MATMUL_TILED,
+    &SPLITK,
     &SOFTMAX,
     &LAYER_NORM,
     &CROSS_ENTROPY,
@@ -116,6 +120,7 @@ kernel!(DROPOUT_K: RANDOM::"dropout", [W, R], []);
 kernel!(REDUCE_K: REDUCE::"reduce", [W, R], ["OP", "WG"]);
 kernel!(MATMUL_K: MATMUL::"matmul", [W, R, R, R], ["TRANS_A", "TRANS_B", "HAS_BIAS"]);
 kernel!(MATMUL_VEC4_K: MATMUL::"matmul_vec4", [W, R, R, R], ["TRANS_A", "TRANS_B", "HAS_BIAS"]);
+kernel!(SPLITK_K: SPLITK::"splitk_sum", [W, R, R], ["HAS_BIAS"]);
 kernel!(SOFTMAX_K: SOFTMAX::"softmax", [W, R], ["WG"]);
 kernel!(LAYER_NORM_K: LAYER_NORM::"layer_norm", [W, W, R, R, R], ["WG"]);
 kernel!(LAYER_NORM_BACKWARD_K: LAYER_NORM::"layer_norm_backward", [W, W, R, R, R, R], ["WG"]);
@@ -134,14 +139,15 @@ pub(crate) struct Pipeline {
 }
 
 /// Most override constants a kernel has; specialisation keys are fixed-size arrays.
-pub(crate) const MAX_OVERRIDES: usize = 3;
+pub(crate) const MAX_OVERRIDES: usize = 5;
 
 type Key = (usize, [u32; MAX_OVERRIDES]);
 
 /// Compiled shader modules and pipelines, keyed by kernel and override values.
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    modules: HashMap<&'static str, wgpu::ShaderModule>,
+    /// By shader address: generated variants share a file name but not a source.
+    modules: HashMap<usize, wgpu::ShaderModule>,
     pipelines: HashMap<Key, Arc<Pipeline>>,
 }
 
@@ -165,7 +171,8 @@ impl PipelineCache {
         if let Some(p) = self.pipelines.get(&key) {
             return p.clone();
         }
-        let module = self.modules.entry(kernel.shader.file).or_insert_with(|| {
+        let shader = kernel.shader as *const Shader as usize;
+        let module = self.modules.entry(shader).or_insert_with(|| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.shader.file),
                 source: wgpu::ShaderSource::Wgsl(kernel.shader.source.into()),

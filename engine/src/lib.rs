@@ -35,6 +35,7 @@ mod profile;
 pub mod reference;
 pub mod shape;
 mod tensor;
+pub mod tune;
 
 pub use autodiff::{no_grad, Gradients, TensorId};
 pub use device::{Device, DeviceInfo, DeviceOptions, Features, DISPATCHES_PER_BATCH};

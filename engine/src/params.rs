@@ -191,6 +191,34 @@ uniform! {
     }
 }
 
+uniform! {
+    /// The tiled matrix product (every generated variant shares it).
+    TiledMatmulParams in ["matmul_tiled.wgsl"] {
+        m: u32,
+        n: u32,
+        k: u32,
+        batch: u32,
+        a_offset: u32,
+        b_offset: u32,
+        a_batch_stride: u32,
+        b_batch_stride: u32,
+        lda: u32,
+        ldb: u32,
+        bias_offset: u32,
+        k_chunk: u32,
+    }
+}
+
+uniform! {
+    /// The sum of split-K partial products.
+    SplitKParams in ["splitk.wgsl"] {
+        numel: u32,
+        n: u32,
+        splits: u32,
+        bias_offset: u32,
+    }
+}
+
 /// Every uniform twin, for the layout test.
 #[doc(hidden)]
 pub static ALL_UNIFORMS: &[UniformLayout] = &[
@@ -203,4 +231,6 @@ pub static ALL_UNIFORMS: &[UniformLayout] = &[
     RowParams::LAYOUT,
     OptimParams::LAYOUT,
     AttentionParams::LAYOUT,
+    TiledMatmulParams::LAYOUT,
+    SplitKParams::LAYOUT,
 ];

@@ -88,6 +88,21 @@ fn uniform_twins_match_the_shaders() {
 }
 
 #[test]
+fn every_tiled_matmul_variant_is_valid() {
+    let mut names = HashSet::new();
+    for tile in engine::tune::Tile::all() {
+        parse(&tile.source(), &tile.name());
+        assert!(
+            names.insert(tile.name()),
+            "two variants named {}",
+            tile.name()
+        );
+        assert_eq!(engine::tune::Tile::parse(&tile.name()), Some(tile));
+    }
+    assert_eq!(names.len(), 4 * engine::tune::tile::CANDIDATES.len());
+}
+
+#[test]
 fn a_broken_shader_is_caught() {
     let bad = "@compute @workgroup_size(64) fn main() { let x: f32 = 1u; }";
     let module = naga::front::wgsl::parse_str(bad);

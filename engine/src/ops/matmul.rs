@@ -2,10 +2,12 @@
 
 use crate::autodiff::no_grad;
 use crate::error::{Error, Result};
-use crate::kernels::{MATMUL_K, MATMUL_VEC4_K};
-use crate::params::MatmulParams;
+use crate::kernels::{MATMUL_K, MATMUL_VEC4_K, SPLITK_K};
+use crate::ops::elementwise_grid;
+use crate::params::{MatmulParams, SplitKParams, TiledMatmulParams};
 use crate::shape::{broadcast_shape, numel};
 use crate::tensor::{DType, Tensor};
+use crate::tune::{MatmulKernel, MatmulKey, Tile};
 
 /// Output tile (rows, columns) of one workgroup of `matmul.wgsl`'s two entry points.
 const TILE_SCALAR: (usize, usize) = (16, 64);
@@ -151,69 +153,111 @@ impl Tensor {
         self.product(other, None)
     }
 
-    /// `self x other (+ bias)` without recording, `bias` a row added to every output row.
+    /// `self x other (+ bias)` without recording, `bias` a row added to every output row,
+    /// with the kernel the device picks for this shape (`crate::tune`).
     fn product(&self, other: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let problem = Problem::new(self, other, bias)?;
+        if problem.k == 0 {
+            let zeros = Tensor::zeros(self.device(), &problem.shape)?;
+            return bias.map_or(Ok(zeros.clone()), |b| zeros.add(b));
+        }
+        let kernel = self
+            .device()
+            .matmul_kernel(&problem.key(), problem.sizes(), |k| {
+                problem.run(k).map(drop)
+            })?;
+        problem.run(kernel)
+    }
+
+    /// `self x other (+ bias)` with a given kernel, not recorded for autodiff: how the tests
+    /// run every variant and the bench times them. Shapes as [`Tensor::matmul`].
+    ///
+    /// # Errors
+    /// As [`Tensor::matmul`]; [`Error::Shape`] for a variant with vec4 loads on a problem
+    /// whose sizes, strides or offsets are not all multiples of 4, or one the adapter
+    /// cannot run.
+    pub fn matmul_with(
+        &self,
+        other: &Tensor,
+        bias: Option<&Tensor>,
+        kernel: MatmulKernel,
+    ) -> Result<Tensor> {
+        let problem = Problem::new(self, other, bias)?;
+        if let MatmulKernel::Tiled { tile, .. } = kernel {
+            if tile.vec4 && !problem.aligned || !tile.fits(self.device().info()) {
+                return Err(Error::shape(
+                    "matmul",
+                    format!(
+                        "variant {} cannot run this problem on this adapter",
+                        tile.name()
+                    ),
+                ));
+            }
+        }
+        if problem.k == 0 {
+            let zeros = Tensor::zeros(self.device(), &problem.shape)?;
+            return bias.map_or(Ok(zeros.clone()), |b| zeros.add(b));
+        }
+        problem.run(kernel)
+    }
+}
+
+/// One product, checked and laid out for the kernels.
+struct Problem {
+    a: Operand,
+    b: Operand,
+    bias: Option<Tensor>,
+    m: usize,
+    n: usize,
+    k: usize,
+    nbatch: usize,
+    /// The output's shape: batch axes, then (m, n).
+    shape: Vec<usize>,
+    /// Every size, stride and offset a multiple of 4: vec4 loads allowed.
+    aligned: bool,
+}
+
+impl Problem {
+    fn new(x: &Tensor, y: &Tensor, bias: Option<&Tensor>) -> Result<Problem> {
         let op = "matmul";
-        self.expect_dtype(op, DType::F32)?;
-        other.expect_dtype(op, DType::F32)?;
-        self.expect_same_device(op, other)?;
-        if self.rank() < 2 || other.rank() < 2 {
+        x.expect_dtype(op, DType::F32)?;
+        y.expect_dtype(op, DType::F32)?;
+        x.expect_same_device(op, y)?;
+        if x.rank() < 2 || y.rank() < 2 {
             return Err(Error::shape(
                 op,
                 format!(
                     "needs operands of rank 2 or more, got {:?} and {:?}",
-                    self.shape(),
-                    other.shape()
+                    x.shape(),
+                    y.shape()
                 ),
             ));
         }
-        let (m, k) = (self.shape()[self.rank() - 2], self.shape()[self.rank() - 1]);
-        let (k2, n) = (
-            other.shape()[other.rank() - 2],
-            other.shape()[other.rank() - 1],
-        );
+        let (m, k) = (x.shape()[x.rank() - 2], x.shape()[x.rank() - 1]);
+        let (k2, n) = (y.shape()[y.rank() - 2], y.shape()[y.rank() - 1]);
         if k != k2 {
             return Err(Error::shape(
                 op,
-                format!(
-                    "inner sizes differ: {:?} x {:?}",
-                    self.shape(),
-                    other.shape()
-                ),
+                format!("inner sizes differ: {:?} x {:?}", x.shape(), y.shape()),
             ));
         }
-        let batch = broadcast_shape(
-            op,
-            &self.shape()[..self.rank() - 2],
-            &other.shape()[..other.rank() - 2],
-        )?;
+        let batch = broadcast_shape(op, &x.shape()[..x.rank() - 2], &y.shape()[..y.rank() - 2])?;
         let nbatch = numel(&batch);
-        let dev = self.device();
         let mut shape = batch.clone();
         shape.extend([m, n]);
-        if k == 0 {
-            let zeros = Tensor::zeros(dev, &shape)?;
-            return bias.map_or(Ok(zeros.clone()), |b| zeros.add(b));
-        }
-        let a = operand(self, &batch)?;
-        let b = operand(other, &batch)?;
-        let bias = bias.map(|t| t.contiguous()).transpose()?;
-        let p = MatmulParams {
-            m: m as u32,
-            n: n as u32,
-            k: k as u32,
-            batch: nbatch as u32,
-            a_offset: a.t.offset() as u32,
-            b_offset: b.t.offset() as u32,
-            a_batch_stride: a.batch_stride as u32,
-            b_batch_stride: b.batch_stride as u32,
-            lda: a.ld as u32,
-            ldb: b.ld as u32,
-            bias_offset: bias.as_ref().map_or(0, |t| t.offset() as u32),
-            ..Default::default()
+        let (a, b) = if k == 0 {
+            // No kernel runs: the operands are never read.
+            let none = |t: &Tensor| Operand {
+                t: t.clone(),
+                trans: false,
+                ld: 0,
+                batch_stride: 0,
+            };
+            (none(x), none(y))
+        } else {
+            (operand(x, &batch)?, operand(y, &batch)?)
         };
-        // The vec4 kernel reads whole 4x4 blocks, so every size, stride and offset it
-        // touches must be a multiple of 4.
+        let bias = bias.map(|t| t.contiguous()).transpose()?;
         let aligned = [
             m,
             n,
@@ -224,33 +268,188 @@ impl Tensor {
             b.t.offset(),
             a.batch_stride,
             b.batch_stride,
-            p.bias_offset as usize,
+            bias.as_ref().map_or(0, |t| t.offset()),
         ]
         .iter()
         .all(|v| v % 4 == 0);
-        let (kernel, tile) = if aligned {
+        Ok(Problem {
+            a,
+            b,
+            bias,
+            m,
+            n,
+            k,
+            nbatch,
+            shape,
+            aligned,
+        })
+    }
+
+    fn sizes(&self) -> [usize; 4] {
+        [self.m, self.n, self.k, self.nbatch]
+    }
+
+    fn key(&self) -> MatmulKey {
+        MatmulKey::new(
+            (
+                self.a.trans,
+                self.b.trans,
+                self.bias.is_some(),
+                self.aligned,
+            ),
+            self.sizes(),
+        )
+    }
+
+    fn dev(&self) -> &crate::Device {
+        self.a.t.device()
+    }
+
+    /// Check a grid against the adapter's per-dimension limit.
+    fn check_grid(&self, groups: [usize; 3]) -> Result<[u32; 3]> {
+        let max_groups = self.dev().info().max_compute_workgroups_per_dimension as usize;
+        if groups.iter().any(|&g| g > max_groups) {
+            return Err(Error::shape(
+                "matmul",
+                format!(
+                    "{:?} needs {groups:?} workgroups, more than the adapter allows per dimension ({max_groups})",
+                    self.shape
+                ),
+            ));
+        }
+        Ok(groups.map(|g| g as u32))
+    }
+
+    /// Record the product with `kernel` into a new tensor.
+    fn run(&self, kernel: MatmulKernel) -> Result<Tensor> {
+        match kernel {
+            MatmulKernel::Lanes => self.run_lanes(),
+            MatmulKernel::Tiled { tile, splits } => self.run_tiled(tile, splits),
+        }
+    }
+
+    fn run_lanes(&self) -> Result<Tensor> {
+        let (a, b, dev) = (&self.a, &self.b, self.dev());
+        let p = MatmulParams {
+            m: self.m as u32,
+            n: self.n as u32,
+            k: self.k as u32,
+            batch: self.nbatch as u32,
+            a_offset: a.t.offset() as u32,
+            b_offset: b.t.offset() as u32,
+            a_batch_stride: a.batch_stride as u32,
+            b_batch_stride: b.batch_stride as u32,
+            lda: a.ld as u32,
+            ldb: b.ld as u32,
+            bias_offset: self.bias.as_ref().map_or(0, |t| t.offset() as u32),
+            ..Default::default()
+        };
+        // The vec4 kernel reads whole 4x4 blocks: only for aligned problems.
+        let (kernel, tile) = if self.aligned {
             (&MATMUL_VEC4_K, TILE_VEC4)
         } else {
             (&MATMUL_K, TILE_SCALAR)
         };
-        let groups = [n.div_ceil(tile.1), m.div_ceil(tile.0), nbatch];
-        let max_groups = dev.info().max_compute_workgroups_per_dimension as usize;
-        if groups.iter().any(|&g| g > max_groups) {
-            return Err(Error::shape(op, format!("{:?} x {:?} needs more workgroups than the adapter allows per dimension ({max_groups})", self.shape(), other.shape())));
-        }
-        let out = Tensor::empty(dev, op, &shape, DType::F32)?;
+        let groups = self.check_grid([
+            self.n.div_ceil(tile.1),
+            self.m.div_ceil(tile.0),
+            self.nbatch,
+        ])?;
+        let out = Tensor::empty(dev, "matmul", &self.shape, DType::F32)?;
         dev.dispatch(
             kernel,
-            &[a.trans as u32, b.trans as u32, bias.is_some() as u32],
+            &[a.trans as u32, b.trans as u32, self.bias.is_some() as u32],
             &p,
             &[
                 out.buffer(),
                 a.t.buffer(),
                 b.t.buffer(),
-                bias.as_ref().unwrap_or(&a.t).buffer(),
+                self.bias.as_ref().unwrap_or(&a.t).buffer(),
             ],
-            groups.map(|g| g as u32),
+            groups,
         );
+        Ok(out)
+    }
+
+    fn run_tiled(&self, tile: Tile, splits: u32) -> Result<Tensor> {
+        let (a, b, dev) = (&self.a, &self.b, self.dev());
+        let tile = tile.with(tile.vec4 && self.aligned, tile.double_buffer);
+        // Chunks of k that are whole steps of BK (so vec4 loads never straddle one).
+        let k_chunk = self
+            .k
+            .div_ceil(splits.max(1) as usize)
+            .next_multiple_of(tile.bk as usize);
+        let splits = self.k.div_ceil(k_chunk);
+        let groups = self.check_grid([
+            self.n.div_ceil(tile.bn as usize),
+            self.m.div_ceil(tile.bm as usize),
+            self.nbatch * splits,
+        ])?;
+        let p = TiledMatmulParams {
+            m: self.m as u32,
+            n: self.n as u32,
+            k: self.k as u32,
+            batch: self.nbatch as u32,
+            a_offset: a.t.offset() as u32,
+            b_offset: b.t.offset() as u32,
+            a_batch_stride: a.batch_stride as u32,
+            b_batch_stride: b.batch_stride as u32,
+            lda: a.ld as u32,
+            ldb: b.ld as u32,
+            bias_offset: self.bias.as_ref().map_or(0, |t| t.offset() as u32),
+            k_chunk: k_chunk as u32,
+        };
+        let out = Tensor::empty(dev, "matmul", &self.shape, DType::F32)?;
+        let split = splits > 1;
+        let target = if split {
+            Tensor::empty(
+                dev,
+                "matmul",
+                &[splits, self.nbatch * self.m * self.n],
+                DType::F32,
+            )?
+        } else {
+            out.clone()
+        };
+        let has_bias = self.bias.is_some();
+        dev.dispatch(
+            tile.kernel(),
+            &[
+                a.trans as u32,
+                b.trans as u32,
+                has_bias as u32,
+                split as u32,
+                dev.poisons_workgroup_memory() as u32,
+            ],
+            &p,
+            &[
+                target.buffer(),
+                a.t.buffer(),
+                b.t.buffer(),
+                self.bias.as_ref().unwrap_or(&a.t).buffer(),
+            ],
+            groups,
+        );
+        if split {
+            let numel = self.nbatch * self.m * self.n;
+            let p = SplitKParams {
+                numel: numel as u32,
+                n: self.n as u32,
+                splits: splits as u32,
+                bias_offset: p.bias_offset,
+            };
+            dev.dispatch(
+                &SPLITK_K,
+                &[has_bias as u32],
+                &p,
+                &[
+                    out.buffer(),
+                    target.buffer(),
+                    self.bias.as_ref().unwrap_or(&target).buffer(),
+                ],
+                elementwise_grid(numel),
+            );
+        }
         Ok(out)
     }
 }

@@ -1,0 +1,330 @@
+//! Choosing the matrix product's kernel per adapter and shape, and remembering the choice.
+//!
+//! Two families compute a product: the register-blocked 8-lane kernels of `matmul.wgsl`
+//! ([`MatmulKernel::Lanes`], shaped for CPU drivers such as lavapipe) and the tiled variants
+//! of `matmul_tiled.wgsl` ([`MatmulKernel::Tiled`], shaped for GPUs, with split-K for long
+//! inner dimensions). A product's [`MatmulKey`] buckets its shape (transposes, bias,
+//! alignment, and `ceil(log2)` of m, n, k and batch). The first time a bucket is met,
+//! [`Autotune::On`] times the candidates on the product itself, keeps the fastest, and
+//! writes the choice to a cache file keyed by adapter, backend, driver and a hash of the
+//! kernel sources, so the next process starts with it. Every candidate computes the same
+//! sums in a different order: a choice changes results only by rounding.
+
+pub mod tile;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use tile::Tile;
+
+use crate::device::DeviceInfo;
+use crate::error::{Error, Result};
+use crate::kernels::{MATMUL, MATMUL_TILED, SPLITK};
+
+/// How the matrix product picks its kernel (`ENGINE_AUTOTUNE`, or
+/// [`crate::DeviceOptions::autotune`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Autotune {
+    /// The shipped default for the adapter kind; the cache is neither read nor written.
+    Off,
+    /// The cached choice where there is one, else the default; nothing is timed.
+    Cache,
+    /// The cached choice, or time the candidates and cache the fastest.
+    On,
+}
+
+impl Autotune {
+    /// `ENGINE_AUTOTUNE` (`off`, `cache`, `on`), else `On` on a GPU and `Off` on a CPU
+    /// adapter, where the shipped kernels are the ones measured fastest and tuning would
+    /// cost seconds per shape.
+    ///
+    /// # Errors
+    /// [`Error::Device`] for another value.
+    pub fn from_env(info: &DeviceInfo) -> Result<Autotune> {
+        match std::env::var("ENGINE_AUTOTUNE").as_deref() {
+            Ok("off") => Ok(Autotune::Off),
+            Ok("cache") => Ok(Autotune::Cache),
+            Ok("on") => Ok(Autotune::On),
+            Ok(other) => Err(Error::Device(format!(
+                "ENGINE_AUTOTUNE={other:?}: expected off, cache or on"
+            ))),
+            Err(_) if info.is_software() => Ok(Autotune::Off),
+            Err(_) => Ok(Autotune::On),
+        }
+    }
+}
+
+/// The kernel that computes one product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// `matmul.wgsl`: 8-lane workgroups, vec4 blocks when the problem is aligned.
+    Lanes,
+    /// A `matmul_tiled.wgsl` variant; with `splits > 1`, k is cut into that many chunks
+    /// whose partial products `splitk.wgsl` adds up.
+    Tiled {
+        /// The variant (its `vec4` loads only on an aligned problem).
+        tile: Tile,
+        /// Chunks of k.
+        splits: u32,
+    },
+}
+
+impl MatmulKernel {
+    /// A short name, e.g. `lanes` or `tiled 64x64x8/4x4 vec4, splits 4`.
+    pub fn name(&self) -> String {
+        match self {
+            MatmulKernel::Lanes => "lanes".into(),
+            MatmulKernel::Tiled { tile, splits } => {
+                format!("tiled {}, splits {splits}", tile.name())
+            }
+        }
+    }
+
+    /// The kernel named by [`MatmulKernel::name`].
+    pub fn parse(name: &str) -> Option<MatmulKernel> {
+        if name == "lanes" {
+            return Some(MatmulKernel::Lanes);
+        }
+        let (tile, splits) = name.strip_prefix("tiled ")?.split_once(", splits ")?;
+        Some(MatmulKernel::Tiled {
+            tile: Tile::parse(tile)?,
+            splits: splits.parse().ok().filter(|&s| s >= 1)?,
+        })
+    }
+}
+
+/// The bucket of a product that one choice serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MatmulKey {
+    /// A is read transposed.
+    pub trans_a: bool,
+    /// B is read transposed.
+    pub trans_b: bool,
+    /// A bias is added.
+    pub bias: bool,
+    /// Every size, stride and offset is a multiple of 4 (vec4 loads allowed).
+    pub aligned: bool,
+    /// `ceil(log2)` of m, n, k and the batch count.
+    pub log2: [u32; 4],
+}
+
+impl MatmulKey {
+    /// The bucket of a product of these sizes.
+    pub fn new(
+        (trans_a, trans_b, bias, aligned): (bool, bool, bool, bool),
+        [m, n, k, batch]: [usize; 4],
+    ) -> MatmulKey {
+        let log2 = |x: usize| x.max(1).next_power_of_two().trailing_zeros();
+        MatmulKey {
+            trans_a,
+            trans_b,
+            bias,
+            aligned,
+            log2: [log2(m), log2(n), log2(k), log2(batch)],
+        }
+    }
+
+    fn text(&self) -> String {
+        let [m, n, k, b] = self.log2;
+        format!(
+            "ta={} tb={} bias={} aligned={} m=2^{m} n=2^{n} k=2^{k} batch=2^{b}",
+            self.trans_a as u8, self.trans_b as u8, self.bias as u8, self.aligned as u8
+        )
+    }
+}
+
+/// The kernel an adapter uses for a bucket it has no measurement of: the 8-lane kernels on
+/// a CPU adapter (measured fastest on lavapipe), else a 64x64 tile with 4x4 per invocation
+/// (256 invocations, 4 KiB of workgroup memory: within every WebGPU adapter's limits), with
+/// k split when the output has too few blocks to fill a GPU.
+pub fn default_kernel(
+    info: &DeviceInfo,
+    key: &MatmulKey,
+    [m, n, k, batch]: [usize; 4],
+) -> MatmulKernel {
+    if info.is_software() {
+        return MatmulKernel::Lanes;
+    }
+    let tile = tile::CANDIDATES[4].with(key.aligned, false);
+    if !tile.fits(info) {
+        return MatmulKernel::Lanes;
+    }
+    let blocks = m.div_ceil(tile.bm as usize) * n.div_ceil(tile.bn as usize) * batch;
+    let splits = if blocks < 64 && k >= 2048 {
+        (128 / blocks).clamp(1, 16).min(k / 512) as u32
+    } else {
+        1
+    };
+    MatmulKernel::Tiled { tile, splits }
+}
+
+/// Every kernel worth timing for a bucket on this adapter.
+pub fn candidates(info: &DeviceInfo, key: &MatmulKey, k: usize) -> Vec<MatmulKernel> {
+    let mut out = vec![MatmulKernel::Lanes];
+    for tile in Tile::all() {
+        if !tile.fits(info) || (tile.vec4 && !key.aligned) {
+            continue;
+        }
+        for splits in [1u32, 4, 16] {
+            if splits == 1 || k >= 256 * splits as usize {
+                out.push(MatmulKernel::Tiled { tile, splits });
+            }
+        }
+    }
+    out
+}
+
+/// Time each candidate with `run` (which records one product with that kernel) and return
+/// the fastest. Each is run once to compile it, then timed over enough repetitions to fill
+/// about 20 ms; a candidate slower than four times the best so far is dropped after its
+/// first timing, and tuning stops after `budget` with the best found.
+///
+/// # Errors
+/// Whatever `run` or synchronisation return.
+pub fn fastest(
+    candidates: &[MatmulKernel],
+    budget: Duration,
+    mut run: impl FnMut(MatmulKernel) -> Result<()>,
+    mut sync: impl FnMut() -> Result<()>,
+) -> Result<MatmulKernel> {
+    let start = Instant::now();
+    let mut best: Option<(MatmulKernel, f64)> = None;
+    for &kernel in candidates {
+        if best.is_some() && start.elapsed() > budget {
+            break;
+        }
+        run(kernel)?; // compile and warm up
+        sync()?;
+        let mut time = |reps: u32| -> Result<f64> {
+            let t = Instant::now();
+            for _ in 0..reps {
+                run(kernel)?;
+            }
+            sync()?;
+            Ok(t.elapsed().as_secs_f64() / reps as f64)
+        };
+        let first = time(1)?;
+        if best.is_some_and(|(_, b)| first > 4.0 * b) {
+            continue;
+        }
+        let reps = (0.02 / first.max(1e-6)).clamp(1.0, 20.0) as u32;
+        let seconds = if reps > 1 { time(reps)? } else { first };
+        if best.is_none_or(|(_, b)| seconds < b) {
+            best = Some((kernel, seconds));
+        }
+    }
+    Ok(best.map_or(MatmulKernel::Lanes, |(k, _)| k))
+}
+
+/// The choices of one device: what the cache file holds for it, and what was tuned since.
+pub(crate) struct Tuner {
+    pub(crate) mode: Autotune,
+    file: Option<PathBuf>,
+    device: String,
+    choices: HashMap<MatmulKey, MatmulKernel>,
+    texts: HashMap<String, MatmulKernel>,
+}
+
+impl Tuner {
+    /// The tuner of a device, with the cache file at `file` (the user's cache directory when
+    /// `None`) read unless `mode` is `Off`.
+    pub(crate) fn new(info: &DeviceInfo, mode: Autotune, file: Option<PathBuf>) -> Tuner {
+        let file = file.or_else(|| dirs::cache_dir().map(|d| d.join("mae-stack/autotune.json")));
+        let device = device_key(info);
+        let texts = match (&file, mode) {
+            (Some(path), Autotune::Cache | Autotune::On) => read_choices(path, &device),
+            _ => HashMap::new(),
+        };
+        Tuner {
+            mode,
+            file,
+            device,
+            choices: HashMap::new(),
+            texts,
+        }
+    }
+
+    /// The choice for `key`: remembered in this process, else from the cache file.
+    pub(crate) fn lookup(&mut self, key: &MatmulKey) -> Option<MatmulKernel> {
+        if let Some(k) = self.choices.get(key) {
+            return Some(*k);
+        }
+        let k = *self.texts.get(&key.text())?;
+        self.choices.insert(*key, k);
+        Some(k)
+    }
+
+    /// Remember `kernel` for `key`; a tuned choice (`save`) also goes to the cache file.
+    pub(crate) fn remember(&mut self, key: &MatmulKey, kernel: MatmulKernel, save: bool) {
+        self.choices.insert(*key, kernel);
+        if save {
+            self.texts.insert(key.text(), kernel);
+            if let Some(path) = &self.file {
+                // A cache that cannot be written costs a re-tune next time, nothing more.
+                let _ = write_choice(path, &self.device, &key.text(), kernel);
+            }
+        }
+    }
+}
+
+/// The cache's key for an adapter: its name, backend and driver, and a hash of every
+/// kernel source the choice depends on, so that a changed kernel set is tuned afresh.
+fn device_key(info: &DeviceInfo) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a
+    let candidates: Vec<String> = Tile::all().map(|t| t.name()).collect();
+    for part in [
+        MATMUL.source,
+        MATMUL_TILED.source,
+        SPLITK.source,
+        &candidates.join(";"),
+    ] {
+        for byte in part.bytes() {
+            hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!(
+        "{} | {} | {} | kernels {hash:016x}",
+        info.name, info.backend, info.driver
+    )
+}
+
+fn read_file(path: &Path) -> serde_json::Value {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .filter(serde_json::Value::is_object)
+        .unwrap_or_else(|| serde_json::json!({}))
+}
+
+fn read_choices(path: &Path, device: &str) -> HashMap<String, MatmulKernel> {
+    let file = read_file(path);
+    let Some(entries) = file.get(device).and_then(|d| d.as_object()) else {
+        return HashMap::new();
+    };
+    entries
+        .iter()
+        .filter_map(|(key, v)| Some((key.clone(), MatmulKernel::parse(v.as_str()?)?)))
+        .collect()
+}
+
+/// Add one choice to the cache file: read it afresh (another process may have added
+/// choices), insert, write a temporary file beside it and rename it into place.
+fn write_choice(path: &Path, device: &str, key: &str, kernel: MatmulKernel) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = read_file(path);
+    let entries = file
+        .as_object_mut()
+        .expect("read_file returns an object")
+        .entry(device)
+        .or_insert_with(|| serde_json::json!({}));
+    if !entries.is_object() {
+        *entries = serde_json::json!({});
+    }
+    entries[key] = serde_json::Value::String(kernel.name());
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_string_pretty(&file).expect("JSON"))?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,187 @@
+//! Every matrix-product kernel this adapter can run (the 8-lane kernels and each tiled
+//! variant, with split-K) against the CPU reference over awkward shapes: every size of
+//! 1, 3, 5, 17, 31 to 33, 63 to 65, 127 to 129 and 197 in each of m, n and k, both
+//! transposes, bias, batches broadcast, and operands at an offset into their buffer. Then
+//! again with workgroup memory poisoned with NaN, which turns a missing barrier into NaN.
+
+mod common;
+use common::*;
+use engine::reference;
+use engine::tune::{MatmulKernel, Tile};
+use engine::{Device, DeviceOptions, Tensor};
+
+const SIZES: [usize; 14] = [1, 3, 5, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 197];
+const ALIGNED: [usize; 7] = [4, 8, 32, 64, 68, 128, 196];
+
+/// One product to check: sizes, layout and the host values of its operands and result.
+struct Case {
+    what: String,
+    a: Tensor,
+    b: Tensor,
+    bias: Option<Tensor>,
+    want: Vec<f32>,
+}
+
+/// A `rows x cols` operand, stored transposed when `trans` (a `t()` view), at an offset
+/// into a larger buffer when `offset` (a `narrow` view), with `batch` leading copies.
+fn operand(
+    dev: &Device,
+    (rows, cols): (usize, usize),
+    (trans, offset): (bool, bool),
+    batch: usize,
+    seed: u64,
+) -> (Tensor, Vec<f32>) {
+    let skip = if offset { 4 } else { 0 };
+    let (sr, sc) = if trans {
+        (cols, rows + skip)
+    } else {
+        (rows + skip, cols)
+    };
+    let host = data(batch * sr * sc, seed);
+    let full = Tensor::from_slice(dev, &host, &[batch, sr, sc]).unwrap();
+    // The viewed (rows, cols) matrix, past `skip` stored rows (columns when transposed).
+    let view = if trans {
+        full.narrow(2, skip, rows).unwrap().transpose(1, 2).unwrap()
+    } else {
+        full.narrow(1, skip, rows).unwrap()
+    };
+    let mut values = Vec::with_capacity(batch * rows * cols);
+    for z in 0..batch {
+        for r in 0..rows {
+            for c in 0..cols {
+                let (i, j) = if trans { (c, r + skip) } else { (r + skip, c) };
+                values.push(host[(z * sr + i) * sc + j]);
+            }
+        }
+    }
+    (view, values)
+}
+
+fn case(dev: &Device, i: usize, (m, n, k): (usize, usize, usize)) -> Case {
+    let (ta, tb, with_bias) = (i % 2 == 1, (i / 2) % 2 == 1, i.is_multiple_of(3));
+    // Batches: none, two on both sides, three with B broadcast, an offset A.
+    let (batch, b_batch, offset) = match i % 4 {
+        0 => (1, 1, false),
+        1 => (2, 2, false),
+        2 => (3, 1, false),
+        _ => (1, 1, true),
+    };
+    let (a, ha) = operand(dev, (m, k), (ta, offset), batch, 1000 + i as u64);
+    let (b, hb) = operand(dev, (k, n), (tb, false), b_batch, 2000 + i as u64);
+    let (a, b) = match (batch, b_batch) {
+        (1, _) => (a.squeeze(0).unwrap(), b.squeeze(0).unwrap()),
+        (_, 1) => (a, b.squeeze(0).unwrap()),
+        _ => (a, b),
+    };
+    let (bias, hbias) = if with_bias {
+        let h = data(n, 3000 + i as u64);
+        (Some(Tensor::from_slice(dev, &h, &[n]).unwrap()), h)
+    } else {
+        (None, vec![0.0; n])
+    };
+    let mut want = Vec::new();
+    for z in 0..batch {
+        let bz = if b_batch == 1 { 0 } else { z };
+        let product = reference::matmul(
+            &ha[z * m * k..(z + 1) * m * k],
+            &hb[bz * k * n..(bz + 1) * k * n],
+            m,
+            k,
+            n,
+        );
+        want.extend(
+            product
+                .chunks(n)
+                .flat_map(|row| row.iter().zip(&hbias).map(|(v, b)| v + b)),
+        );
+    }
+    Case {
+        what: format!(
+            "{m}x{n}x{k} ta={ta} tb={tb} bias={with_bias} batch={batch}/{b_batch} offset={offset}"
+        ),
+        a,
+        b,
+        bias,
+        want,
+    }
+}
+
+/// Every size appears as m, n and k; aligned problems exercise the vec4 loaders.
+fn cases(dev: &Device) -> Vec<Case> {
+    let s = |i: usize| SIZES[i % SIZES.len()];
+    let mut shapes: Vec<(usize, usize, usize)> = (0..SIZES.len())
+        .map(|i| (s(i), s(i * 5 + 3), s(i * 3 + 7)))
+        .collect();
+    let al = |i: usize| ALIGNED[i % ALIGNED.len()];
+    shapes.extend((0..ALIGNED.len()).map(|i| (al(i), al(i * 3 + 2), al(i * 5 + 4))));
+    shapes
+        .into_iter()
+        .enumerate()
+        .map(|(i, shape)| case(dev, i, shape))
+        .collect()
+}
+
+fn kernels(dev: &Device) -> Vec<MatmulKernel> {
+    let mut kernels = vec![MatmulKernel::Lanes];
+    for tile in Tile::all().filter(|t| t.fits(dev.info())) {
+        kernels.push(MatmulKernel::Tiled { tile, splits: 1 });
+        // Split-K depends on the loader (vec4 chunks of k), not on the tile's shape.
+        if tile.double_buffer == tile.vec4 {
+            kernels.push(MatmulKernel::Tiled { tile, splits: 3 });
+        }
+    }
+    kernels
+}
+
+/// Run every kernel on every case it can take; returns how many products were checked.
+fn check_all(dev: &Device, cases: &[Case]) -> usize {
+    let mut checked = 0;
+    for kernel in kernels(dev) {
+        for c in cases {
+            let got = match c.a.matmul_with(&c.b, c.bias.as_ref(), kernel) {
+                Ok(t) => t.to_vec().unwrap(),
+                // vec4 loads on an unaligned problem: not this variant's job.
+                Err(e) if e.to_string().contains("cannot run this problem") => continue,
+                Err(e) => panic!("{} on {}: {e}", kernel.name(), c.what),
+            };
+            assert_close(
+                &got,
+                &c.want,
+                1e-4,
+                1e-4,
+                &format!("{} on {}", kernel.name(), c.what),
+            );
+            checked += 1;
+        }
+    }
+    checked
+}
+
+#[test]
+fn every_kernel_matches_the_reference_on_awkward_shapes() {
+    let dev = dev();
+    let cases = cases(&dev);
+    let checked = check_all(&dev, &cases);
+    let variants = kernels(&dev).len();
+    assert!(variants > 10, "only {variants} kernels fit this adapter");
+    assert!(
+        checked > variants * SIZES.len(),
+        "{checked} products checked"
+    );
+}
+
+#[test]
+fn no_kernel_reads_workgroup_memory_before_it_is_written() {
+    let dev = Device::with_options(DeviceOptions {
+        poison_workgroup_memory: true,
+        ..Default::default()
+    })
+    .unwrap();
+    // Several k steps, and partial blocks at every edge.
+    let cases: Vec<Case> = [(33, 65, 129), (64, 32, 68), (5, 3, 197)]
+        .into_iter()
+        .enumerate()
+        .map(|(i, shape)| case(&dev, i, shape))
+        .collect();
+    check_all(&dev, &cases);
+}
