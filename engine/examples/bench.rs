@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use engine::tune::MatmulKey;
 use engine::{Device, Tensor};
 
 /// Wall-clock milliseconds of one run of `f` (which records work), GPU wait included.
@@ -46,8 +47,15 @@ fn matmul_line(dev: &Device, batch: usize, m: usize, k: usize, n: usize, trans_b
     } else {
         format!("[{batch},{m},{k},{n}]")
     };
+    let aligned = [m, k, n].iter().all(|v| v % 4 == 0);
+    let bucket = MatmulKey::new((false, trans_b, false, aligned), [m, n, k, batch]).text();
+    let kernel = dev
+        .matmul_choices()
+        .into_iter()
+        .find(|(b, _)| *b == bucket)
+        .map_or("?".into(), |(_, k)| k);
     println!(
-        r#"{{"op":"matmul","shape":{shape},"trans_b":{trans_b},"ms":{ms:.3},"gflops":{gflops:.2},"best_ms":{best_ms:.3},"best_gflops":{best_gflops:.2}}}"#
+        r#"{{"op":"matmul","shape":{shape},"trans_b":{trans_b},"kernel":"{kernel}","ms":{ms:.3},"gflops":{gflops:.2},"best_ms":{best_ms:.3},"best_gflops":{best_gflops:.2}}}"#
     );
 }
 

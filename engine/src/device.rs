@@ -458,10 +458,15 @@ impl Device {
         run: impl FnMut(MatmulKernel) -> Result<()>,
     ) -> Result<MatmulKernel> {
         let mut tuner = lock(&self.inner.tuner);
-        if let Some(kernel) = tuner.lookup(key) {
+        let info = &self.inner.info;
+        // A cached variant this adapter cannot run (a cache copied from elsewhere) is ignored.
+        let runs_here = |k: &MatmulKernel| match k {
+            MatmulKernel::Lanes => true,
+            MatmulKernel::Tiled { tile, .. } => tile.fits(info) && (key.aligned || !tile.vec4),
+        };
+        if let Some(kernel) = tuner.lookup(key).filter(runs_here) {
             return Ok(kernel);
         }
-        let info = &self.inner.info;
         let (kernel, tuned) = match tuner.mode {
             Autotune::On => {
                 let candidates = crate::tune::candidates(info, key, sizes[2]);
@@ -475,6 +480,12 @@ impl Device {
         };
         tuner.remember(key, kernel, tuned);
         Ok(kernel)
+    }
+
+    /// The matrix-product kernel chosen for each shape bucket met so far (or read from the
+    /// tuning cache): `(bucket, kernel)` names, for reports such as the bench's.
+    pub fn matmul_choices(&self) -> Vec<(String, String)> {
+        lock(&self.inner.tuner).choices()
     }
 
     /// Whether tiled kernels poison their workgroup memory ([`DeviceOptions`]).

@@ -125,7 +125,8 @@ impl MatmulKey {
         }
     }
 
-    fn text(&self) -> String {
+    /// The bucket as text, as the cache file keys it: `ta=0 tb=1 bias=1 aligned=1 m=2^8 ...`.
+    pub fn text(&self) -> String {
         let [m, n, k, b] = self.log2;
         format!(
             "ta={} tb={} bias={} aligned={} m=2^{m} n=2^{n} k=2^{k} batch=2^{b}",
@@ -253,6 +254,17 @@ impl Tuner {
         let k = *self.texts.get(&key.text())?;
         self.choices.insert(*key, k);
         Some(k)
+    }
+
+    /// The choices made or read in this process: (bucket, kernel) names.
+    pub(crate) fn choices(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .choices
+            .iter()
+            .map(|(key, kernel)| (key.text(), kernel.name()))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Remember `kernel` for `key`; a tuned choice (`save`) also goes to the cache file.
