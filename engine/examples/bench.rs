@@ -4,7 +4,12 @@
 //!
 //! Matmuls (square, and the shapes of one ViT-B/16 block at batch 8), softmax and layer norm
 //! on 1576x768, and the per-op dispatch overhead of a chain of tiny ops next to the same
-//! chain recorded by hand with raw wgpu calls. `--quick` skips the largest matmuls.
+//! chain recorded by hand with raw wgpu calls. `--quick` skips the largest matmuls. Each
+//! matmul line names the kernel the device chose (`ENGINE_AUTOTUNE`).
+//!
+//! `--gpu` (tools/gpu-check): squares up to 4096, ViT-B at batch 64 with the weight
+//! gradients, and the fused attention; it refuses a software adapter (set
+//! `BENCH_ALLOW_SOFTWARE` to rehearse it there).
 
 use std::time::Instant;
 
@@ -30,8 +35,14 @@ fn time_ms(dev: &Device, min_iters: usize, min_s: f64, mut f: impl FnMut()) -> (
     (runs[runs.len() / 2], runs[0])
 }
 
-fn matmul_line(dev: &Device, batch: usize, m: usize, k: usize, n: usize, trans_b: bool) {
-    let a = Tensor::rand(dev, &[batch, m, k], 1).unwrap();
+/// Time `a b` for a (batch, m, k) x (batch, k, n) product, A read transposed when
+/// `trans_a` (a weight gradient, `x^T dy`), B when `trans_b`; names the kernel chosen.
+fn matmul_line(dev: &Device, [batch, m, k, n]: [usize; 4], trans_a: bool, trans_b: bool) {
+    let a = if trans_a {
+        Tensor::rand(dev, &[batch, k, m], 1).unwrap().t().unwrap()
+    } else {
+        Tensor::rand(dev, &[batch, m, k], 1).unwrap()
+    };
     let b = if trans_b {
         Tensor::rand(dev, &[batch, n, k], 2).unwrap().t().unwrap()
     } else {
@@ -48,14 +59,14 @@ fn matmul_line(dev: &Device, batch: usize, m: usize, k: usize, n: usize, trans_b
         format!("[{batch},{m},{k},{n}]")
     };
     let aligned = [m, k, n].iter().all(|v| v % 4 == 0);
-    let bucket = MatmulKey::new((false, trans_b, false, aligned), [m, n, k, batch]).text();
+    let bucket = MatmulKey::new((trans_a, trans_b, false, aligned), [m, n, k, batch]).text();
     let kernel = dev
         .matmul_choices()
         .into_iter()
         .find(|(b, _)| *b == bucket)
         .map_or("?".into(), |(_, k)| k);
     println!(
-        r#"{{"op":"matmul","shape":{shape},"trans_b":{trans_b},"kernel":"{kernel}","ms":{ms:.3},"gflops":{gflops:.2},"best_ms":{best_ms:.3},"best_gflops":{best_gflops:.2}}}"#
+        r#"{{"op":"matmul","shape":{shape},"trans_a":{trans_a},"trans_b":{trans_b},"kernel":"{kernel}","ms":{ms:.3},"gflops":{gflops:.2},"best_ms":{best_ms:.3},"best_gflops":{best_gflops:.2}}}"#
     );
 }
 
@@ -248,32 +259,56 @@ fn dispatch_overhead(dev: &Device, chain: usize) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
+    // ViT-B at batch 64 and larger squares, for a GPU; refuses to run on a CPU adapter.
+    let gpu = std::env::args().any(|a| a == "--gpu");
     let dev = Device::new().expect("a wgpu adapter");
     let info = dev.info();
     println!(
-        r#"{{"adapter":{:?},"backend":{:?},"device_type":{:?},"driver":{:?}}}"#,
-        info.name, info.backend, info.device_type, info.driver
+        r#"{{"adapter":{:?},"backend":{:?},"device_type":{:?},"driver":{:?},"autotune":"{:?}","info":{:?}}}"#,
+        info.name,
+        info.backend,
+        info.device_type,
+        info.driver,
+        dev.autotune(),
+        info.to_string()
     );
+    if gpu && info.is_software() && std::env::var_os("BENCH_ALLOW_SOFTWARE").is_none() {
+        eprintln!(
+            "error: --gpu on a software adapter ({}): no GPU figures from it",
+            info.name
+        );
+        std::process::exit(3);
+    }
 
-    let squares: &[usize] = if quick {
-        &[256, 512, 1024]
-    } else {
-        &[256, 512, 1024, 2048]
+    let squares: &[usize] = match (gpu, quick) {
+        (true, true) => &[1024],
+        (true, false) => &[1024, 2048, 4096],
+        (false, true) => &[256, 512, 1024],
+        (false, false) => &[256, 512, 1024, 2048],
     };
     for &s in squares {
-        matmul_line(&dev, 1, s, s, s, false);
+        matmul_line(&dev, [1, s, s, s], false, false);
     }
-    // One ViT-B/16 block at batch 8: 8 x 197 = 1576 tokens, width 768, 12 heads of 64.
-    matmul_line(&dev, 1, 1576, 768, 2304, false); // qkv
-    matmul_line(&dev, 1, 1576, 768, 3072, false); // fc1
-    matmul_line(&dev, 1, 1576, 3072, 768, false); // fc2
-    matmul_line(&dev, 96, 197, 64, 197, true); // q k^T, k read transposed in place
-    matmul_line(&dev, 96, 197, 197, 64, false); // attn v
+    // One ViT-B/16 block: 197 tokens an image, width 768, 12 heads of 64; batch 8, or 64 on
+    // a GPU (unless --quick). The forward's products, then the weight gradients (x^T dy, k = tokens).
+    let images = if gpu && !quick { 64 } else { 8 };
+    let tokens = images * 197;
+    matmul_line(&dev, [1, tokens, 768, 2304], false, false); // qkv
+    matmul_line(&dev, [1, tokens, 768, 3072], false, false); // fc1
+    matmul_line(&dev, [1, tokens, 3072, 768], false, false); // fc2
+    if gpu {
+        matmul_line(&dev, [1, 768, tokens, 2304], true, false); // qkv weight gradient
+        matmul_line(&dev, [1, 3072, tokens, 768], true, false); // fc2 weight gradient
+    }
+    let heads = images * 12;
+    matmul_line(&dev, [heads, 197, 64, 197], false, true); // q k^T, k read transposed
+    matmul_line(&dev, [heads, 197, 197, 64], false, false); // attn v
 
-    let x = Tensor::rand(&dev, &[1576, 768], 3).unwrap();
+    let rows = tokens;
+    let x = Tensor::rand(&dev, &[rows, 768], 3).unwrap();
     let w = Tensor::ones(&dev, &[768]).unwrap();
     let b = Tensor::zeros(&dev, &[768]).unwrap();
-    let bytes = (2 * 1576 * 768 * 4) as f64;
+    let bytes = (2 * rows * 768 * 4) as f64;
     let row_ops: [(&str, &dyn Fn()); 2] = [
         ("softmax", &|| {
             x.softmax().unwrap();
@@ -286,8 +321,11 @@ fn main() {
         let (ms, best_ms) = time_ms(&dev, 10, 0.5, f);
         let gb_per_s = bytes / (ms * 1e-3) / 1e9;
         println!(
-            r#"{{"op":"{op}","shape":[1576,768],"ms":{ms:.3},"gb_per_s":{gb_per_s:.2},"best_ms":{best_ms:.3}}}"#
+            r#"{{"op":"{op}","shape":[{rows},768],"ms":{ms:.3},"gb_per_s":{gb_per_s:.2},"best_ms":{best_ms:.3}}}"#
         );
+    }
+    if gpu {
+        attention(&dev, images);
     }
 
     adamw_step(&dev);
@@ -300,6 +338,30 @@ fn main() {
         stats.allocations,
         stats.reuses,
         dev.pipeline_count()
+    );
+}
+
+/// The fused multi-head attention of a ViT-B block (12 heads of 64 over 197 tokens) on
+/// `images` images, forward alone and forward with backward.
+fn attention(dev: &Device, images: usize) {
+    let (n, d, h) = (197, 768, 12);
+    let qkv = Tensor::randn(dev, &[images, n, 3 * d], 7)
+        .unwrap()
+        .requires_grad(true)
+        .unwrap();
+    let g = Tensor::randn(dev, &[images, n, d], 8).unwrap();
+    let (fwd_ms, _) = time_ms(dev, 5, 1.0, || {
+        engine::no_grad(|| qkv.qkv_attention(h)).unwrap();
+    });
+    let (both_ms, _) = time_ms(dev, 3, 1.0, || {
+        let y = qkv.qkv_attention(h).unwrap();
+        y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+    });
+    // q k^T and attn v: 4 b h n^2 (d/h) each way; the backward recomputes and doubles it.
+    let flop = 4.0 * (images * n * n * d) as f64;
+    println!(
+        r#"{{"op":"qkv_attention","shape":[{images},{n},{d}],"heads":{h},"forward_ms":{fwd_ms:.2},"forward_gflops":{:.1},"fwd_bwd_ms":{both_ms:.2}}}"#,
+        flop / (fwd_ms * 1e-3) / 1e9
     );
 }
 

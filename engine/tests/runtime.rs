@@ -1,6 +1,7 @@
 //! The runtime: batched submission, buffer pool reuse, pipeline cache, device report.
 //! Each test uses a private device so the counters it reads are its own.
 
+use engine::tune::Autotune;
 use engine::{Device, DeviceOptions, Features, Tensor, DISPATCHES_PER_BATCH};
 
 #[test]
@@ -132,13 +133,18 @@ fn buffers_stay_within_a_low_binding_limit() {
 #[test]
 fn the_profiler_times_every_dispatch_without_a_submission_each() {
     // With the adapter's timestamps, and as on an adapter without them.
-    let plain = Device::with_options(DeviceOptions {
-        without: Features::all(),
+    // Kernel choice fixed, so that no tuning run is counted (ENGINE_AUTOTUNE may say on).
+    let options = |without| DeviceOptions {
+        without,
+        autotune: Some(Autotune::Off),
         ..Default::default()
-    })
-    .unwrap();
+    };
+    let plain = Device::with_options(options(Features::all())).unwrap();
     assert_eq!(plain.info().features, Features::default());
-    for d in [Device::new().unwrap(), plain] {
+    for d in [
+        Device::with_options(options(Features::default())).unwrap(),
+        plain,
+    ] {
         profile_a_loop(d);
     }
 }
