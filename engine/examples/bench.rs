@@ -14,7 +14,7 @@
 use std::time::Instant;
 
 use engine::tune::MatmulKey;
-use engine::{Device, Tensor};
+use engine::{AttentionKernel, Device, Tensor};
 
 /// Wall-clock milliseconds of one run of `f` (which records work), GPU wait included.
 /// Runs until at least `min_iters` runs and `min_s` seconds have passed, after a warm-up
@@ -324,8 +324,8 @@ fn main() {
             r#"{{"op":"{op}","shape":[{rows},768],"ms":{ms:.3},"gb_per_s":{gb_per_s:.2},"best_ms":{best_ms:.3}}}"#
         );
     }
-    if gpu {
-        attention(&dev, images);
+    for kernel in [AttentionKernel::Rows, AttentionKernel::Tiled] {
+        attention(&dev, images, kernel);
     }
 
     adamw_step(&dev);
@@ -342,8 +342,8 @@ fn main() {
 }
 
 /// The fused multi-head attention of a ViT-B block (12 heads of 64 over 197 tokens) on
-/// `images` images, forward alone and forward with backward.
-fn attention(dev: &Device, images: usize) {
+/// `images` images with one family of kernels, forward alone and forward with backward.
+fn attention(dev: &Device, images: usize, kernel: AttentionKernel) {
     let (n, d, h) = (197, 768, 12);
     let qkv = Tensor::randn(dev, &[images, n, 3 * d], 7)
         .unwrap()
@@ -351,16 +351,17 @@ fn attention(dev: &Device, images: usize) {
         .unwrap();
     let g = Tensor::randn(dev, &[images, n, d], 8).unwrap();
     let (fwd_ms, _) = time_ms(dev, 5, 1.0, || {
-        engine::no_grad(|| qkv.qkv_attention(h)).unwrap();
+        engine::no_grad(|| qkv.qkv_attention_with(h, kernel)).unwrap();
     });
     let (both_ms, _) = time_ms(dev, 3, 1.0, || {
-        let y = qkv.qkv_attention(h).unwrap();
+        let y = qkv.qkv_attention_with(h, kernel).unwrap();
         y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
     });
     // q k^T and attn v: 4 b h n^2 (d/h) each way; the backward recomputes and doubles it.
     let flop = 4.0 * (images * n * n * d) as f64;
     println!(
-        r#"{{"op":"qkv_attention","shape":[{images},{n},{d}],"heads":{h},"forward_ms":{fwd_ms:.2},"forward_gflops":{:.1},"fwd_bwd_ms":{both_ms:.2}}}"#,
+        r#"{{"op":"qkv_attention","kernel":"{kernel:?}","default":{},"shape":[{images},{n},{d}],"heads":{h},"forward_ms":{fwd_ms:.2},"forward_gflops":{:.1},"fwd_bwd_ms":{both_ms:.2}}}"#,
+        dev.attention_kernel() == kernel,
         flop / (fwd_ms * 1e-3) / 1e9
     );
 }

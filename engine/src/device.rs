@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::error::{Error, Result};
 use crate::kernels::{Kernel, PipelineCache};
+use crate::ops::AttentionKernel;
 use crate::pool::{Pool, PoolStats};
 use crate::profile::{Clock, KernelTime, Profiler};
 use crate::tune::{Autotune, MatmulKernel, MatmulKey, Tuner};
@@ -63,6 +64,9 @@ pub struct DeviceOptions {
     pub autotune: Option<Autotune>,
     /// The tuning cache file, instead of `autotune.json` in the user's cache directory.
     pub tune_cache: Option<PathBuf>,
+    /// The attention kernels, instead of `ENGINE_ATTENTION` (`rows` or `tiled`) or the
+    /// adapter's default (rows on a CPU adapter, tiled on a GPU).
+    pub attention: Option<AttentionKernel>,
     /// Fill the tiled kernels' workgroup memory with NaN before use, so that a missing
     /// barrier shows as NaN (also `ENGINE_POISON_WORKGROUP=1`). A debugging aid: slower.
     pub poison_workgroup_memory: bool,
@@ -213,6 +217,8 @@ pub(crate) struct Inner {
     tuner: Mutex<Tuner>,
     /// Tiled kernels fill workgroup memory with NaN first.
     poison: bool,
+    /// The attention kernels' family.
+    attention: AttentionKernel,
 }
 
 /// Commands recorded but not yet submitted.
@@ -320,6 +326,21 @@ impl Device {
             None => Autotune::from_env(&info)?,
         };
         let tuner = Tuner::new(&info, autotune, options.tune_cache);
+        let attention = match (
+            options.attention,
+            std::env::var("ENGINE_ATTENTION").as_deref(),
+        ) {
+            (Some(kernel), _) => kernel,
+            (None, Ok("rows")) => AttentionKernel::Rows,
+            (None, Ok("tiled")) => AttentionKernel::Tiled,
+            (None, Ok(other)) => {
+                return Err(Error::Device(format!(
+                    "ENGINE_ATTENTION={other:?}: expected rows or tiled"
+                )))
+            }
+            (None, Err(_)) if info.is_software() => AttentionKernel::Rows,
+            (None, Err(_)) => AttentionKernel::Tiled,
+        };
         let poison = options.poison_workgroup_memory
             || std::env::var_os("ENGINE_POISON_WORKGROUP").is_some_and(|v| v != "0");
         assert!(limits.min_uniform_buffer_offset_alignment as u64 <= PARAM_SLOT);
@@ -358,6 +379,7 @@ impl Device {
                 profile: Mutex::new(None),
                 tuner: Mutex::new(tuner),
                 poison,
+                attention,
             }),
         })
     }
@@ -486,6 +508,11 @@ impl Device {
     /// tuning cache): `(bucket, kernel)` names, for reports such as the bench's.
     pub fn matmul_choices(&self) -> Vec<(String, String)> {
         lock(&self.inner.tuner).choices()
+    }
+
+    /// The attention kernels' family this device uses ([`DeviceOptions::attention`]).
+    pub fn attention_kernel(&self) -> AttentionKernel {
+        self.inner.attention
     }
 
     /// Whether tiled kernels poison their workgroup memory ([`DeviceOptions`]).

@@ -52,6 +52,7 @@ shader!(CROSS_ENTROPY, "cross_entropy.wgsl", with "rows.wgsl");
 shader!(ARGSORT, "argsort.wgsl", with "rows.wgsl");
 shader!(OPTIM, "optim.wgsl");
 shader!(ATTENTION, "attention.wgsl");
+shader!(ATTENTION_TILED, "attention_tiled.wgsl");
 
 /// Every shader the engine compiles; the validation test checks each with naga and checks
 /// that no `.wgsl` file in `shaders/` is missing from this list.
@@ -74,6 +75,7 @@ pub static ALL_SHADERS: &[&Shader] = &[
     &ARGSORT,
     &OPTIM,
     &ATTENTION,
+    &ATTENTION_TILED,
 ];
 
 /// Helper files that are only ever prepended to other shaders.
@@ -131,6 +133,56 @@ kernel!(SGD_K: OPTIM::"sgd", [W, R, W], []);
 kernel!(ATTENTION_K: ATTENTION::"attention_forward", [W, W, R], ["WG"]);
 kernel!(ATTENTION_BACKWARD_Q_K: ATTENTION::"attention_backward_q", [W, W, R, R, R, R], ["WG"]);
 kernel!(ATTENTION_BACKWARD_KV_K: ATTENTION::"attention_backward_kv", [W, W, R, R, R, R], ["WG"]);
+
+/// `template`'s source with the lines between `// BEGIN TILE` and `// END TILE` replaced by
+/// `block`: how the tiled kernels get their variants' constants.
+pub(crate) fn specialise(template: &Shader, block: &str) -> String {
+    let src = template.source;
+    let begin = src.find("// BEGIN TILE\n").expect("template marker") + "// BEGIN TILE\n".len();
+    let end = src.find("// END TILE\n").expect("template marker");
+    format!("{}{block}{}", &src[..begin], &src[end..])
+}
+
+/// The kernel `entry` of `template` specialised with `block` ([`specialise`]), made on first
+/// use and kept for the life of the process, as the static kernels are.
+pub(crate) fn generated(
+    template: &'static Shader,
+    block: String,
+    entry: &'static str,
+    storage: &'static [Access],
+    overrides: &'static [&'static str],
+) -> &'static Kernel {
+    type Made = HashMap<(&'static str, &'static str, String), &'static Kernel>;
+    static MADE: std::sync::OnceLock<std::sync::Mutex<Made>> = std::sync::OnceLock::new();
+    static SHADERS: std::sync::OnceLock<
+        std::sync::Mutex<HashMap<(&'static str, String), &'static Shader>>,
+    > = std::sync::OnceLock::new();
+    let mut made = MADE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    made.entry((template.file, entry, block.clone()))
+        .or_insert_with(|| {
+            let mut shaders = SHADERS
+                .get_or_init(Default::default)
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let shader = *shaders
+                .entry((template.file, block.clone()))
+                .or_insert_with(|| {
+                    Box::leak(Box::new(Shader {
+                        file: template.file,
+                        source: Box::leak(specialise(template, &block).into_boxed_str()),
+                    }))
+                });
+            Box::leak(Box::new(Kernel {
+                shader,
+                entry,
+                storage,
+                overrides,
+            }))
+        })
+}
 
 /// A compiled kernel specialisation.
 pub(crate) struct Pipeline {

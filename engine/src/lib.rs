@@ -41,7 +41,7 @@ pub use autodiff::{no_grad, Gradients, TensorId};
 pub use device::{Device, DeviceInfo, DeviceOptions, Features, DISPATCHES_PER_BATCH};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, GradMismatch, GradcheckOptions, GradcheckReport};
-pub use ops::{BinaryOp, CompareOp, UnaryOp, MAX_ATTENTION_HEAD_DIM};
+pub use ops::{AttentionKernel, BinaryOp, CompareOp, UnaryOp, MAX_ATTENTION_HEAD_DIM};
 pub use optim::{warmup_cosine_lr, AdamW, OptimizerState, ParamGroup, Sgd};
 pub use pool::PoolStats;
 pub use profile::{Clock, KernelTime};

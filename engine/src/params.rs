@@ -179,7 +179,7 @@ uniform! {
 
 uniform! {
     /// Fused multi-head attention, forward and backward.
-    AttentionParams in ["attention.wgsl"] {
+    AttentionParams in ["attention.wgsl", "attention_tiled.wgsl"] {
         batch: u32,
         tokens: u32,
         heads: u32,

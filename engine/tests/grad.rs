@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use engine::{gradcheck, no_grad, Error, GradcheckOptions, Result, Tensor};
+use engine::{gradcheck, no_grad, AttentionKernel, Error, GradcheckOptions, Result, Tensor};
 
 /// Data in [-2, 2) pushed at least `gap` away from 0 (for kinks at 0).
 fn away(shape: &[usize], seed: u64, gap: f32) -> Tensor {
@@ -227,10 +227,22 @@ fn linear_with_and_without_bias() {
 #[test]
 fn fused_attention() {
     // (B 2, N 5, heads 2 of 3): every element of q, k and v is perturbed.
-    let qkv = away(&[2, 5, 18], 31, 0.0);
-    check("qkv_attention", &[&qkv], |t| t[0].qkv_attention(2));
-    // Larger than gradcheck affords: the gradient equals the unfused ops' exactly in law.
-    let (b, n, d, h) = (2, 13, 32, 4);
+    for kernel in [AttentionKernel::Rows, AttentionKernel::Tiled] {
+        let qkv = away(&[2, 5, 18], 31, 0.0);
+        check(&format!("{kernel:?} qkv_attention"), &[&qkv], |t| {
+            t[0].qkv_attention_with(2, kernel)
+        });
+        // Larger than gradcheck affords, over several tiles of rows and keys.
+        fused_attention_gradient_equals_unfused(kernel, (2, 13, 32, 4));
+        fused_attention_gradient_equals_unfused(kernel, (1, 130, 64, 1));
+    }
+}
+
+/// The gradient of the fused attention equals the unfused ops' (exactly in law).
+fn fused_attention_gradient_equals_unfused(
+    kernel: AttentionKernel,
+    (b, n, d, h): (usize, usize, usize, usize),
+) {
     let qkv = away(&[b, n, 3 * d], 32, 0.0).requires_grad(true).unwrap();
     let g = away(&[b, n, d], 33, 0.0);
     let unfused = |x: &Tensor| -> Result<Tensor> {
@@ -255,14 +267,14 @@ fn fused_attention() {
             .to_vec()
             .unwrap()
     };
-    let fused = grad_of(qkv.qkv_attention(h).unwrap());
+    let fused = grad_of(qkv.qkv_attention_with(h, kernel).unwrap());
     let reference = grad_of(unfused(&qkv).unwrap());
     assert_close(
         &fused,
         &reference,
         1e-5,
         1e-4,
-        "fused against unfused attention gradient",
+        &format!("{kernel:?} fused against unfused attention gradient, {b}x{n}x{d}/{h}"),
     );
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 use common::*;
-use engine::{reference, DType, Tensor};
+use engine::{reference, AttentionKernel, DType, Tensor};
 
 const ROWS: &[(usize, usize)] = &[(1, 1), (3, 7), (5, 33), (2, 197), (4, 1000)];
 
@@ -336,34 +336,49 @@ fn dropout_is_seeded_and_scaled() {
 
 #[test]
 fn qkv_attention_matches_reference_and_unfused_ops() {
-    // (B, N, D, heads): one token, odd token counts, one head, and a 64-wide head.
-    for (i, &(b, n, d, h)) in [(1, 1, 4, 1), (2, 7, 12, 3), (3, 13, 16, 1), (1, 33, 128, 2)]
+    for kernel in [AttentionKernel::Rows, AttentionKernel::Tiled] {
+        // (B, N, D, heads): one token, odd token counts, one head, a 64-wide head, heads of
+        // 128 and of 5, and 197 tokens (several tiles of rows and of keys, the last partial).
+        for (i, &(b, n, d, h)) in [
+            (1, 1, 4, 1),
+            (2, 7, 12, 3),
+            (3, 13, 16, 1),
+            (1, 33, 128, 2),
+            (1, 70, 256, 2),
+            (2, 20, 10, 2),
+            (1, 197, 64, 2),
+        ]
         .iter()
         .enumerate()
-    {
-        let (qkv, host) = rand_tensor(&[b, n, 3 * d], 400 + i as u64);
-        let got = qkv.qkv_attention(h).unwrap();
-        assert_eq!(got.shape(), [b, n, d]);
-        let want = reference::qkv_attention(&host, b, n, d, h);
+        {
+            let (qkv, host) = rand_tensor(&[b, n, 3 * d], 400 + i as u64);
+            let got = qkv.qkv_attention_with(h, kernel).unwrap();
+            assert_eq!(got.shape(), [b, n, d]);
+            let want = reference::qkv_attention(&host, b, n, d, h);
+            assert_close(
+                &got.to_vec().unwrap(),
+                &want,
+                1e-5,
+                1e-4,
+                &format!("{kernel:?} attention {b}x{n}x{d}/{h}"),
+            );
+        }
+        // A view with an offset: the second half of a larger buffer.
+        let (big, host) = rand_tensor(&[2, 5, 18], 410);
+        let view = big.narrow(0, 1, 1).unwrap();
+        let want = reference::qkv_attention(&host[90..], 1, 5, 6, 2);
         assert_close(
-            &got.to_vec().unwrap(),
+            &view
+                .qkv_attention_with(2, kernel)
+                .unwrap()
+                .to_vec()
+                .unwrap(),
             &want,
             1e-5,
             1e-4,
-            &format!("attention {b}x{n}x{d}/{h}"),
+            &format!("{kernel:?} offset view"),
         );
     }
-    // A view with an offset: the second half of a larger buffer.
-    let (big, host) = rand_tensor(&[2, 5, 18], 410);
-    let view = big.narrow(0, 1, 1).unwrap();
-    let want = reference::qkv_attention(&host[90..], 1, 5, 6, 2);
-    assert_close(
-        &view.qkv_attention(2).unwrap().to_vec().unwrap(),
-        &want,
-        1e-5,
-        1e-4,
-        "offset view",
-    );
     // Bad shapes are errors, not wrong answers.
     for (shape, heads) in [
         (&[2, 3, 12][..], 5),

@@ -2,8 +2,12 @@
 
 use super::grid;
 use crate::autodiff::no_grad;
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::kernels::{ATTENTION_BACKWARD_KV_K, ATTENTION_BACKWARD_Q_K, ATTENTION_K};
+use crate::kernels::{
+    generated, Access, Kernel, ATTENTION_BACKWARD_KV_K, ATTENTION_BACKWARD_Q_K, ATTENTION_K,
+    ATTENTION_TILED,
+};
 use crate::params::AttentionParams;
 use crate::tensor::{DType, Tensor};
 
@@ -22,6 +26,14 @@ impl Tensor {
     /// [`Error::Shape`] when `self` is not `(B, N, 3D)` with `D` a multiple of `heads`, or the
     /// head is longer than [`MAX_ATTENTION_HEAD_DIM`]; [`Error::DType`] for `U32`.
     pub fn qkv_attention(&self, heads: usize) -> Result<Tensor> {
+        self.qkv_attention_with(heads, self.device().attention_kernel())
+    }
+
+    /// [`Tensor::qkv_attention`] with a given kernel family (the tests run both).
+    ///
+    /// # Errors
+    /// As [`Tensor::qkv_attention`].
+    pub fn qkv_attention_with(&self, heads: usize, kernel: AttentionKernel) -> Result<Tensor> {
         let op = "qkv_attention";
         self.expect_dtype(op, DType::F32)?;
         let &[b, n, d3] = self.shape() else {
@@ -49,26 +61,93 @@ impl Tensor {
             ..Default::default()
         };
         let qkv = self.contiguous()?.detach();
-        let (y, lse) = no_grad(|| attention_forward(&qkv, p))?;
+        let kernels = Kernels::of(kernel, hd);
+        let (y, lse) = no_grad(|| attention_forward(&qkv, p, &kernels))?;
         let out = y.detach();
         Ok(y.record(op, &[self], move |g| {
-            Ok(vec![Some(attention_backward(&qkv, &out, &lse, g, p)?)])
+            Ok(vec![Some(attention_backward(
+                &qkv, &out, &lse, g, p, &kernels,
+            )?)])
         }))
     }
 }
 
-/// Rows (batch, head, token) and the workgroups that cover them.
-fn row_grid(qkv: &Tensor, p: &AttentionParams) -> (usize, [u32; 3]) {
-    let rows = (p.batch * p.heads * p.tokens) as usize;
-    let wg = qkv.device().row_workgroup() as usize;
-    (rows, grid(qkv.device(), rows.div_ceil(wg)))
+/// The two families of attention kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionKernel {
+    /// `attention.wgsl`: one invocation per row, reading keys and values from global
+    /// memory; workgroups as wide as the row kernels'. What a CPU adapter runs fastest.
+    Rows,
+    /// `attention_tiled.wgsl`: 64 rows of one head per workgroup, keys and values shared
+    /// through workgroup memory tile by tile. For GPUs.
+    Tiled,
 }
 
+/// The three kernels (forward, dq, dk and dv) of one family and head dimension, with how
+/// their rows map to workgroups.
+struct Kernels {
+    forward: &'static Kernel,
+    backward_q: &'static Kernel,
+    backward_kv: &'static Kernel,
+    tiled: bool,
+}
+
+impl Kernels {
+    fn of(kernel: AttentionKernel, hd: usize) -> Kernels {
+        match kernel {
+            AttentionKernel::Rows => Kernels {
+                forward: &ATTENTION_K,
+                backward_q: &ATTENTION_BACKWARD_Q_K,
+                backward_kv: &ATTENTION_BACKWARD_KV_K,
+                tiled: false,
+            },
+            AttentionKernel::Tiled => {
+                // BKV tokens of two HD-long rows and two statistics fit in 16 KiB.
+                let mut bkv = 64;
+                while 2 * bkv * (hd + 1) * 4 > 16384 {
+                    bkv /= 2;
+                }
+                let block = format!("const HD: u32 = {hd}u;\nconst BKV: u32 = {bkv}u;\n");
+                let kernel = |entry, storage: &'static [Access]| {
+                    generated(&ATTENTION_TILED, block.clone(), entry, storage, &[])
+                };
+                use Access::{Read as R, ReadWrite as W};
+                Kernels {
+                    forward: kernel("attention_tiled_forward", &[W, W, R]),
+                    backward_q: kernel("attention_tiled_backward_q", &[W, W, R, R, R, R]),
+                    backward_kv: kernel("attention_tiled_backward_kv", &[W, W, R, R, R, R]),
+                    tiled: true,
+                }
+            }
+        }
+    }
+
+    /// The override values and workgroups for `p`'s rows.
+    fn launch(&self, dev: &Device, p: &AttentionParams) -> (Vec<u32>, [u32; 3]) {
+        if self.tiled {
+            let tiles = (p.tokens as usize).div_ceil(TILED_ROWS) as u32;
+            (vec![], [tiles, p.batch * p.heads, 1])
+        } else {
+            let rows = (p.batch * p.heads * p.tokens) as usize;
+            let wg = dev.row_workgroup();
+            (vec![wg], grid(dev, rows.div_ceil(wg as usize)))
+        }
+    }
+}
+
+/// Rows of one head per workgroup of the tiled kernels (their `WG`).
+const TILED_ROWS: usize = 64;
+
 /// `(out (B, N, D), lse (B, H, N))` for a contiguous `qkv`.
-fn attention_forward(qkv: &Tensor, mut p: AttentionParams) -> Result<(Tensor, Tensor)> {
+fn attention_forward(
+    qkv: &Tensor,
+    mut p: AttentionParams,
+    kernels: &Kernels,
+) -> Result<(Tensor, Tensor)> {
     let op = "qkv_attention";
     let dev = qkv.device();
-    let (rows, groups) = row_grid(qkv, &p);
+    let rows = (p.batch * p.heads * p.tokens) as usize;
+    let (overrides, groups) = kernels.launch(dev, &p);
     let (b, n) = (p.batch as usize, p.tokens as usize);
     let out = Tensor::empty(
         dev,
@@ -79,8 +158,8 @@ fn attention_forward(qkv: &Tensor, mut p: AttentionParams) -> Result<(Tensor, Te
     let lse = Tensor::empty(dev, op, &[rows], DType::F32)?;
     p.qkv_offset = qkv.offset() as u32;
     dev.dispatch(
-        &ATTENTION_K,
-        &[dev.row_workgroup()],
+        kernels.forward,
+        &overrides,
         &p,
         &[out.buffer(), lse.buffer(), qkv.buffer()],
         groups,
@@ -95,10 +174,12 @@ fn attention_backward(
     lse: &Tensor,
     g: &Tensor,
     mut p: AttentionParams,
+    kernels: &Kernels,
 ) -> Result<Tensor> {
     let op = "qkv_attention backward";
     let dev = qkv.device();
-    let (rows, groups) = row_grid(qkv, &p);
+    let rows = (p.batch * p.heads * p.tokens) as usize;
+    let (overrides, groups) = kernels.launch(dev, &p);
     let g = g.contiguous()?;
     let dqkv = Tensor::empty(dev, op, qkv.shape(), DType::F32)?;
     let delta = Tensor::empty(dev, op, &[rows], DType::F32)?;
@@ -113,8 +194,8 @@ fn attention_backward(
         qkv.buffer(),
     ];
     // The q pass writes delta, which the k/v pass reads: dispatches in one pass are ordered.
-    for kernel in [&ATTENTION_BACKWARD_Q_K, &ATTENTION_BACKWARD_KV_K] {
-        dev.dispatch(kernel, &[dev.row_workgroup()], &p, &buffers, groups);
+    for kernel in [kernels.backward_q, kernels.backward_kv] {
+        dev.dispatch(kernel, &overrides, &p, &buffers, groups);
     }
     Ok(dqkv)
 }

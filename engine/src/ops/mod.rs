@@ -10,7 +10,7 @@ mod matmul;
 mod reduce;
 mod rowwise;
 
-pub use attention::MAX_ATTENTION_HEAD_DIM;
+pub use attention::{AttentionKernel, MAX_ATTENTION_HEAD_DIM};
 pub use elementwise::{BinaryOp, CompareOp, UnaryOp};
 
 use crate::device::Device;

@@ -2,11 +2,8 @@
 //! `BEGIN TILE` .. `END TILE` lines are replaced by a variant's tile sizes, buffer count and
 //! global-memory loader, and each variant is compiled as a kernel of its own.
 
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
-
 use crate::device::DeviceInfo;
-use crate::kernels::{Access, Kernel, Shader, MATMUL_TILED};
+use crate::kernels::{generated, specialise, Access, Kernel, MATMUL_TILED};
 
 /// One variant of the tiled matrix product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -108,51 +105,35 @@ impl Tile {
         Tile::all().find(|t| t.name() == name)
     }
 
-    /// The WGSL source of this variant.
-    pub fn source(&self) -> String {
-        let template = MATMUL_TILED.source;
-        let begin = template.find("// BEGIN TILE\n").expect("template marker");
-        let end = template.find("// END TILE\n").expect("template marker");
-        let loader = if self.vec4 {
-            "load_vec4"
-        } else {
-            "load_scalar"
-        };
+    /// The lines of the template this variant replaces.
+    fn block(&self) -> String {
         format!(
-            "{}// BEGIN TILE\n\
-             const BM: u32 = {}u;\nconst BN: u32 = {}u;\nconst BK: u32 = {}u;\n\
+            "const BM: u32 = {}u;\nconst BN: u32 = {}u;\nconst BK: u32 = {}u;\n\
              const TM: u32 = {}u;\nconst TN: u32 = {}u;\nconst BUFS: u32 = {}u;\n\
-             fn load_tile(blk: Block, k0: u32, buf: u32, lid: u32) {{\n    {loader}(blk, k0, buf, lid);\n}}\n{}",
-            &template[..begin],
+             fn load_tile(blk: Block, k0: u32, buf: u32, lid: u32) {{\n    {}(blk, k0, buf, lid);\n}}\n",
             self.bm,
             self.bn,
             self.bk,
             self.tm,
             self.tn,
             if self.double_buffer { 2 } else { 1 },
-            &template[end..]
+            if self.vec4 { "load_vec4" } else { "load_scalar" },
         )
     }
 
-    /// The compiled-once kernel of this variant (its source generated on first use and kept
-    /// for the life of the process, as the static kernels are).
+    /// The WGSL source of this variant.
+    pub fn source(&self) -> String {
+        specialise(&MATMUL_TILED, &self.block())
+    }
+
+    /// This variant's kernel, compiled once per device on first use.
     pub(crate) fn kernel(&self) -> &'static Kernel {
-        static KERNELS: OnceLock<Mutex<HashMap<Tile, &'static Kernel>>> = OnceLock::new();
-        let mut kernels = KERNELS
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        kernels.entry(*self).or_insert_with(|| {
-            let shader: &'static Shader = Box::leak(Box::new(Shader {
-                file: "matmul_tiled.wgsl",
-                source: Box::leak(self.source().into_boxed_str()),
-            }));
-            Box::leak(Box::new(Kernel {
-                shader,
-                entry: "matmul_tiled",
-                storage: &[Access::ReadWrite, Access::Read, Access::Read, Access::Read],
-                overrides: &["TRANS_A", "TRANS_B", "HAS_BIAS", "SPLIT", "POISON"],
-            }))
-        })
+        generated(
+            &MATMUL_TILED,
+            self.block(),
+            "matmul_tiled",
+            &[Access::ReadWrite, Access::Read, Access::Read, Access::Read],
+            &["TRANS_A", "TRANS_B", "HAS_BIAS", "SPLIT", "POISON"],
+        )
     }
 }
