@@ -3,6 +3,9 @@
 // chunk's values, then a tree in workgroup memory. With one chunk (chunk = n) this is the
 // whole reduction; long axes with few outputs are cut into chunks whose partial results,
 // laid out (outer, chunks, inner), the host reduces again.
+// `reduce_columns` serves sums, maxima and minima with inner > 1 (a bias gradient is the sum
+// of (tokens, width) over tokens): a workgroup takes WG neighbouring columns, each
+// invocation folds its column down the chunk, so a workgroup reads whole rows at once.
 // OP 0 sum (times scale: 1, or 1/n for the mean), 1 max, 2 min,
 // 3 variance (two passes: mean, then squared deviations times scale = 1/(n - correction)),
 // 4 argmax and 5 argmin (u32 index of the first extreme element).
@@ -116,4 +119,35 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             out[g] = bitcast<u32>(vals[0]);
         }
     }
+}
+
+@compute @workgroup_size(WG)
+fn reduce_columns(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let g = wid.y * nwg.x + wid.x;
+    let chunks = max((p.n + p.chunk - 1u) / p.chunk, 1u);
+    let tiles = (p.inner + WG - 1u) / WG;
+    if (g >= p.outer * chunks * tiles) {
+        return;
+    }
+    let o = g / (chunks * tiles);
+    let c = (g / tiles) % chunks;
+    let i = (g % tiles) * WG + lid;
+    if (i >= p.inner) {
+        return;
+    }
+    let base = p.offset + o * p.n * p.inner + i;
+    let start = c * p.chunk;
+    let end = min(start + p.chunk, p.n);
+    var acc = x[base + start * p.inner];
+    if (OP == 0u) {
+        acc = 0.0;
+    }
+    for (var j = start; j < end; j++) {
+        acc = combine(acc, x[base + j * p.inner]);
+    }
+    if (OP == 0u) {
+        acc *= p.scale;
+    }
+    out[(o * chunks + c) * p.inner + i] = bitcast<u32>(acc);
 }

@@ -120,6 +120,7 @@ kernel!(FILL_K: FILL::"fill", [W], ["OP"]);
 kernel!(RANDOM_K: RANDOM::"random", [W], ["OP"]);
 kernel!(DROPOUT_K: RANDOM::"dropout", [W, R], []);
 kernel!(REDUCE_K: REDUCE::"reduce", [W, R], ["OP", "WG"]);
+kernel!(REDUCE_COLUMNS_K: REDUCE::"reduce_columns", [W, R], ["OP", "WG"]);
 kernel!(MATMUL_K: MATMUL::"matmul", [W, R, R, R], ["TRANS_A", "TRANS_B", "HAS_BIAS"]);
 kernel!(MATMUL_VEC4_K: MATMUL::"matmul_vec4", [W, R, R, R], ["TRANS_A", "TRANS_B", "HAS_BIAS"]);
 kernel!(SPLITK_K: SPLITK::"splitk_sum", [W, R, R], ["HAS_BIAS"]);

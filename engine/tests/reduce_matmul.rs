@@ -7,6 +7,7 @@ use engine::Tensor;
 
 #[test]
 fn reductions_over_each_axis() {
+    // Axes with columns after them take the column kernel; long ones in chunks.
     for (si, shape) in [
         &[1usize][..],
         &[7],
@@ -14,6 +15,8 @@ fn reductions_over_each_axis() {
         &[3, 5, 7],
         &[2, 33, 3],
         &[65, 2],
+        &[197, 16],
+        &[700, 9],
     ]
     .iter()
     .enumerate()

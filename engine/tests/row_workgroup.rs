@@ -13,7 +13,7 @@ fn row_kernels_agree_at_every_width() {
         std::env::set_var("ENGINE_ROW_WORKGROUP", width.to_string());
         let d = Device::new().unwrap();
         assert_eq!(d.row_workgroup(), width);
-        for (r, c) in [(3usize, 7usize), (2, 197), (1, 1000)] {
+        for (r, c) in [(3usize, 7usize), (2, 197), (1, 1000), (300, 40)] {
             let hx = data(r * c, width as u64);
             let x = Tensor::from_slice(&d, &hx, &[r, c]).unwrap();
             let what = format!("width {width}, {r}x{c}");
@@ -46,12 +46,12 @@ fn row_kernels_agree_at_every_width() {
                 1e-5,
                 &what,
             );
-            for (how, got) in [
-                (Reduce::Sum, x.sum(1, false).unwrap()),
-                (Reduce::Var(true), x.var(1, false, true).unwrap()),
-                (Reduce::Max, x.max(0, false).unwrap()),
+            for (how, axis, got) in [
+                (Reduce::Sum, 1, x.sum(1, false).unwrap()),
+                (Reduce::Var(true), 1, x.var(1, false, true).unwrap()),
+                (Reduce::Max, 0, x.max(0, false).unwrap()),
+                (Reduce::Sum, 0, x.sum(0, false).unwrap()),
             ] {
-                let axis = if matches!(how, Reduce::Max) { 0 } else { 1 };
                 let (want, _) = reference::reduce(&hx, &[r, c], axis, how);
                 assert_close(&got.to_vec().unwrap(), &want, 2e-5, 2e-5, &what);
             }

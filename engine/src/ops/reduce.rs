@@ -4,7 +4,7 @@
 use super::grid;
 use crate::autodiff::no_grad;
 use crate::error::{Error, Result};
-use crate::kernels::REDUCE_K;
+use crate::kernels::{REDUCE_COLUMNS_K, REDUCE_K};
 use crate::params::ReduceParams;
 use crate::shape::{broadcast_shape, normalize_axis, numel};
 use crate::tensor::{DType, Tensor};
@@ -17,12 +17,21 @@ const SPLIT_MIN_AXIS: usize = 8192;
 const SPLIT_MIN_CHUNK: usize = 2048;
 const SPLIT_MAX_CHUNKS: usize = 4096;
 
+/// Sums, maxima and minima over an axis with at least this many elements after it run on
+/// the column kernel (a workgroup of neighbouring columns, each invocation walking one).
+const COLUMN_MIN_INNER: usize = 8;
+/// The column kernel cuts the axis into chunks of at least `COLUMN_MIN_CHUNK` values until
+/// there are about `COLUMN_TARGET_GROUPS` workgroups, enough to fill a GPU.
+const COLUMN_TARGET_GROUPS: usize = 256;
+const COLUMN_MIN_CHUNK: usize = 64;
+
 /// Record one reduction of the contiguous `x`, viewed as `(outer, n, inner)`, over chunks of
-/// `chunk` values of the middle axis into `out` (`(outer, chunks, inner)` elements).
+/// `chunk` values of the middle axis into `out` (`(outer, chunks, inner)` elements), with
+/// one workgroup per output element or, with `columns`, per `WG` neighbouring columns.
 fn reduce_kernel(
     x: &Tensor,
     out: &Tensor,
-    kind: Reduction,
+    (kind, columns): (Reduction, bool),
     (outer, n, inner): (usize, usize, usize),
     chunk: usize,
     scale: f32,
@@ -36,11 +45,20 @@ fn reduce_kernel(
         chunk: chunk as u32,
         ..Default::default()
     };
-    let groups = outer * n.div_ceil(chunk).max(1) * inner;
     let dev = x.device();
+    let wg = dev.row_workgroup();
+    let groups = if columns {
+        outer * n.div_ceil(chunk).max(1) * inner.div_ceil(wg as usize)
+    } else {
+        outer * n.div_ceil(chunk).max(1) * inner
+    };
     dev.dispatch(
-        &REDUCE_K,
-        &[kind as u32, dev.row_workgroup()],
+        if columns {
+            &REDUCE_COLUMNS_K
+        } else {
+            &REDUCE_K
+        },
+        &[kind as u32, wg],
         &p,
         &[out.buffer(), x.buffer()],
         grid(dev, groups),
@@ -103,18 +121,35 @@ impl Tensor {
             _ => DType::F32,
         };
         let splits = matches!(kind, Reduction::Sum | Reduction::Max | Reduction::Min);
+        if splits && inner >= COLUMN_MIN_INNER {
+            let tiles = outer * inner.div_ceil(x.device().row_workgroup() as usize);
+            let chunks =
+                (COLUMN_TARGET_GROUPS / tiles).clamp(1, n.div_ceil(COLUMN_MIN_CHUNK).max(1));
+            let chunk = n.div_ceil(chunks).max(1);
+            let chunks = n.div_ceil(chunk).max(1);
+            let out = Tensor::empty(x.device(), op, &shape, dtype)?;
+            if chunks == 1 {
+                reduce_kernel(&x, &out, (kind, true), (outer, n, inner), chunk, scale(n));
+            } else {
+                let partial = Tensor::empty(x.device(), op, &[outer, chunks, inner], DType::F32)?;
+                reduce_kernel(&x, &partial, (kind, true), (outer, n, inner), chunk, 1.0);
+                let dims = (outer, chunks, inner);
+                reduce_kernel(&partial, &out, (kind, true), dims, chunks, scale(n));
+            }
+            return Ok(out);
+        }
         if splits && outer * inner <= SPLIT_MAX_OUTPUTS && n >= SPLIT_MIN_AXIS {
             // Few outputs over a long axis: one workgroup per output would leave the device
             // idle, so reduce chunks in parallel first, then the partial results.
             let chunk = SPLIT_MIN_CHUNK.max(n.div_ceil(SPLIT_MAX_CHUNKS));
             let chunks = n.div_ceil(chunk);
             let partial = Tensor::empty(x.device(), op, &[outer, chunks, inner], DType::F32)?;
-            reduce_kernel(&x, &partial, kind, (outer, n, inner), chunk, 1.0);
+            reduce_kernel(&x, &partial, (kind, false), (outer, n, inner), chunk, 1.0);
             let out = Tensor::empty(x.device(), op, &shape, dtype)?;
             reduce_kernel(
                 &partial,
                 &out,
-                kind,
+                (kind, false),
                 (outer, chunks, inner),
                 chunks,
                 scale(n),
@@ -122,7 +157,14 @@ impl Tensor {
             return Ok(out);
         }
         let out = Tensor::empty(x.device(), op, &shape, dtype)?;
-        reduce_kernel(&x, &out, kind, (outer, n, inner), n.max(1), scale(n));
+        reduce_kernel(
+            &x,
+            &out,
+            (kind, false),
+            (outer, n, inner),
+            n.max(1),
+            scale(n),
+        );
         Ok(out)
     }
 
