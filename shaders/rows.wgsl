@@ -1,6 +1,8 @@
 // Shared prelude of the row kernels (softmax, layer norm, cross-entropy, argsort): one
-// workgroup per row of a contiguous (rows, cols) view, the uniform layout, and tree
-// reductions across the workgroup. Rust twin: RowParams in engine/src/params.rs.
+// workgroup per row of a contiguous (rows, cols) view and the uniform layout. The
+// reductions across the workgroup, reduce_sum and reduce_max, come from rows_tree.wgsl or,
+// on adapters with subgroups, rows_subgroup.wgsl. Rust twin: RowParams in
+// engine/src/params.rs.
 
 struct Params {
     rows: u32,
@@ -20,37 +22,10 @@ struct Params {
 // Invocations per workgroup, a power of two up to 64 chosen by the host per adapter.
 override WG: u32 = 64u;
 
+// One slot per invocation for the reductions.
 var<workgroup> red: array<f32, 64>;
 
 // The row this workgroup handles; rows past 65535 workgroups spill into y.
 fn row_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.y * nwg.x + wid.x;
-}
-
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn reduce_max(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] = max(red[lid], red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
 }

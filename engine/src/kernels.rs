@@ -23,11 +23,11 @@ macro_rules! shader {
             source: include_str!(concat!("../../shaders/", $file)),
         };
     };
-    ($name:ident, $file:literal, with $helper:literal) => {
+    ($name:ident, $file:literal, with $($helper:literal),+) => {
         pub(crate) static $name: Shader = Shader {
             file: $file,
             source: concat!(
-                include_str!(concat!("../../shaders/", $helper)),
+                $(include_str!(concat!("../../shaders/", $helper)),)+
                 include_str!(concat!("../../shaders/", $file))
             ),
         };
@@ -46,9 +46,13 @@ shader!(REDUCE, "reduce.wgsl");
 shader!(MATMUL, "matmul.wgsl");
 shader!(MATMUL_TILED, "matmul_tiled.wgsl");
 shader!(SPLITK, "splitk.wgsl");
-shader!(SOFTMAX, "softmax.wgsl", with "rows.wgsl");
-shader!(LAYER_NORM, "layer_norm.wgsl", with "rows.wgsl");
-shader!(CROSS_ENTROPY, "cross_entropy.wgsl", with "rows.wgsl");
+shader!(SOFTMAX, "softmax.wgsl", with "rows.wgsl", "rows_tree.wgsl");
+shader!(LAYER_NORM, "layer_norm.wgsl", with "rows.wgsl", "rows_tree.wgsl");
+shader!(CROSS_ENTROPY, "cross_entropy.wgsl", with "rows.wgsl", "rows_tree.wgsl");
+// The same with subgroup reductions, for adapters with SUBGROUP.
+shader!(SOFTMAX_SG, "softmax.wgsl", with "rows.wgsl", "rows_subgroup.wgsl");
+shader!(LAYER_NORM_SG, "layer_norm.wgsl", with "rows.wgsl", "rows_subgroup.wgsl");
+shader!(CROSS_ENTROPY_SG, "cross_entropy.wgsl", with "rows.wgsl", "rows_subgroup.wgsl");
 shader!(ARGSORT, "argsort.wgsl", with "rows.wgsl");
 shader!(OPTIM, "optim.wgsl");
 shader!(ATTENTION, "attention.wgsl");
@@ -72,6 +76,9 @@ pub static ALL_SHADERS: &[&Shader] = &[
     &SOFTMAX,
     &LAYER_NORM,
     &CROSS_ENTROPY,
+    &SOFTMAX_SG,
+    &LAYER_NORM_SG,
+    &CROSS_ENTROPY_SG,
     &ARGSORT,
     &OPTIM,
     &ATTENTION,
@@ -79,7 +86,12 @@ pub static ALL_SHADERS: &[&Shader] = &[
 ];
 
 /// Helper files that are only ever prepended to other shaders.
-pub static HELPER_FILES: &[&str] = &["strided.wgsl", "rows.wgsl"];
+pub static HELPER_FILES: &[&str] = &[
+    "strided.wgsl",
+    "rows.wgsl",
+    "rows_tree.wgsl",
+    "rows_subgroup.wgsl",
+];
 
 /// How a kernel touches one storage binding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,6 +140,10 @@ kernel!(SOFTMAX_K: SOFTMAX::"softmax", [W, R], ["WG"]);
 kernel!(LAYER_NORM_K: LAYER_NORM::"layer_norm", [W, W, R, R, R], ["WG"]);
 kernel!(LAYER_NORM_BACKWARD_K: LAYER_NORM::"layer_norm_backward", [W, W, R, R, R, R], ["WG"]);
 kernel!(CROSS_ENTROPY_K: CROSS_ENTROPY::"cross_entropy", [W, R, R, W], ["WG"]);
+kernel!(SOFTMAX_SG_K: SOFTMAX_SG::"softmax", [W, R], ["WG"]);
+kernel!(LAYER_NORM_SG_K: LAYER_NORM_SG::"layer_norm", [W, W, R, R, R], ["WG"]);
+kernel!(LAYER_NORM_BACKWARD_SG_K: LAYER_NORM_SG::"layer_norm_backward", [W, W, R, R, R, R], ["WG"]);
+kernel!(CROSS_ENTROPY_SG_K: CROSS_ENTROPY_SG::"cross_entropy", [W, R, R, W], ["WG"]);
 kernel!(ARGSORT_K: ARGSORT::"argsort", [W, R], ["DESCENDING"]);
 kernel!(ADAMW_K: OPTIM::"adamw", [W, R, W, W], []);
 kernel!(SGD_K: OPTIM::"sgd", [W, R, W], []);

@@ -3,8 +3,22 @@
 
 use super::grid;
 use crate::autodiff::no_grad;
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::kernels::{ARGSORT_K, CROSS_ENTROPY_K, LAYER_NORM_BACKWARD_K, LAYER_NORM_K, SOFTMAX_K};
+use crate::kernels::{
+    Kernel, ARGSORT_K, CROSS_ENTROPY_K, CROSS_ENTROPY_SG_K, LAYER_NORM_BACKWARD_K,
+    LAYER_NORM_BACKWARD_SG_K, LAYER_NORM_K, LAYER_NORM_SG_K, SOFTMAX_K, SOFTMAX_SG_K,
+};
+
+/// A row kernel in the build that reduces with subgroup operations where the device uses
+/// them ([`Device::subgroup_reductions`]), else with trees in workgroup memory.
+fn rows_kernel(dev: &Device, tree: &'static Kernel, subgroup: &'static Kernel) -> &'static Kernel {
+    if dev.subgroup_reductions() {
+        subgroup
+    } else {
+        tree
+    }
+}
 use crate::params::RowParams;
 use crate::tensor::{DType, Tensor};
 
@@ -45,7 +59,7 @@ impl Tensor {
             ..Default::default()
         };
         x.device().dispatch(
-            &SOFTMAX_K,
+            rows_kernel(x.device(), &SOFTMAX_K, &SOFTMAX_SG_K),
             &[x.device().row_workgroup()],
             &p,
             &[out.buffer(), x.buffer()],
@@ -119,7 +133,7 @@ impl Tensor {
             ..Default::default()
         };
         x.device().dispatch(
-            &LAYER_NORM_K,
+            rows_kernel(x.device(), &LAYER_NORM_K, &LAYER_NORM_SG_K),
             &[x.device().row_workgroup()],
             &p,
             &[
@@ -196,7 +210,7 @@ impl Tensor {
         };
         let dev = x.device();
         dev.dispatch(
-            &CROSS_ENTROPY_K,
+            rows_kernel(dev, &CROSS_ENTROPY_K, &CROSS_ENTROPY_SG_K),
             &[dev.row_workgroup()],
             &p,
             &[out.buffer(), x.buffer(), t.buffer(), dev.status_buffer()],
@@ -258,7 +272,7 @@ fn layer_norm_backward(
         ..Default::default()
     };
     dev.dispatch(
-        &LAYER_NORM_BACKWARD_K,
+        rows_kernel(dev, &LAYER_NORM_BACKWARD_K, &LAYER_NORM_BACKWARD_SG_K),
         &[dev.row_workgroup()],
         &p,
         &[

@@ -1,0 +1,134 @@
+//! The row kernels' two builds: subgroup reductions at subgroup sizes 4 and 8 (lavapipe's
+//! `LP_NATIVE_VECTOR_WIDTH=128` and `256`) and tree reductions on a device without
+//! subgroups, at every workgroup width, against the CPU reference. Lavapipe reads the
+//! vector width once, so each setting runs in a child process of this test binary.
+
+mod common;
+use common::{assert_close, data};
+use engine::reference;
+use engine::{Device, DeviceOptions, Features, Tensor};
+
+#[test]
+fn subgroup_reductions_need_the_feature() {
+    let e = Device::with_options(DeviceOptions {
+        subgroup_reductions: Some(true),
+        without: Features {
+            subgroup: true,
+            ..Features::default()
+        },
+        ..Default::default()
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("has no subgroups"), "{e}");
+}
+
+#[test]
+fn row_kernels_at_subgroup_sizes_4_and_8_and_without_subgroups() {
+    let info = Device::shared().unwrap().info().clone();
+    if !info.name.contains("llvmpipe") {
+        // Other drivers fix their subgroup size; the in-process check still runs below.
+        eprintln!(
+            "{}: the subgroup width cannot be set; checking it as it is",
+            info.name
+        );
+        row_kernels_in_this_process();
+        return;
+    }
+    for (width, subgroups, size) in [("128", true, 4), ("256", true, 8), ("256", false, 8)] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "row_kernels_in_this_process",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("LP_NATIVE_VECTOR_WIDTH", width)
+            .env("ROWS_WITH_SUBGROUPS", if subgroups { "1" } else { "0" })
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "width {width}, subgroups {subgroups}: {text}"
+        );
+        assert!(text.contains("1 passed"), "the check ran: {text}");
+        assert!(
+            text.contains(&format!("subgroups {size}-{size}")),
+            "width {width} gives subgroups of {size}: {text}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "run by row_kernels_at_subgroup_sizes_4_and_8_and_without_subgroups"]
+fn row_kernels_in_this_process() {
+    let subgroups = std::env::var("ROWS_WITH_SUBGROUPS").map_or(true, |v| v == "1");
+    for width in [8u32, 16, 32, 64] {
+        let d = Device::with_options(DeviceOptions {
+            subgroup_reductions: Some(subgroups),
+            row_workgroup: Some(width),
+            ..Default::default()
+        })
+        .unwrap();
+        if width == 8 {
+            println!("{}", d.info());
+        }
+        assert_eq!(d.row_workgroup(), width);
+        assert_eq!(d.subgroup_reductions(), subgroups);
+        for (r, c) in [(3usize, 7usize), (2, 197), (1, 1000), (5, 64)] {
+            let hx = data(r * c, width as u64 + c as u64);
+            let x = Tensor::from_slice(&d, &hx, &[r, c]).unwrap();
+            let what = format!("width {width}, subgroups {subgroups}, {r}x{c}");
+            assert_close(
+                &x.softmax().unwrap().to_vec().unwrap(),
+                &reference::softmax(&hx, c),
+                1e-6,
+                1e-5,
+                &what,
+            );
+            let (hw, hb) = (data(c, 1), data(c, 2));
+            let w = Tensor::from_slice(&d, &hw, &[c]).unwrap();
+            let b = Tensor::from_slice(&d, &hb, &[c]).unwrap();
+            assert_close(
+                &x.layer_norm(&w, &b, 1e-5).unwrap().to_vec().unwrap(),
+                &reference::layer_norm(&hx, &hw, &hb, 1e-5),
+                2e-5,
+                2e-5,
+                &what,
+            );
+            let t: Vec<u32> = (0..r as u32).map(|i| (i * 5) % c as u32).collect();
+            let tt = Tensor::from_slice_u32(&d, &t, &[r]).unwrap();
+            assert_close(
+                &x.cross_entropy(&tt, 0.1).unwrap().to_vec().unwrap(),
+                &reference::cross_entropy(&hx, &t, c, 0.1),
+                1e-5,
+                1e-5,
+                &what,
+            );
+            // The layer norm's backward reduces too: its gradient against the unfused ops'.
+            let xg = x.requires_grad(true).unwrap();
+            let fused = xg.layer_norm(&w, &b, 1e-5).unwrap();
+            let mean = xg.mean(-1, true).unwrap();
+            let var = xg.var(-1, true, false).unwrap();
+            let unfused = xg
+                .sub(&mean)
+                .unwrap()
+                .div(&var.add_scalar(1e-5).unwrap().sqrt().unwrap())
+                .unwrap()
+                .mul(&w)
+                .unwrap()
+                .add(&b)
+                .unwrap();
+            let g = Tensor::from_slice(&d, &data(r * c, 9), &[r, c]).unwrap();
+            let grad = |y: Tensor| {
+                let grads = y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
+                grads.expect(&xg).unwrap().to_vec().unwrap()
+            };
+            assert_close(&grad(fused), &grad(unfused), 2e-4, 2e-4, &what);
+        }
+    }
+}
