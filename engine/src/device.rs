@@ -30,6 +30,9 @@ pub struct DeviceInfo {
     pub backend: String,
     /// Discrete, integrated, virtual, CPU or other.
     pub device_type: String,
+    /// The backend's vendor id (PCI ids on Vulkan: 0x10de NVIDIA, 0x1002 AMD, 0x8086 Intel;
+    /// Apple's 0x106b on Metal).
+    pub vendor: u32,
     /// Driver name and version.
     pub driver: String,
     /// Largest storage buffer binding, in bytes: the largest tensor.
@@ -328,6 +331,7 @@ impl Device {
             name: a.name,
             backend: format!("{:?}", a.backend),
             device_type: format!("{:?}", a.device_type),
+            vendor: a.vendor,
             driver: format!("{} {}", a.driver, a.driver_info).trim().to_string(),
             max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
