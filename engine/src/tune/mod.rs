@@ -189,10 +189,11 @@ pub fn candidates(info: &DeviceInfo, key: &MatmulKey, k: usize) -> Vec<MatmulKer
 /// Time each candidate with `run` (which records one product with that kernel) and return
 /// the fastest. Each is run once to compile it, then timed over enough repetitions to fill
 /// about 20 ms; a candidate slower than four times the best so far is dropped after its
-/// first timing, and tuning stops after `budget` with the best found.
+/// first timing, one that cannot run this product (its split-K scratch too large, too many
+/// workgroups) is skipped, and tuning stops after `budget` with the best found.
 ///
 /// # Errors
-/// Whatever `run` or synchronisation return.
+/// Whatever synchronisation returns, or `run`'s error when no candidate runs.
 pub fn fastest(
     candidates: &[MatmulKernel],
     budget: Duration,
@@ -205,7 +206,13 @@ pub fn fastest(
         if best.is_some() && start.elapsed() > budget {
             break;
         }
-        run(kernel)?; // compile and warm up
+        // Compile and warm up; a candidate this product does not fit is passed over.
+        if let Err(e) = run(kernel) {
+            if best.is_none() && kernel == *candidates.last().expect("not empty") {
+                return Err(e);
+            }
+            continue;
+        }
         sync()?;
         let mut time = |reps: u32| -> Result<f64> {
             let t = Instant::now();
@@ -416,6 +423,37 @@ mod tests {
             default_kernel(&intel, &key, wgrad),
             MatmulKernel::Tiled { splits: 16, .. }
         ));
+    }
+
+    #[test]
+    fn tuning_keeps_the_fastest_and_passes_over_what_cannot_run() {
+        let tiled = |splits| MatmulKernel::Tiled {
+            tile: tile::CANDIDATES[4],
+            splits,
+        };
+        let candidates = [MatmulKernel::Lanes, tiled(1), tiled(4)];
+        // Lanes cannot run (say, too many workgroups); splits 4 is the fastest.
+        let cost = |k: MatmulKernel| match k {
+            MatmulKernel::Lanes => None,
+            MatmulKernel::Tiled { splits: 1, .. } => Some(3),
+            MatmulKernel::Tiled { .. } => Some(1),
+        };
+        let run = |k: MatmulKernel| match cost(k) {
+            None => Err(Error::Shape {
+                op: "matmul",
+                msg: "too many workgroups".into(),
+            }),
+            Some(ms) => {
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(())
+            }
+        };
+        let best = fastest(&candidates, Duration::from_secs(5), run, || Ok(())).unwrap();
+        assert_eq!(best, tiled(4));
+        // When nothing runs, the error says why.
+        let none = |_| -> Result<()> { Err(Error::Device("nothing fits".into())) };
+        let e = fastest(&candidates, Duration::from_secs(5), none, || Ok(())).unwrap_err();
+        assert!(e.to_string().contains("nothing fits"));
     }
 
     #[test]
