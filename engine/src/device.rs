@@ -65,6 +65,9 @@ pub struct DeviceOptions {
     pub binding_limit: Option<u64>,
     /// Leave these optional features off even when the adapter offers them.
     pub without: Features,
+    /// On a machine with several adapters of the preferred kind (several GPUs), take the
+    /// one at this index, counting round: a data-parallel process passes its local rank.
+    pub adapter_index: Option<usize>,
     /// The row kernels' workgroup width (8, 16, 32 or 64), instead of
     /// `ENGINE_ROW_WORKGROUP` or the adapter's default.
     pub row_workgroup: Option<u32>,
@@ -297,7 +300,7 @@ impl Device {
                 break;
             }
         }
-        let adapter = choose_adapter(adapters)?;
+        let adapter = choose_adapter(adapters, options.adapter_index.unwrap_or(0))?;
         let from_env = std::env::var("ENGINE_ROW_WORKGROUP").ok();
         let row_workgroup = match (options.row_workgroup.map(|n| n.to_string()), from_env) {
             (Some(v), _) | (None, Some(v)) => match v.parse() {
@@ -845,7 +848,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Rank adapters: hardware before software, modern APIs before GL; honour
 /// `WGPU_ADAPTER_NAME` and `WGPU_POWER_PREF=low`.
-fn choose_adapter(adapters: Vec<wgpu::Adapter>) -> Result<wgpu::Adapter> {
+fn choose_adapter(adapters: Vec<wgpu::Adapter>, index: usize) -> Result<wgpu::Adapter> {
     if adapters.is_empty() {
         return Err(Error::NoAdapter(
             "wgpu enumerated no adapter on any backend".into(),
@@ -877,10 +880,16 @@ fn choose_adapter(adapters: Vec<wgpu::Adapter>) -> Result<wgpu::Adapter> {
         };
         (kind, info.backend == wgpu::Backend::Gl)
     };
-    Ok(adapters
-        .into_iter()
-        .min_by_key(rank)
-        .expect("adapters is not empty"))
+    // Several adapters of the best kind (a machine with several GPUs): the `index`-th,
+    // counting round.
+    let best = adapters
+        .iter()
+        .map(rank)
+        .min()
+        .expect("adapters is not empty");
+    let mut peers: Vec<wgpu::Adapter> = adapters.into_iter().filter(|a| rank(a) == best).collect();
+    let i = index % peers.len();
+    Ok(peers.swap_remove(i))
 }
 
 #[cfg(test)]

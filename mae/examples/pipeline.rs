@@ -76,7 +76,7 @@ fn main() {
         workers: 2,
         progress: false,
     };
-    let summary = pretrain(settings, &run).expect("pretraining runs");
+    let summary = pretrain(settings, &run, &mae::dist::Dist::single()).expect("pretraining runs");
     println!(
         r#"{{"bench":"pretrain_pipeline","adapter":{adapter:?},"preset":"{PRESET}","batch":{BATCH},"steps":{steps},"data":{:?},"model_only_img_per_s":{model:.2},"end_to_end_img_per_s":{:.2},"ratio":{:.3}}}"#,
         data.display().to_string(),

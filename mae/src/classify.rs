@@ -14,6 +14,7 @@ use nn::{Ctx, Init, LayerNorm, VisionTransformer, VitConfig};
 use serde_json::json;
 
 use crate::data::{Augment, Dataset, Loader, Normalize, Rng, Skipped, Split};
+use crate::dist::Dist;
 use crate::hf::{load_pretrained, read_preprocessor};
 use crate::pretrain::config_from;
 use crate::MaskedAutoencoder;
@@ -241,7 +242,7 @@ pub fn correct(logits: &Tensor, labels: &[u32]) -> engine::Result<Tensor> {
         .sum_all()
 }
 
-/// Call `f` with every batch of the first `n` images of `data` (evaluation view: the whole
+/// Call `f` with every batch of `images` (indices) of `data` (evaluation view: the whole
 /// image resized and normalised; the last batch may be shorter), uploaded as `(B, C, H, W)`,
 /// and their labels, with no graph recorded.
 ///
@@ -250,7 +251,7 @@ pub fn correct(logits: &Tensor, labels: &[u32]) -> engine::Result<Tensor> {
 pub fn for_each_eval_batch(
     vit: &VisionTransformer,
     data: &Arc<Dataset>,
-    n: usize,
+    images: Vec<usize>,
     (normalize, batch, workers): (&Normalize, usize, usize),
     mut f: impl FnMut(&Tensor, Vec<u32>) -> Result<(), String>,
 ) -> Result<(), String> {
@@ -260,7 +261,7 @@ pub fn for_each_eval_batch(
         data.clone(),
         (augment, false),
         c.channels,
-        (0..n).collect(),
+        images,
         batch,
         workers,
         (0, 0),
@@ -283,7 +284,8 @@ pub fn for_each_eval_batch(
 }
 
 /// Top-1 accuracy in percent of `vit` on every image of `data`, in eval mode on the
-/// evaluation view.
+/// evaluation view; the processes of a data-parallel run each take every `size`-th image
+/// and add up their counts.
 ///
 /// # Errors
 /// One line for unreadable data or engine failures.
@@ -291,20 +293,23 @@ pub fn evaluate(
     vit: &VisionTransformer,
     data: &Arc<Dataset>,
     normalize: &Normalize,
-    batch: usize,
-    workers: usize,
+    (batch, workers): (usize, usize),
+    dist: &Dist,
 ) -> Result<f64, String> {
     let e = |e: engine::Error| e.to_string();
     let mut total = Tensor::zeros(vit.cls_token.device(), &[]).map_err(e)?;
     let view = (normalize, batch, workers);
-    for_each_eval_batch(vit, data, data.len(), view, |imgs, labels| {
+    let mine = (dist.rank()..data.len()).step_by(dist.size()).collect();
+    for_each_eval_batch(vit, data, mine, view, |imgs, labels| {
         let logits = vit.forward(imgs, &mut Ctx::eval()).map_err(e)?;
         total = total
             .add(&correct(&logits, &labels).map_err(e)?)
             .map_err(e)?;
         Ok(())
     })?;
-    Ok(100.0 * total.item().map_err(e)? as f64 / data.len() as f64)
+    let mut correct = [total.item().map_err(e)? as f64];
+    dist.sum(&mut correct);
+    Ok(100.0 * correct[0] / data.len() as f64)
 }
 
 /// What an evaluation run ends with.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use engine::{warmup_cosine_lr, AdamW, Device, OptimizerState, ParamGroup, Tensor};
+use engine::{warmup_cosine_lr, AdamW, Device, DeviceOptions, OptimizerState, ParamGroup, Tensor};
 use nn::{
     load_safetensors, named_parameters, read_safetensors, save_host_safetensors, save_safetensors,
     Ctx, Init, VisionTransformer,
@@ -20,9 +20,10 @@ use serde_json::json;
 
 use crate::classify::{classifier, encoder, evaluate, open_labelled, report, Outcome, Pool, Start};
 use crate::data::{Augment, Loader, Rng, Skipped};
+use crate::dist::Dist;
 use crate::pretrain::{
-    checkpoint_dir, open_metrics, print_profile, profiling, progress_bar, write_dir_atomically,
-    Invocation,
+    checkpoint_dir, open_metrics, print_profile, profiling, progress_bar, weights_digest,
+    write_dir_atomically, Invocation,
 };
 use crate::{Error, MaeConfig};
 
@@ -43,11 +44,14 @@ pub struct Settings {
     pub limit: Option<usize>,
     /// Passes over the data.
     pub epochs: usize,
-    /// Images per iteration.
+    /// Images per iteration and process.
     pub batch_size: usize,
+    /// Processes the run started with: an iteration's global batch is `batch_size *
+    /// ranks` images.
+    pub ranks: usize,
     /// Iterations per optimizer step.
     pub accum_iter: usize,
-    /// Base learning rate: `lr = blr * batch_size * accum_iter / 256`.
+    /// Base learning rate: `lr = blr * batch_size * ranks * accum_iter / 256`.
     pub blr: f64,
     /// Layer `i` of `depth + 1` gets `lr * layer_decay^(depth + 1 - i)`.
     pub layer_decay: f64,
@@ -87,6 +91,7 @@ impl Settings {
             limit: None,
             epochs: if small { 2 } else { 100 },
             batch_size: 64,
+            ranks: 1,
             accum_iter: if small { 1 } else { 16 },
             blr,
             layer_decay,
@@ -100,9 +105,14 @@ impl Settings {
         }
     }
 
+    /// Images per iteration over all processes.
+    pub fn global_batch(&self) -> usize {
+        self.batch_size * self.ranks
+    }
+
     /// The absolute learning rate of the last layers.
     pub fn lr(&self) -> f64 {
-        self.blr * (self.batch_size * self.accum_iter) as f64 / 256.0
+        self.blr * (self.global_batch() * self.accum_iter) as f64 / 256.0
     }
 
     fn check(&self) -> Result<(), String> {
@@ -142,6 +152,7 @@ impl Settings {
         json!({
             "model": self.model, "init": self.start.name(), "data": self.data,
             "limit": self.limit, "epochs": self.epochs, "batch_size": self.batch_size,
+            "ranks": self.ranks,
             "accum_iter": self.accum_iter, "blr": self.blr, "layer_decay": self.layer_decay,
             "weight_decay": self.weight_decay, "drop_path": self.drop_path,
             "smoothing": self.smoothing, "warmup_epochs": self.warmup_epochs,
@@ -165,6 +176,7 @@ impl Settings {
             limit: u("limit"),
             epochs: u("epochs")?,
             batch_size: u("batch_size")?,
+            ranks: u("ranks").unwrap_or(1),
             accum_iter: u("accum_iter")?,
             blr: f("blr")?,
             layer_decay: f("layer_decay")?,
@@ -262,7 +274,11 @@ pub fn param_groups_lrd(
 /// One line for bad settings, missing or unlabelled data, an unreadable model or
 /// checkpoint, I/O, or a loss that becomes NaN or infinite (the checkpoints written before
 /// are kept).
-pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome, Error> {
+pub fn finetune(
+    settings: Option<&Settings>,
+    run: &Invocation,
+    dist: &Dist,
+) -> Result<Outcome, Error> {
     let (mut s, resumed) = match (&run.resume, settings) {
         (Some(path), _) => {
             let (s, r) = read_trainer_state(path)?;
@@ -277,7 +293,14 @@ pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome
     let s = &s;
     s.check()?;
     let e = |e: engine::Error| e.to_string();
-    let device = Device::new().map_err(e)?;
+    let device = Device::with_options(DeviceOptions {
+        adapter_index: Some(dist.local_rank()),
+        ..Default::default()
+    })
+    .map_err(e)?;
+    if let Some(line) = dist.describe(&device.info().name) {
+        eprintln!("{line}");
+    }
     let profiling = profiling(&device);
     let data = open_labelled(&s.data)?;
     let enc = encoder(&s.model, s.start, s.seed, &device)?;
@@ -303,43 +326,61 @@ pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome
         };
         opt.load_state(&state)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        eprintln!(
-            "resuming {} at epoch {}, step {}",
-            r.dir.display(),
-            r.epoch,
-            r.step
-        );
+        if dist.is_main() {
+            eprintln!(
+                "resuming {} at epoch {}, step {}",
+                r.dir.display(),
+                r.epoch,
+                r.step
+            );
+        }
     }
     let (first_epoch, mut step) = resumed.as_ref().map_or((0, 0), |r| (r.epoch, r.step));
     let mut last_checkpoint = resumed.as_ref().map(|r| r.dir.clone());
     let c = vit.config.clone();
-    let n = s
-        .limit
-        .map_or(data.train.len(), |l| l.min(data.train.len()));
-    let iters = n / s.batch_size;
-    if iters == 0 {
+    dist.check_same("settings or model", &format!("{} {c:?}", s.to_json()))?;
+    let global = s.global_batch();
+    if !global.is_multiple_of(dist.size()) {
         return Err(format!(
-            "{}: {n} images, fewer than one batch of {}",
-            data.train.description, s.batch_size
+            "the run's global batch of {global} images does not split over {} processes",
+            dist.size()
         )
         .into());
     }
-    std::fs::create_dir_all(&run.output).map_err(|e| format!("{}: {e}", run.output.display()))?;
+    let per_rank = global / dist.size();
+    let n = s
+        .limit
+        .map_or(data.train.len(), |l| l.min(data.train.len()));
+    let iters = n / global;
+    if iters == 0 {
+        return Err(format!(
+            "{}: {n} images, fewer than one batch of {global}",
+            data.train.description
+        )
+        .into());
+    }
     let metrics_path = run.output.join("metrics.jsonl");
     let io = |e: std::io::Error| format!("{}: {e}", metrics_path.display());
-    let mut metrics = open_metrics(&metrics_path, "epoch", first_epoch as u64)?;
-    eprintln!(
-        "fine-tuning a {} encoder ({}) on {n} images of {}, {} classes, lr {:.2e}, layer decay {}, \
-         {} epochs of {iters} iterations, on {}",
-        s.start.name(),
-        s.model,
-        data.train.description,
-        data.classes,
-        s.lr(),
-        s.layer_decay,
-        s.epochs,
-        device.info().name
-    );
+    let mut metrics = if dist.is_main() {
+        std::fs::create_dir_all(&run.output)
+            .map_err(|e| format!("{}: {e}", run.output.display()))?;
+        eprintln!(
+            "fine-tuning a {} encoder ({}) on {n} images of {}, {} classes, lr {:.2e}, layer decay {}, \
+             {} epochs of {iters} iterations, batch {per_rank} x {} processes, on {}",
+            s.start.name(),
+            s.model,
+            data.train.description,
+            data.classes,
+            s.lr(),
+            s.layer_decay,
+            s.epochs,
+            dist.size(),
+            device.info().name
+        );
+        Some(open_metrics(&metrics_path, "epoch", first_epoch as u64)?)
+    } else {
+        None
+    };
 
     let augment = Arc::new(Augment::pretrain(c.image_size, normalize.clone()));
     let scale = Tensor::full(&device, &[], 1.0 / s.accum_iter as f32).map_err(e)?;
@@ -352,14 +393,14 @@ pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome
             data.train.clone(),
             (augment.clone(), true),
             c.channels,
-            order,
-            s.batch_size,
+            dist.shard(&order, per_rank),
+            per_rank,
             run.workers,
             (s.seed, epoch as u64),
             Arc::new(Skipped::default()),
         );
         let prefix = format!("epoch {}/{}", epoch + 1, s.epochs);
-        let bar = progress_bar(run.progress, iters, prefix);
+        let bar = progress_bar(run.progress && dist.is_main(), iters, prefix);
         let mut grads = engine::Gradients::default();
         let mut total = 0.0;
         for (it, batch) in loader.enumerate() {
@@ -380,13 +421,17 @@ pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome
                 .ok_or("training data without labels")?;
             let y = Tensor::from_slice_u32(&device, labels, &[batch.len]).map_err(e)?;
             let drop_seed = Rng::new(&[s.seed, DROP_STREAM, step]).next_u64();
-            let logits = vit.forward(&imgs, &mut Ctx::train(drop_seed)).map_err(e)?;
+            let ctx = &mut Ctx::train(drop_seed).rows_of(dist.rank() * per_rank, global);
+            let logits = vit.forward(&imgs, ctx).map_err(e)?;
             let loss = logits
                 .cross_entropy(&y, s.smoothing)
                 .map_err(e)?
                 .mean_all()
                 .map_err(e)?;
-            let value = loss.item().map_err(e)?;
+            // The global batch's mean loss: the mean of the processes' equal-sized batches.
+            let mut sum = [loss.item().map_err(e)? as f64];
+            dist.sum(&mut sum);
+            let value = (sum[0] / dist.size() as f64) as f32;
             if !value.is_finite() {
                 bar.abandon();
                 return Err(Error::non_finite(
@@ -397,14 +442,21 @@ pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome
             }
             loss.backward_into(&scale, &mut grads).map_err(e)?;
             if (it + 1) % s.accum_iter == 0 {
+                let params: Vec<Tensor> =
+                    opt.groups.iter().flat_map(|g| g.params.clone()).collect();
+                dist.average_gradients(&mut grads, &params)?;
                 opt.step(&grads).map_err(e)?;
                 grads.clear();
             }
             total += value as f64;
-            seen += batch.len;
+            seen += batch.len * dist.size();
+            step += 1;
+            let Some(metrics) = &mut metrics else {
+                continue; // only rank 0 reports
+            };
             let img_per_s = seen as f64 / started.elapsed().as_secs_f64();
             let lr = opt.groups.last().map_or(0.0, |g| g.lr);
-            let line = json!({"step": step, "epoch": epoch, "loss": value, "lr": lr, "img_per_s": img_per_s});
+            let line = json!({"step": step - 1, "epoch": epoch, "loss": value, "lr": lr, "img_per_s": img_per_s});
             writeln!(metrics, "{line}").map_err(io)?;
             bar.set_message(format!(
                 "loss {value:.4}  lr {lr:.2e}  {img_per_s:.1} img/s"
@@ -418,27 +470,41 @@ pub fn finetune(settings: Option<&Settings>, run: &Invocation) -> Result<Outcome
                     it + 1
                 );
             }
-            step += 1;
         }
         bar.finish_and_clear();
-        top1 = evaluate(&vit, &data.test, &normalize, 256, run.workers)?;
-        let loss = total / iters as f64;
-        let line = json!({"epoch": epoch, "train_loss": loss, "top1": top1,
-                          "elapsed_s": started.elapsed().as_secs_f64()});
-        writeln!(metrics, "{line}").map_err(io)?;
-        eprintln!(
-            "epoch {}/{}  train loss {loss:.4}  test top-1 {top1:.2}%  {:.0} s",
-            epoch + 1,
-            s.epochs,
-            started.elapsed().as_secs_f64()
-        );
-        if (epoch + 1) % s.save_every == 0 || epoch + 1 == s.epochs {
-            let dir = save_checkpoint(&run.output, &vit, &opt, s, (epoch + 1, step, top1))?;
-            last_checkpoint = Some(dir);
+        top1 = evaluate(&vit, &data.test, &normalize, (256, run.workers), dist)?;
+        let due = (epoch + 1) % s.save_every == 0 || epoch + 1 == s.epochs;
+        if due && dist.size() > 1 {
+            dist.check_same("weights", &weights_digest(&vit)?)?;
+        }
+        if let Some(metrics) = &mut metrics {
+            let loss = total / iters as f64;
+            let line = json!({"epoch": epoch, "train_loss": loss, "top1": top1,
+                              "elapsed_s": started.elapsed().as_secs_f64()});
+            writeln!(metrics, "{line}").map_err(io)?;
+            eprintln!(
+                "epoch {}/{}  train loss {loss:.4}  test top-1 {top1:.2}%  {:.0} s",
+                epoch + 1,
+                s.epochs,
+                started.elapsed().as_secs_f64()
+            );
+            if due {
+                save_checkpoint(&run.output, &vit, &opt, s, (epoch + 1, step, top1))?;
+            }
+        }
+        if due {
+            last_checkpoint = Some(run.output.join(format!("checkpoint-{}", epoch + 1)));
         }
     }
     if profiling {
         print_profile(&device);
+    }
+    if !dist.is_main() {
+        return Ok(Outcome {
+            top1,
+            epochs: s.epochs,
+            line: String::new(),
+        });
     }
     Ok(report(&run.output, "finetune", s.start, top1, s.epochs)?)
 }

@@ -9,6 +9,7 @@
 pub mod classify;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod finetune;
 pub mod hf;

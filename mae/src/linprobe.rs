@@ -381,7 +381,7 @@ fn features(
     for_each_eval_batch(
         vit,
         data,
-        n,
+        (0..n).collect(),
         (normalize, 256, run.workers),
         |imgs, labels| {
             let tokens = vit.forward_tokens(imgs, &mut Ctx::eval()).map_err(e)?;

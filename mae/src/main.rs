@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use engine::{Device, Tensor};
 use mae::classify::{Pool, Start};
 use mae::data::{Dataset, Split};
+use mae::dist::Dist;
 use mae::hf::{load_pretrained, to_published};
 use mae::pretrain::{Invocation, Settings};
 use mae::{finetune, linprobe};
@@ -268,8 +269,15 @@ struct FinetuneArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let dist = match Dist::init() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
     let result = match cli.command {
-        Command::Pretrain(args) => pretrain(*args),
+        Command::Pretrain(args) => pretrain(*args, &dist),
         Command::Visualize {
             model,
             image,
@@ -289,7 +297,7 @@ fn main() -> ExitCode {
         )
         .map_err(Error::from),
         Command::Linprobe(a) => linprobe(*a),
-        Command::Finetune(a) => finetune(*a),
+        Command::Finetune(a) => finetune(*a, &dist),
         Command::Forward {
             model,
             input,
@@ -300,6 +308,15 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Every process sees a diverging loss (it is reduced across them): one line.
+        Err(e @ Error::NonFinite { .. }) => {
+            if dist.is_main() {
+                eprintln!("error: {e}");
+            }
+            ExitCode::from(e.exit_code())
+        }
+        // A failure of one process: stop them all rather than leave them waiting.
+        Err(e) if dist.size() > 1 => dist.abort(&e),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
@@ -307,7 +324,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn pretrain(a: PretrainArgs) -> Result<(), Error> {
+fn pretrain(a: PretrainArgs, dist: &Dist) -> Result<(), Error> {
     let config = match mae::pretrain::config_from(&a.model) {
         Ok(c) => c,
         Err(e) if a.resume.is_none() => return Err(e.into()),
@@ -328,7 +345,7 @@ fn pretrain(a: PretrainArgs) -> Result<(), Error> {
             ("--save-every", a.save_every.is_some()),
         ];
         let ignored: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
-        if !ignored.is_empty() {
+        if !ignored.is_empty() && dist.is_main() {
             eprintln!(
                 "warning: --resume continues the run with its saved settings; ignoring {}",
                 ignored.join(", ")
@@ -336,6 +353,7 @@ fn pretrain(a: PretrainArgs) -> Result<(), Error> {
         }
     }
     let mut s = Settings::recipe(&a.model, &config, a.data);
+    s.ranks = dist.size();
     s.epochs = a.epochs.unwrap_or(s.epochs);
     s.limit = a.limit.or(s.limit);
     s.batch_size = a.batch_size.unwrap_or(s.batch_size);
@@ -355,7 +373,10 @@ fn pretrain(a: PretrainArgs) -> Result<(), Error> {
         workers: a.workers,
         progress: std::io::stderr().is_terminal(),
     };
-    let summary = mae::pretrain::pretrain(s, &run)?;
+    let summary = mae::pretrain::pretrain(s, &run, dist)?;
+    if !dist.is_main() {
+        return Ok(());
+    }
     let skipped = match summary.skipped {
         0 => String::new(),
         n => format!(", {n} unreadable files skipped"),
@@ -392,7 +413,7 @@ fn linprobe(a: LinprobeArgs) -> Result<(), Error> {
     Ok(())
 }
 
-fn finetune(a: FinetuneArgs) -> Result<(), Error> {
+fn finetune(a: FinetuneArgs, dist: &Dist) -> Result<(), Error> {
     let run = Invocation {
         output: a.output.clone(),
         resume: a.resume.clone(),
@@ -401,14 +422,19 @@ fn finetune(a: FinetuneArgs) -> Result<(), Error> {
         progress: std::io::stderr().is_terminal(),
     };
     let s = match (&a.model, &a.resume) {
-        (Some(model), None) => Some(finetune_settings(model, &a)?),
+        (Some(model), None) => Some(finetune::Settings {
+            ranks: dist.size(),
+            ..finetune_settings(model, &a)?
+        }),
         _ => None, // resuming: the checkpoint's settings
     };
-    if a.resume.is_some() && a.model.is_some() {
+    if a.resume.is_some() && a.model.is_some() && dist.is_main() {
         eprintln!("warning: --resume continues the run with its saved settings; ignoring all but --epochs");
     }
-    let outcome = finetune::finetune(s.as_ref(), &run)?;
-    println!("{}", outcome.line);
+    let outcome = finetune::finetune(s.as_ref(), &run, dist)?;
+    if dist.is_main() {
+        println!("{}", outcome.line);
+    }
     Ok(())
 }
 

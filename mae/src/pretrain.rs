@@ -13,11 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use engine::{warmup_cosine_lr, AdamW, Device, Gradients, OptimizerState, ParamGroup, Tensor};
+use engine::{
+    warmup_cosine_lr, AdamW, Device, DeviceOptions, Gradients, OptimizerState, ParamGroup, Tensor,
+};
 use nn::{named_parameters, read_safetensors, save_host_safetensors, Ctx, Init};
 use serde_json::{json, Value};
 
 use crate::data::{Augment, Dataset, Loader, Normalize, Rng, Skipped, Split};
+use crate::dist::Dist;
 use crate::hf::{
     load_pretrained, read_config, read_preprocessor, save_preprocessor, save_pretrained,
 };
@@ -40,8 +43,11 @@ pub struct Settings {
     pub limit: Option<usize>,
     /// Passes over the data.
     pub epochs: usize,
-    /// Images per iteration.
+    /// Images per iteration and process.
     pub batch_size: usize,
+    /// Processes the run started with (`mpirun -np`): an iteration's global batch is
+    /// `batch_size * ranks` images, whatever number of processes later resumes it.
+    pub ranks: usize,
     /// Iterations per optimizer step.
     pub accum_iter: usize,
     /// Base learning rate: `lr = blr * batch_size * accum_iter / 256`.
@@ -74,6 +80,7 @@ impl Settings {
             limit: small.then_some(19_200),
             epochs: if small { 1 } else { 800 },
             batch_size: 64,
+            ranks: 1,
             accum_iter: if small { 1 } else { 64 },
             blr: if small { 8e-3 } else { 1.5e-4 },
             warmup_epochs: if small { 0.05 } else { 40.0 },
@@ -86,9 +93,15 @@ impl Settings {
         }
     }
 
-    /// The absolute learning rate.
+    /// Images per iteration over all processes.
+    pub fn global_batch(&self) -> usize {
+        self.batch_size * self.ranks
+    }
+
+    /// The absolute learning rate: `blr * effective batch / 256`, the effective batch
+    /// counting every process and accumulated iteration.
     pub fn lr(&self) -> f64 {
-        self.blr * (self.batch_size * self.accum_iter) as f64 / 256.0
+        self.blr * (self.global_batch() * self.accum_iter) as f64 / 256.0
     }
 
     fn to_json(&self) -> Value {
@@ -98,6 +111,7 @@ impl Settings {
             "limit": self.limit,
             "epochs": self.epochs,
             "batch_size": self.batch_size,
+            "ranks": self.ranks,
             "accum_iter": self.accum_iter,
             "blr": self.blr,
             "warmup_epochs": self.warmup_epochs,
@@ -119,6 +133,8 @@ impl Settings {
             limit: u("limit").map(|l| l as usize),
             epochs: u("epochs")? as usize,
             batch_size: u("batch_size")? as usize,
+            // Checkpoints from before data parallelism ran on one process.
+            ranks: u("ranks").unwrap_or(1) as usize,
             accum_iter: u("accum_iter")? as usize,
             blr: f("blr")?,
             warmup_epochs: f("warmup_epochs")?,
@@ -184,12 +200,19 @@ pub struct Invocation {
 /// # Errors
 /// [`Error::Setup`] for bad settings, missing data or I/O failures;
 /// [`Error::NonFinite`] when the loss diverges (earlier checkpoints are untouched).
-pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Error> {
-    let device = Device::new().map_err(setup)?;
+pub fn pretrain(settings: Settings, run: &Invocation, dist: &Dist) -> Result<Summary, Error> {
+    let device = Device::with_options(DeviceOptions {
+        adapter_index: Some(dist.local_rank()),
+        ..Default::default()
+    })
+    .map_err(setup)?;
+    if let Some(line) = dist.describe(&device.info().name) {
+        eprintln!("{line}");
+    }
     let profiling = profiling(&device);
     let (mut settings, mut state, checkpoint) = match &run.resume {
         Some(path) => {
-            let (settings, state, dir) = resume(path, &device)?;
+            let (settings, state, dir) = resume(path, &device, dist)?;
             (settings, state, Some(dir))
         }
         None => {
@@ -201,34 +224,50 @@ pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Error> 
         settings.epochs = epochs;
     }
     validate(&settings)?;
-    let train = Arc::new(Dataset::open(&settings.data, Split::Train).map_err(setup)?);
     let config = state.model.config.clone();
+    dist.check_same(
+        "settings or model",
+        &format!("{} {config:?}", settings.to_json()),
+    )?;
+    let global = settings.global_batch();
+    if !global.is_multiple_of(dist.size()) {
+        return Err(setup(format!(
+            "the run's global batch of {global} images does not split over {} processes",
+            dist.size()
+        )));
+    }
+    let per_rank = global / dist.size();
+    let train = Arc::new(Dataset::open(&settings.data, Split::Train).map_err(setup)?);
     let n = settings.limit.map_or(train.len(), |l| l.min(train.len()));
-    let iters = n / settings.batch_size;
+    let iters = n / global;
     if iters == 0 {
         return Err(setup(format!(
-            "{}: {n} images, fewer than one batch of {}",
-            train.description, settings.batch_size
+            "{}: {n} images, fewer than one batch of {global}",
+            train.description
         )));
     }
     if run.resume.is_none() {
         state.normalize = train.normalize(config.channels);
     }
-    std::fs::create_dir_all(&run.output)
-        .map_err(|e| setup(format!("{}: {e}", run.output.display())))?;
     let metrics_path = run.output.join("metrics.jsonl");
-    let metrics = open_metrics(&metrics_path, "step", state.step).map_err(setup)?;
-    eprintln!(
-        "pretraining {} on {} ({}): {n} images, batch {} x {} accumulated, lr {:.3e}, {} epochs, {} iterations each",
-        describe(&config),
-        train.description,
-        device.info().name,
-        settings.batch_size,
-        settings.accum_iter,
-        settings.lr(),
-        settings.epochs,
-        iters
-    );
+    let metrics = if dist.is_main() {
+        std::fs::create_dir_all(&run.output)
+            .map_err(|e| setup(format!("{}: {e}", run.output.display())))?;
+        eprintln!(
+            "pretraining {} on {} ({}): {n} images, batch {per_rank} x {} processes x {} accumulated, lr {:.3e}, {} epochs, {} iterations each",
+            describe(&config),
+            train.description,
+            device.info().name,
+            dist.size(),
+            settings.accum_iter,
+            settings.lr(),
+            settings.epochs,
+            iters
+        );
+        Some(open_metrics(&metrics_path, "step", state.step).map_err(setup)?)
+    } else {
+        None
+    };
 
     let augment = Arc::new(Augment::pretrain(
         config.image_size,
@@ -238,6 +277,8 @@ pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Error> 
         device,
         settings,
         run,
+        dist,
+        per_rank,
         config,
         iters,
         metrics,
@@ -256,34 +297,45 @@ pub fn pretrain(settings: Settings, run: &Invocation) -> Result<Summary, Error> 
             train.clone(),
             (augment.clone(), true),
             trainer.config.channels,
-            order,
-            s.batch_size,
+            dist.shard(&order, per_rank),
+            per_rank,
             run.workers,
             (s.seed, epoch as u64),
             trainer.skipped.clone(),
         );
         last_epoch_loss = trainer.train_one_epoch(&mut state, loader)?;
         state.epoch += 1;
-        let elapsed = trainer.started.elapsed().as_secs_f64();
-        eprintln!(
-            "epoch {}/{}  loss {last_epoch_loss:.4}  {:.1} img/s  {elapsed:.0} s",
-            state.epoch,
-            trainer.settings.epochs,
-            trainer.images_seen as f64 / elapsed,
-        );
-        trainer.metrics.flush().map_err(setup)?;
         let s = &trainer.settings;
-        if state.epoch % s.save_every == 0 || state.epoch == s.epochs {
-            trainer.checkpoint = Some(save_checkpoint(&run.output, s, &state)?);
-            plot::loss_curve_png(&trainer.metrics_path, &run.output.join("loss.png"))
-                .map_err(setup)?;
+        let due = state.epoch % s.save_every == 0 || state.epoch == s.epochs;
+        if due && dist.size() > 1 {
+            dist.check_same("weights", &weights_digest(&state.model)?)?;
+        }
+        if let Some(metrics) = &mut trainer.metrics {
+            let elapsed = trainer.started.elapsed().as_secs_f64();
+            eprintln!(
+                "epoch {}/{}  loss {last_epoch_loss:.4}  {:.1} img/s  {elapsed:.0} s",
+                state.epoch,
+                s.epochs,
+                trainer.images_seen as f64 / elapsed,
+            );
+            metrics.flush().map_err(setup)?;
+            if due {
+                save_checkpoint(&run.output, s, &state)?;
+                plot::loss_curve_png(&trainer.metrics_path, &run.output.join("loss.png"))
+                    .map_err(setup)?;
+            }
+        }
+        if due {
+            trainer.checkpoint = Some(run.output.join(format!("checkpoint-{}", state.epoch)));
         }
     }
     let img_per_s = trainer.images_seen as f64 / trainer.started.elapsed().as_secs_f64();
     if profiling {
         print_profile(&trainer.device);
     }
-    write_reconstructions(&trainer.settings, &mut state, &run.output)?;
+    if dist.is_main() {
+        write_reconstructions(&trainer.settings, &mut state, &run.output)?;
+    }
     Ok(Summary {
         epochs: state.epoch,
         steps: state.step,
@@ -299,13 +351,17 @@ struct Trainer<'a> {
     device: Device,
     settings: Settings,
     run: &'a Invocation,
+    dist: &'a Dist,
+    /// This process's images per iteration.
+    per_rank: usize,
     config: MaeConfig,
     /// Iterations per epoch.
     iters: usize,
-    metrics: std::fs::File,
+    /// The metrics log: rank 0's alone.
+    metrics: Option<std::fs::File>,
     metrics_path: PathBuf,
     started: Instant,
-    /// Images trained on by this invocation.
+    /// Images trained on by this invocation, over all processes.
     images_seen: usize,
     skipped: Arc<Skipped>,
     /// The last checkpoint written or resumed from: the one a diverging run names.
@@ -319,7 +375,7 @@ impl Trainer<'_> {
     fn train_one_epoch(&mut self, state: &mut State, loader: Loader) -> Result<f64, Error> {
         let (epoch, accum) = (state.epoch, self.settings.accum_iter);
         let prefix = format!("epoch {}/{}", epoch + 1, self.settings.epochs);
-        let bar = progress_bar(self.run.progress, self.iters, prefix);
+        let bar = progress_bar(self.run.progress && self.dist.is_main(), self.iters, prefix);
         let mut grads = Gradients::default();
         let scale = Tensor::full(&self.device, &[], 1.0 / accum as f32).map_err(setup)?;
         let mut total = 0.0;
@@ -334,12 +390,22 @@ impl Trainer<'_> {
             let c = &self.config;
             let shape = [batch.len, c.channels, c.image_size, c.image_size];
             let imgs = Tensor::from_slice(&self.device, &batch.pixels, &shape).map_err(setup)?;
+            // This process's rows of the global batch's masking noise.
             let mask_seed = Rng::new(&[self.settings.seed, MASK_STREAM, state.step]).next_u64();
-            let out = state
-                .model
-                .forward_seeded(&imgs, mask_seed, &mut Ctx::train(mask_seed))
+            let (first, global) = (
+                self.dist.rank() * self.per_rank,
+                self.settings.global_batch(),
+            );
+            let noise = Tensor::rand(&self.device, &[global, c.num_patches()], mask_seed)
+                .and_then(|t| t.narrow(0, first, batch.len))
                 .map_err(setup)?;
-            let loss = out.loss.item().map_err(setup)?;
+            let ctx = &mut Ctx::train(mask_seed).rows_of(first, global);
+            let out = state.model.forward(&imgs, &noise, ctx).map_err(setup)?;
+            // The global batch's loss: every image has as many masked patches, so it is the
+            // mean of the processes' losses, and every process sees a NaN or infinity.
+            let mut sum = [out.loss.item().map_err(setup)? as f64];
+            self.dist.sum(&mut sum);
+            let loss = (sum[0] / self.dist.size() as f64) as f32;
             if !loss.is_finite() {
                 bar.abandon();
                 return Err(Error::non_finite(
@@ -350,10 +416,17 @@ impl Trainer<'_> {
             }
             out.loss.backward_into(&scale, &mut grads).map_err(setup)?;
             if (it + 1) % accum == 0 {
+                let params: Vec<Tensor> = state
+                    .opt
+                    .groups
+                    .iter()
+                    .flat_map(|g| g.params.clone())
+                    .collect();
+                self.dist.average_gradients(&mut grads, &params)?;
                 state.opt.step(&grads).map_err(setup)?;
                 grads.clear();
             }
-            self.images_seen += batch.len;
+            self.images_seen += batch.len * self.dist.size();
             total += loss as f64;
             self.log(state, it, loss, &bar)?;
             state.step += 1;
@@ -385,9 +458,12 @@ impl Trainer<'_> {
         let elapsed = self.started.elapsed().as_secs_f64();
         let img_per_s = self.images_seen as f64 / elapsed;
         let lr = state.opt.groups[0].lr;
+        let Some(metrics) = &mut self.metrics else {
+            return Ok(()); // only rank 0 reports
+        };
         let line = json!({"step": state.step, "epoch": state.epoch, "loss": loss, "lr": lr,
                           "img_per_s": img_per_s, "elapsed_s": elapsed});
-        writeln!(self.metrics, "{line}")
+        writeln!(metrics, "{line}")
             .map_err(|e| setup(format!("{}: {e}", self.metrics_path.display())))?;
         for warning in self.skipped.take_new() {
             bar.suspend(|| eprintln!("{warning}"));
@@ -577,7 +653,7 @@ pub(crate) fn checkpoint_dir(path: &Path) -> Result<PathBuf, String> {
     })
 }
 
-fn resume(path: &Path, device: &Device) -> Result<(Settings, State, PathBuf), Error> {
+fn resume(path: &Path, device: &Device, dist: &Dist) -> Result<(Settings, State, PathBuf), Error> {
     let dir = checkpoint_dir(path).map_err(setup)?;
     let state_path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&state_path)
@@ -611,7 +687,9 @@ fn resume(path: &Path, device: &Device) -> Result<(Settings, State, PathBuf), Er
     };
     opt.load_state(&state)
         .map_err(|e| setup(format!("{}: {e}", opt_path.display())))?;
-    eprintln!("resuming {} at epoch {epoch}, step {step}", dir.display());
+    if dist.is_main() {
+        eprintln!("resuming {} at epoch {epoch}, step {step}", dir.display());
+    }
     Ok((
         settings,
         State {
@@ -647,6 +725,20 @@ fn save_checkpoint(output: &Path, settings: &Settings, state: &State) -> Result<
             .map_err(|e| format!("{}: {e}", path.display()))
     })
     .map_err(Error::Setup)
+}
+
+/// A digest of every parameter's bytes, to check that the processes of a run hold the
+/// same weights.
+pub(crate) fn weights_digest(model: &dyn nn::Module) -> Result<String, Error> {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for (_, t) in named_parameters(model) {
+        for v in t.to_vec().map_err(setup)? {
+            for b in v.to_le_bytes() {
+                hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    Ok(format!("{hash:016x}"))
 }
 
 /// Write the directory `output/name` whole or not at all: `fill` writes into a hidden

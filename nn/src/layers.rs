@@ -149,7 +149,20 @@ pub fn dropout(x: &Tensor, p: f32, ctx: &mut Ctx) -> Result<Tensor> {
     if !ctx.train || p == 0.0 {
         return Ok(x.clone());
     }
-    x.dropout(p, ctx.next_seed())
+    let (first, total) = ctx.global_rows(x.shape()[0]);
+    if (first, total) == (0, x.shape()[0]) {
+        return x.dropout(p, ctx.next_seed());
+    }
+    // Rows of a larger batch: the global batch's mask, cut to these rows. The dropout
+    // kernel keeps element i where its uniform draw is at least p, so this is its mask.
+    let mut shape = x.shape().to_vec();
+    shape[0] = total;
+    let mask = Tensor::rand(x.device(), &shape, ctx.next_seed())?
+        .narrow(0, first, x.shape()[0])?
+        .ge_scalar(p)?
+        .to_dtype(engine::DType::F32)?
+        .mul_scalar(1.0 / (1.0 - p))?;
+    x.mul(&mask)
 }
 
 /// Stochastic depth: in train mode each sample's residual branch is dropped with
@@ -161,10 +174,12 @@ pub fn drop_path(x: &Tensor, p: f32, ctx: &mut Ctx) -> Result<Tensor> {
     if !ctx.train || p == 0.0 {
         return Ok(x.clone());
     }
+    let (first, total) = ctx.global_rows(x.shape()[0]);
     let mut shape = vec![1; x.rank()];
-    shape[0] = x.shape()[0];
+    shape[0] = total;
     let keep = 1.0 - p;
     let mask = Tensor::rand(x.device(), &shape, ctx.next_seed())?
+        .narrow(0, first, x.shape()[0])?
         .lt_scalar(keep)?
         .to_dtype(engine::DType::F32)?
         .div_scalar(keep)?;

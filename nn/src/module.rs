@@ -89,18 +89,25 @@ pub fn named_parameters(m: &dyn Module) -> Vec<(String, Tensor)> {
 }
 
 /// What a forward pass needs besides its input: train or eval mode (dropout and drop path
-/// are identities in eval) and the seeds of the random masks drawn in train mode.
+/// are identities in eval), the seeds of the random masks drawn in train mode, and which
+/// rows of a larger batch the input is (data parallelism).
 #[derive(Clone, Debug)]
 pub struct Ctx {
     /// Train mode: dropout and drop path active.
     pub train: bool,
     seed: u64,
+    /// `(first, total)`: the input is rows `first..` of a global batch of `total` rows.
+    rows: Option<(usize, usize)>,
 }
 
 impl Ctx {
     /// Train mode, random masks drawn from `seed` onwards.
     pub fn train(seed: u64) -> Ctx {
-        Ctx { train: true, seed }
+        Ctx {
+            train: true,
+            seed,
+            rows: None,
+        }
     }
 
     /// Eval mode.
@@ -108,7 +115,23 @@ impl Ctx {
         Ctx {
             train: false,
             seed: 0,
+            rows: None,
         }
+    }
+
+    /// The input is rows `first..` of a global batch of `total` rows split across
+    /// processes: masks are drawn for the whole global batch and cut to these rows, so
+    /// every process draws what one process with the whole batch would.
+    pub fn rows_of(self, first: usize, total: usize) -> Ctx {
+        Ctx {
+            rows: Some((first, total)),
+            ..self
+        }
+    }
+
+    /// `(first, total)` rows of the global batch for an input of `rows` rows.
+    pub fn global_rows(&self, rows: usize) -> (usize, usize) {
+        self.rows.unwrap_or((0, rows))
     }
 
     /// A fresh seed for the next random mask (each call gives another).
