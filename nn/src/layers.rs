@@ -215,6 +215,25 @@ impl Mlp {
     }
 }
 
+/// The qkv bias, whose key part gets a gradient of exactly zero. A key bias adds the same
+/// amount to every score of a query's row, which the softmax ignores, so its gradient is
+/// zero in exact arithmetic; computed, it is `f32` rounding (about 1e-10), which AdamW,
+/// dividing by the gradient's own scale, turns into a random walk of up to the learning
+/// rate per step, different on every device and every split of the batch. Exactly zero
+/// leaves the key bias where it is, as exact arithmetic would.
+fn key_bias_gradient_zeroed(bias: &Tensor, d: usize) -> Result<Tensor> {
+    if !bias.is_tracked() {
+        return Ok(bias.clone());
+    }
+    Ok(bias.detach().with_backward("qkv bias", &[bias], move |g| {
+        // Filled on the device: no upload, so the recorded batch is not cut.
+        let dev = g.device();
+        let (one, zero) = (Tensor::ones(dev, &[d])?, Tensor::zeros(dev, &[d])?);
+        let keep = Tensor::concat(&[&one, &zero, &one], 0)?;
+        Ok(vec![Some(g.mul(&keep)?)])
+    }))
+}
+
 /// Multi-head self-attention with a fused qkv projection:
 /// `softmax(q k^T / sqrt(head_dim)) v`, heads concatenated, then `proj`.
 pub struct Attention {
@@ -260,7 +279,13 @@ impl Attention {
             });
         };
         let hd = d / self.heads;
-        let qkv = self.qkv.forward(x)?;
+        let bias = self
+            .qkv
+            .bias
+            .as_ref()
+            .map(|b| key_bias_gradient_zeroed(b, d))
+            .transpose()?;
+        let qkv = x.linear(&self.qkv.weight, bias.as_ref())?;
         let attn_dropout = ctx.train && self.attn_drop > 0.0;
         if !attn_dropout && hd <= engine::MAX_ATTENTION_HEAD_DIM {
             // The fused kernel: the same function, without the score matrix in memory.
