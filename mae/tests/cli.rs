@@ -1,5 +1,7 @@
 //! `mae forward` end to end, its exit code 2 on bad input, and save_pretrained round trips.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -182,24 +184,9 @@ fn save_pretrained_round_trips() {
     assert!(file.contains_key("vit.embeddings.position_embeddings"));
 }
 
-/// Run `mae` with `args`, killed (and the test failed) if it takes longer than a minute:
-/// a config that makes it allocate without end must not hang the suite.
+/// Run `mae` with `args`, killed (and the test failed) if it takes longer than a minute.
 fn mae_within_a_minute(args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed().as_secs() > 60 {
-            child.kill().unwrap();
-            panic!("mae {args:?} ran for more than a minute");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    common::output_within(Command::new(env!("CARGO_BIN_EXE_mae")).args(args), 60)
 }
 
 #[test]

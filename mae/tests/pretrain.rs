@@ -4,7 +4,6 @@
 mod common;
 use common::{assert_one_line_error, assert_resume_diverges, mae, stderr};
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -12,30 +11,8 @@ fn tmp(name: &str) -> PathBuf {
     common::tmp("pretrain", name)
 }
 
-/// Fashion-MNIST-like IDX files with 40 training and 8 test images of simple shapes, and a
-/// 28x28 config small enough to train in seconds.
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    for (name, n) in [("train", 40u32), ("t10k", 8)] {
-        let mut bytes = vec![0, 0, 8, 3];
-        for d in [n, 28, 28] {
-            bytes.extend(d.to_be_bytes());
-        }
-        for i in 0..n {
-            for y in 0..28u32 {
-                for x in 0..28u32 {
-                    let r = 4 + i % 9;
-                    let inside = x.abs_diff(14) < r && y.abs_diff(14) < r + i % 3;
-                    bytes.push(if inside { 200 } else { 10 });
-                }
-            }
-        }
-        let mut f = std::fs::File::create(data.join(format!("{name}-images-idx3-ubyte"))).unwrap();
-        f.write_all(&bytes).unwrap();
-    }
-    let (_, config_path) = common::tiny_config(dir, 1);
-    (data, config_path)
+    common::shapes_and_tiny_config(dir)
 }
 
 fn pretrain(config: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {

@@ -73,6 +73,17 @@ pub fn assert_resume_diverges(
     output: &std::path::Path,
     epochs: Option<u64>,
 ) {
+    assert_resume_diverges_with(command, checkpoint, output, epochs, mae);
+}
+
+/// [`assert_resume_diverges`] with the run started by `launch` (with `mpirun`, say).
+pub fn assert_resume_diverges_with(
+    command: &str,
+    checkpoint: &std::path::Path,
+    output: &std::path::Path,
+    epochs: Option<u64>,
+    launch: impl Fn(&[&str]) -> Output,
+) {
     let state_path = checkpoint.join("trainer_state.json");
     let mut state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
@@ -83,7 +94,7 @@ pub fn assert_resume_diverges(
     std::fs::write(&state_path, state.to_string()).unwrap();
     let weights = checkpoint.join("model.safetensors");
     let before = std::fs::read(&weights).unwrap();
-    let o = mae(&[
+    let o = launch(&[
         command,
         "--resume",
         checkpoint.to_str().unwrap(),
@@ -92,7 +103,11 @@ pub fn assert_resume_diverges(
     ]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(3), "{err}");
-    let last = err.lines().last().unwrap();
+    // The last line of ours (mpirun may add its own report after it).
+    let last = err
+        .lines()
+        .rfind(|l| l.starts_with("error: "))
+        .unwrap_or_default();
     assert!(
         last.starts_with("error: the loss is")
             && last.contains("training stopped")
@@ -102,6 +117,56 @@ pub fn assert_resume_diverges(
             )),
         "{err}"
     );
+    assert_eq!(
+        err.matches("error: the loss is").count(),
+        1,
+        "one line: {err}"
+    );
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(std::fs::read(&weights).unwrap(), before);
+}
+
+/// Fashion-MNIST-like IDX files with 40 training and 8 test images of simple shapes, and a
+/// 28x28 config small enough to train in seconds.
+pub fn shapes_and_tiny_config(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for (name, n) in [("train", 40u32), ("t10k", 8)] {
+        let mut bytes = vec![0, 0, 8, 3];
+        for d in [n, 28, 28] {
+            bytes.extend(d.to_be_bytes());
+        }
+        for i in 0..n {
+            for y in 0..28u32 {
+                for x in 0..28u32 {
+                    let r = 4 + i % 9;
+                    let inside = x.abs_diff(14) < r && y.abs_diff(14) < r + i % 3;
+                    bytes.push(if inside { 200 } else { 10 });
+                }
+            }
+        }
+        let mut f = std::fs::File::create(data.join(format!("{name}-images-idx3-ubyte"))).unwrap();
+        std::io::Write::write_all(&mut f, &bytes).unwrap();
+    }
+    let (_, config_path) = tiny_config(dir, 1);
+    (data, config_path)
+}
+
+/// Run `cmd` to the end, killing it (and failing the test) after `seconds`: a run that
+/// hangs or allocates without end must not hang the suite.
+pub fn output_within(cmd: &mut Command, seconds: u64) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed().as_secs() > seconds {
+            child.kill().unwrap();
+            panic!("{cmd:?} ran for more than {seconds} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }

@@ -1,0 +1,225 @@
+//! Data parallelism over MPI (`--features distributed`): `mpirun -np 2` at batch B against
+//! one process at batch 2B, step by step and in the final weights; resuming a 2-rank run
+//! with 2 ranks (the same bytes) and with 1; and faults that must stop every rank: a
+//! diverging loss, ranks started with different settings, a killed rank.
+#![cfg(feature = "distributed")]
+
+mod common;
+use common::{output_within, shapes_and_tiny_config, stderr};
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn tmp(name: &str) -> PathBuf {
+    common::tmp("distributed", name)
+}
+
+/// `mpirun -np {ranks}` of `program args` (run as root where CI runs as root), or the
+/// program alone for one rank; killed and failed after two minutes.
+fn launch(ranks: usize, program: &[&str], args: &[String]) -> Output {
+    let mut cmd = if ranks == 1 {
+        let mut c = Command::new(program[0]);
+        c.args(&program[1..]);
+        c
+    } else {
+        let mut c = Command::new("mpirun");
+        c.args(["--oversubscribe", "-np", &ranks.to_string()])
+            .args(program)
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+        c
+    };
+    output_within(cmd.args(args), 120)
+}
+
+fn mae_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_mae")
+}
+
+/// `mae pretrain` of the tiny config for `epochs` at per-rank batch `batch`.
+fn pretrain_args(
+    config: &Path,
+    data: &Path,
+    out: &Path,
+    batch: usize,
+    epochs: usize,
+) -> Vec<String> {
+    [
+        "pretrain",
+        "--model",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--epochs",
+        &epochs.to_string(),
+        "--batch-size",
+        &batch.to_string(),
+        "--limit",
+        "32",
+        "--blr",
+        "1e-2",
+        "--seed",
+        "3",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// `‖a - b‖ / ‖a‖` over every tensor of two checkpoints' weights.
+fn weights_distance(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (
+        nn::read_safetensors(&a.join("model.safetensors")).unwrap(),
+        nn::read_safetensors(&b.join("model.safetensors")).unwrap(),
+    );
+    let (mut diff, mut norm) = (0.0, 0.0);
+    for (name, (_, va)) in &a {
+        for (x, y) in va.iter().zip(&b[name].1) {
+            diff += ((x - y) as f64).powi(2);
+            norm += (*x as f64).powi(2);
+        }
+    }
+    (diff / norm).sqrt()
+}
+
+#[track_caller]
+fn assert_close_runs(want: &Path, got: &Path, what: &str) {
+    let (a, b) = (losses(want), losses(got));
+    assert_eq!(a.len(), b.len(), "{what}: steps");
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            ((x - y) / x).abs() <= 1e-5,
+            "{what}: step {i}: loss {y} vs {x}"
+        );
+    }
+    let d = weights_distance(&want.join("checkpoint-2"), &got.join("checkpoint-2"));
+    assert!(d <= 1e-5, "{what}: final weights differ by {d:e} in norm");
+}
+
+#[test]
+fn two_ranks_train_as_one_process_with_twice_the_batch() {
+    let dir = tmp("equivalence");
+    let (data, config) = shapes_and_tiny_config(&dir);
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let o = launch(1, &[mae_bin()], &pretrain_args(&config, &data, &one, 16, 2));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = launch(2, &[mae_bin()], &pretrain_args(&config, &data, &two, 8, 2));
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("rank 0 of 2") && err.contains("rank 1 of 2"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("done:").count(),
+        1,
+        "rank 0 alone reports: {err}"
+    );
+    assert!(err.contains("batch 8 x 2 processes"), "{err}");
+    assert_close_runs(&one, &two, "2 ranks at 8 against 1 at 16");
+
+    // Resumed from the 2-rank run's first checkpoint: with 2 ranks, the same bytes; with 1,
+    // the same run (its batch is the saved global batch, 16).
+    let ckpt = two.join("checkpoint-1");
+    let resume = |ranks: usize, out: &Path| {
+        let args = [
+            "pretrain",
+            "--resume",
+            ckpt.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        launch(ranks, &[mae_bin()], &args.map(String::from))
+    };
+    for (ranks, name) in [(2, "resumed-2"), (1, "resumed-1")] {
+        let out = dir.join(name);
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::copy(two.join("metrics.jsonl"), out.join("metrics.jsonl")).unwrap();
+        let o = resume(ranks, &out);
+        assert!(o.status.success(), "{}", stderr(&o));
+        if ranks == 2 {
+            let bytes = |d: &Path| std::fs::read(d.join("checkpoint-2/model.safetensors")).unwrap();
+            assert!(
+                bytes(&out) == bytes(&two),
+                "a 2-rank resume gives the same weights"
+            );
+        }
+        assert_close_runs(&two, &out, name);
+    }
+}
+
+#[test]
+fn a_diverging_loss_stops_every_rank_before_the_update() {
+    let dir = tmp("nan");
+    let (data, config) = shapes_and_tiny_config(&dir);
+    let out = dir.join("run");
+    let o = launch(2, &[mae_bin()], &pretrain_args(&config, &data, &out, 8, 1));
+    assert!(o.status.success(), "{}", stderr(&o));
+    common::assert_resume_diverges_with(
+        "pretrain",
+        &out.join("checkpoint-1"),
+        &out,
+        Some(3),
+        |args| {
+            launch(
+                2,
+                &[mae_bin()],
+                &args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            )
+        },
+    );
+}
+
+#[test]
+fn ranks_with_different_settings_are_refused_at_start() {
+    let dir = tmp("mismatch");
+    let (data, config) = shapes_and_tiny_config(&dir);
+    let mut args = pretrain_args(&config, &data, &dir.join("run"), 8, 1);
+    // Rank 1 alone gets another learning rate.
+    let blr = args.iter().position(|a| a == "--blr").unwrap() + 1;
+    args[blr] = "${BLR}".into();
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then BLR=2e-2; else BLR=1e-2; fi; exec {} {}",
+        mae_bin(),
+        args.join(" ")
+    );
+    let o = launch(2, &["sh", "-c", &script], &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("ranks 1 have other settings or model than rank 0"),
+        "{err}"
+    );
+    assert!(!dir.join("run/checkpoint-1").exists());
+}
+
+#[test]
+fn a_killed_rank_stops_the_others() {
+    let dir = tmp("killed");
+    let (data, config) = shapes_and_tiny_config(&dir);
+    let args = pretrain_args(&config, &data, &dir.join("run"), 8, 50);
+    // Rank 1 is killed two seconds in, mid-training.
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then (sleep 2; kill -9 $$) & fi; exec {} {}",
+        mae_bin(),
+        args.join(" ")
+    );
+    let o = launch(2, &["sh", "-c", &script], &[]);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(!dir.join("run/checkpoint-50").exists());
+}
