@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need where it is missing (Mesa's software
+# Vulkan driver lavapipe, for machines without a GPU; Open MPI and libclang, for the
+# data-parallel tests), then runs every test, the MPI ones included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+if ! compgen -G "/usr/share/vulkan/icd.d/*.json" >/dev/null && ! compgen -G "/etc/vulkan/icd.d/*.json" >/dev/null; then
+    need+=(mesa-vulkan-drivers)
+fi
+command -v mpirun >/dev/null || need+=(openmpi-bin)
+command -v mpicc >/dev/null || need+=(libopenmpi-dev)
+compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/x86_64-linux-gnu/libclang*.so*" >/dev/null || need+=(libclang-dev)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]}"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo test --workspace --features mae/distributed
