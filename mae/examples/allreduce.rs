@@ -13,7 +13,13 @@ use mae::dist::Dist;
 
 /// The parameter shapes of a ViT-B/16 encoder: patch embedding, cls token, 12 blocks, norm.
 fn vit_base_shapes() -> Vec<Vec<usize>> {
-    let mut shapes = vec![vec![768, 3, 16, 16], vec![768], vec![1, 1, 768], vec![768], vec![768]];
+    let mut shapes = vec![
+        vec![768, 3, 16, 16],
+        vec![768],
+        vec![1, 1, 768],
+        vec![768],
+        vec![768],
+    ];
     for _ in 0..12 {
         shapes.extend([
             vec![768],
@@ -48,14 +54,22 @@ fn main() {
     let params: Vec<Tensor> = vit_base_shapes()
         .iter()
         .enumerate()
-        .map(|(i, s)| Tensor::randn(&device, s, i as u64).unwrap().requires_grad(true).unwrap())
+        .map(|(i, s)| {
+            Tensor::randn(&device, s, i as u64)
+                .unwrap()
+                .requires_grad(true)
+                .unwrap()
+        })
         .collect();
     let floats: usize = params.iter().map(Tensor::numel).sum();
     let fresh = || {
         let mut grads = Gradients::default();
         for (i, p) in params.iter().enumerate() {
             grads
-                .insert(p, Tensor::randn(&device, p.shape(), 1000 + i as u64).unwrap())
+                .insert(
+                    p,
+                    Tensor::randn(&device, p.shape(), 1000 + i as u64).unwrap(),
+                )
                 .unwrap();
         }
         device.synchronize().unwrap();

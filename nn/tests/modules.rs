@@ -231,3 +231,31 @@ fn batch_norm_matches_the_cpu_reference_and_passes_gradcheck() {
     .unwrap();
     assert!(report.passed, "batch norm: {report}");
 }
+
+#[test]
+fn masks_of_a_split_batch_are_the_whole_batchs() {
+    // Data parallelism: two processes with three rows each draw the masks one process draws
+    // for all six.
+    let x = Tensor::randn(&dev(), &[6, 5], 1).unwrap();
+    type Layer = fn(&Tensor, f32, &mut Ctx) -> engine::Result<Tensor>;
+    for (name, layer) in [
+        ("drop_path", drop_path as Layer),
+        ("dropout", dropout as Layer),
+    ] {
+        let whole = layer(&x, 0.4, &mut Ctx::train(9))
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        let mut halves = Vec::new();
+        for first in [0, 3] {
+            let rows = x.narrow(0, first, 3).unwrap();
+            let mut ctx = Ctx::train(9).rows_of(first, 6);
+            halves.extend(layer(&rows, 0.4, &mut ctx).unwrap().to_vec().unwrap());
+        }
+        assert_eq!(halves, whole, "{name}");
+        assert!(
+            whole.contains(&0.0) && whole.iter().any(|v| *v != 0.0),
+            "{name}"
+        );
+    }
+}
