@@ -26,7 +26,8 @@ struct Params {
     lda: u32,
     ldb: u32,
     bias_offset: u32,
-    _pad0: u32,
+    // The k range of one split, for matmul_tiled.wgsl (the same uniform); unused here.
+    k_chunk: u32,
 }
 
 override TRANS_A: bool;

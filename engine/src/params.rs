@@ -125,7 +125,7 @@ uniform! {
 
 uniform! {
     /// Batched matrix product `out[b] = op(A[b]) op(B[b])`.
-    MatmulParams in ["matmul.wgsl"] {
+    MatmulParams in ["matmul.wgsl", "matmul_tiled.wgsl"] {
         m: u32,
         n: u32,
         k: u32,
@@ -137,7 +137,8 @@ uniform! {
         lda: u32,
         ldb: u32,
         bias_offset: u32,
-        _pad0: u32,
+        // The k range of one split (matmul_tiled.wgsl's split-K; unused by matmul.wgsl).
+        k_chunk: u32,
     }
 }
 
@@ -192,24 +193,6 @@ uniform! {
 }
 
 uniform! {
-    /// The tiled matrix product (every generated variant shares it).
-    TiledMatmulParams in ["matmul_tiled.wgsl"] {
-        m: u32,
-        n: u32,
-        k: u32,
-        batch: u32,
-        a_offset: u32,
-        b_offset: u32,
-        a_batch_stride: u32,
-        b_batch_stride: u32,
-        lda: u32,
-        ldb: u32,
-        bias_offset: u32,
-        k_chunk: u32,
-    }
-}
-
-uniform! {
     /// The sum of split-K partial products.
     SplitKParams in ["splitk.wgsl"] {
         numel: u32,
@@ -231,6 +214,5 @@ pub static ALL_UNIFORMS: &[UniformLayout] = &[
     RowParams::LAYOUT,
     OptimParams::LAYOUT,
     AttentionParams::LAYOUT,
-    TiledMatmulParams::LAYOUT,
     SplitKParams::LAYOUT,
 ];

@@ -4,9 +4,8 @@
 //! vector width once, so each setting runs in a child process of this test binary.
 
 mod common;
-use common::{assert_close, data};
-use engine::reference;
-use engine::{Device, DeviceOptions, Features, Tensor};
+use common::check_row_kernels;
+use engine::{Device, DeviceOptions, Features};
 
 #[test]
 fn subgroup_reductions_need_the_feature() {
@@ -79,56 +78,6 @@ fn row_kernels_in_this_process() {
         }
         assert_eq!(d.row_workgroup(), width);
         assert_eq!(d.subgroup_reductions(), subgroups);
-        for (r, c) in [(3usize, 7usize), (2, 197), (1, 1000), (5, 64)] {
-            let hx = data(r * c, width as u64 + c as u64);
-            let x = Tensor::from_slice(&d, &hx, &[r, c]).unwrap();
-            let what = format!("width {width}, subgroups {subgroups}, {r}x{c}");
-            assert_close(
-                &x.softmax().unwrap().to_vec().unwrap(),
-                &reference::softmax(&hx, c),
-                1e-6,
-                1e-5,
-                &what,
-            );
-            let (hw, hb) = (data(c, 1), data(c, 2));
-            let w = Tensor::from_slice(&d, &hw, &[c]).unwrap();
-            let b = Tensor::from_slice(&d, &hb, &[c]).unwrap();
-            assert_close(
-                &x.layer_norm(&w, &b, 1e-5).unwrap().to_vec().unwrap(),
-                &reference::layer_norm(&hx, &hw, &hb, 1e-5),
-                2e-5,
-                2e-5,
-                &what,
-            );
-            let t: Vec<u32> = (0..r as u32).map(|i| (i * 5) % c as u32).collect();
-            let tt = Tensor::from_slice_u32(&d, &t, &[r]).unwrap();
-            assert_close(
-                &x.cross_entropy(&tt, 0.1).unwrap().to_vec().unwrap(),
-                &reference::cross_entropy(&hx, &t, c, 0.1),
-                1e-5,
-                1e-5,
-                &what,
-            );
-            // The layer norm's backward reduces too: its gradient against the unfused ops'.
-            let xg = x.requires_grad(true).unwrap();
-            let fused = xg.layer_norm(&w, &b, 1e-5).unwrap();
-            let mean = xg.mean(-1, true).unwrap();
-            let var = xg.var(-1, true, false).unwrap();
-            let unfused = xg
-                .sub(&mean)
-                .unwrap()
-                .div(&var.add_scalar(1e-5).unwrap().sqrt().unwrap())
-                .unwrap()
-                .mul(&w)
-                .unwrap()
-                .add(&b)
-                .unwrap();
-            let g = Tensor::from_slice(&d, &data(r * c, 9), &[r, c]).unwrap();
-            let grad = |y: Tensor| {
-                let grads = y.mul(&g).unwrap().sum_all().unwrap().backward().unwrap();
-                grads.expect(&xg).unwrap().to_vec().unwrap()
-            };
-            assert_close(&grad(fused), &grad(unfused), 2e-4, 2e-4, &what);
-        }
+        check_row_kernels(&d, &format!("width {width}, subgroups {subgroups}"));
     }
 }

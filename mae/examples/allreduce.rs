@@ -1,43 +1,18 @@
-//! The cost of data parallelism per optimizer step: averaging ViT-B-sized gradients (the
-//! encoder's 149 tensors, 85.6M floats) across the ranks, as training does it (gathered on
-//! the device into buckets, read back, MPI all-reduce, written back), and MPI's all-reduce
-//! of the same floats alone, host to host. One JSON line from rank 0.
+//! The cost of data parallelism per optimizer step: averaging the gradients of an MAE ViT-B
+//! (its encoder's 85.6M parameters, or with `all` the decoder's too, 111.7M) across the
+//! ranks, as pretraining does it (gathered on the device into buckets, read back, MPI
+//! all-reduce, written back), and MPI's all-reduce of as many bytes alone, host to host.
+//! One JSON line from rank 0.
 //!
-//! `mpirun -np 2 target/release/examples/allreduce` after
+//! `mpirun -np 2 target/release/examples/allreduce [all]` after
 //! `cargo build --release -p mae --features distributed --example allreduce`.
 
 use std::time::Instant;
 
 use engine::{Device, DeviceOptions, Gradients, Tensor};
 use mae::dist::Dist;
-
-/// The parameter shapes of a ViT-B/16 encoder: patch embedding, cls token, 12 blocks, norm.
-fn vit_base_shapes() -> Vec<Vec<usize>> {
-    let mut shapes = vec![
-        vec![768, 3, 16, 16],
-        vec![768],
-        vec![1, 1, 768],
-        vec![768],
-        vec![768],
-    ];
-    for _ in 0..12 {
-        shapes.extend([
-            vec![768],
-            vec![768],
-            vec![2304, 768],
-            vec![2304],
-            vec![768, 768],
-            vec![768],
-            vec![768],
-            vec![768],
-            vec![3072, 768],
-            vec![3072],
-            vec![768, 3072],
-            vec![768],
-        ]);
-    }
-    shapes
-}
+use mae::{MaeConfig, MaskedAutoencoder};
+use nn::{named_parameters, Init};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -51,15 +26,16 @@ fn main() {
         ..Default::default()
     })
     .expect("a wgpu adapter");
-    let params: Vec<Tensor> = vit_base_shapes()
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            Tensor::randn(&device, s, i as u64)
-                .unwrap()
-                .requires_grad(true)
-                .unwrap()
-        })
+    let all = std::env::args().any(|a| a == "all");
+    let model = MaskedAutoencoder::new(
+        MaeConfig::mae_vit_base_patch16(),
+        &mut Init::new(&device, 0),
+    )
+    .unwrap();
+    let params: Vec<Tensor> = named_parameters(&model)
+        .into_iter()
+        .filter(|(name, _)| all || !(name.starts_with("decoder") || name == "mask_token"))
+        .map(|(_, t)| t)
         .collect();
     let floats: usize = params.iter().map(Tensor::numel).sum();
     let fresh = || {

@@ -4,7 +4,7 @@ use crate::autodiff::no_grad;
 use crate::error::{Error, Result};
 use crate::kernels::{MATMUL_K, MATMUL_VEC4_K, SPLITK_K};
 use crate::ops::elementwise_grid;
-use crate::params::{MatmulParams, SplitKParams, TiledMatmulParams};
+use crate::params::{MatmulParams, SplitKParams};
 use crate::shape::{broadcast_shape, numel};
 use crate::tensor::{DType, Tensor};
 use crate::tune::{MatmulKernel, MatmulKey, Tile};
@@ -328,9 +328,10 @@ impl Problem {
         }
     }
 
-    fn run_lanes(&self) -> Result<Tensor> {
-        let (a, b, dev) = (&self.a, &self.b, self.dev());
-        let p = MatmulParams {
+    /// The uniform both families read; `k_chunk` is one split's k range (split-K).
+    fn params(&self, k_chunk: usize) -> MatmulParams {
+        let (a, b) = (&self.a, &self.b);
+        MatmulParams {
             m: self.m as u32,
             n: self.n as u32,
             k: self.k as u32,
@@ -342,8 +343,13 @@ impl Problem {
             lda: a.ld as u32,
             ldb: b.ld as u32,
             bias_offset: self.bias.as_ref().map_or(0, |t| t.offset() as u32),
-            ..Default::default()
-        };
+            k_chunk: k_chunk as u32,
+        }
+    }
+
+    fn run_lanes(&self) -> Result<Tensor> {
+        let (a, b, dev) = (&self.a, &self.b, self.dev());
+        let p = self.params(self.k);
         // The vec4 kernel reads whole 4x4 blocks: only for aligned problems.
         let (kernel, tile) = if self.aligned {
             (&MATMUL_VEC4_K, TILE_VEC4)
@@ -385,20 +391,7 @@ impl Problem {
             self.m.div_ceil(tile.bm as usize),
             self.nbatch * splits,
         ])?;
-        let p = TiledMatmulParams {
-            m: self.m as u32,
-            n: self.n as u32,
-            k: self.k as u32,
-            batch: self.nbatch as u32,
-            a_offset: a.t.offset() as u32,
-            b_offset: b.t.offset() as u32,
-            a_batch_stride: a.batch_stride as u32,
-            b_batch_stride: b.batch_stride as u32,
-            lda: a.ld as u32,
-            ldb: b.ld as u32,
-            bias_offset: self.bias.as_ref().map_or(0, |t| t.offset() as u32),
-            k_chunk: k_chunk as u32,
-        };
+        let p = self.params(k_chunk);
         let out = Tensor::empty(dev, "matmul", &self.shape, DType::F32)?;
         let split = splits > 1;
         let target = if split {
