@@ -223,3 +223,29 @@ fn a_killed_rank_stops_the_others() {
     assert!(!o.status.success(), "{}", stderr(&o));
     assert!(!dir.join("run/checkpoint-50").exists());
 }
+
+#[test]
+fn bad_data_on_one_rank_stops_them_all() {
+    let dir = tmp("bad-data");
+    let (data, config) = shapes_and_tiny_config(&dir);
+    // The same relative `--data data` on both ranks, which rank 1 runs from a directory
+    // without it: one rank's failure, invisible to the settings check.
+    let (good, bad) = (dir.join("good"), dir.join("bad"));
+    std::fs::create_dir_all(&good).unwrap();
+    std::fs::create_dir_all(&bad).unwrap();
+    std::os::unix::fs::symlink(&data, good.join("data")).unwrap();
+    let mut args = pretrain_args(&config, Path::new("data"), &dir.join("run"), 8, 1);
+    args.iter_mut().for_each(|a| *a = format!("'{a}'"));
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then cd {}; else cd {}; fi; exec {} {}",
+        bad.display(),
+        good.display(),
+        mae_bin(),
+        args.join(" ")
+    );
+    let o = launch(2, &["sh", "-c", &script], &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("error: rank 1: data not found"), "{err}");
+    assert!(!dir.join("run/checkpoint-1").exists());
+}
