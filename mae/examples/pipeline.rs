@@ -27,7 +27,9 @@ fn model_only(steps: usize) -> f64 {
     let imgs = Tensor::randn(&dev, &[BATCH, 1, 28, 28], 1).unwrap();
     let start = Instant::now();
     for s in 0..steps as u64 {
-        let out = model.forward_seeded(&imgs, s, &mut Ctx::train(s)).unwrap();
+        let out = model
+            .forward_seeded(&imgs, 0.75, s, &mut Ctx::train(s))
+            .unwrap();
         out.loss.item().unwrap();
         opt.step(&out.loss.backward().unwrap()).unwrap();
     }

@@ -13,17 +13,13 @@ use mae::{MaeConfig, MaskedAutoencoder};
 use nn::{Ctx, Init};
 
 fn step_images_per_s(dev: &Device, config: &MaeConfig, mask_ratio: f64, batch: usize) -> f64 {
-    let config = MaeConfig {
-        mask_ratio,
-        ..config.clone()
-    };
     let model = MaskedAutoencoder::new(config.clone(), &mut Init::new(dev, 0)).unwrap();
     let mut opt = mae::pretrain::adamw(&model, 1.5e-4, 0.05).unwrap();
     let side = config.image_size;
     let imgs = Tensor::randn(dev, &[batch, config.channels, side, side], 1).unwrap();
     let mut step = |seed| {
         let out = model
-            .forward_seeded(&imgs, seed, &mut Ctx::train(seed))
+            .forward_seeded(&imgs, mask_ratio, seed, &mut Ctx::train(seed))
             .unwrap();
         let grads = out.loss.backward().unwrap();
         opt.step(&grads).unwrap();

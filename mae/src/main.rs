@@ -468,7 +468,7 @@ fn visualize(
     seed: u64,
 ) -> Result<(), String> {
     let device = Device::new().map_err(|e| e.to_string())?;
-    let mut model = load_pretrained(model_dir, &device).map_err(|e| e.to_string())?;
+    let model = load_pretrained(model_dir, &device).map_err(|e| e.to_string())?;
     let normalize = mae::hf::read_preprocessor(model_dir)?;
     let ch = model.config.channels;
     let images = match data {
@@ -486,8 +486,7 @@ fn visualize(
             .collect::<Result<Vec<_>, _>>()?,
     };
     let ratio = mask_ratio.unwrap_or(model.config.mask_ratio);
-    let picture =
-        mae::visualize::reconstruction_grid(&mut model, &images, &normalize, ratio, seed)?;
+    let picture = mae::visualize::reconstruction_grid(&model, &images, &normalize, ratio, seed)?;
     picture
         .save(out)
         .map_err(|e| format!("{}: {e}", out.display()))?;
@@ -531,10 +530,12 @@ fn forward(
                 ));
             }
             let noise = Tensor::from_slice(&device, noise, nshape).map_err(e)?;
-            model.forward(&imgs, &noise, &mut Ctx::eval()).map_err(e)?
+            model
+                .forward(&imgs, c.mask_ratio, &noise, &mut Ctx::eval())
+                .map_err(e)?
         }
         None => model
-            .forward_seeded(&imgs, seed, &mut Ctx::eval())
+            .forward_seeded(&imgs, c.mask_ratio, seed, &mut Ctx::eval())
             .map_err(e)?,
     };
     let mut f32s: Vec<(String, Vec<usize>, Vec<f32>)> = vec![

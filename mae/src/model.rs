@@ -137,21 +137,30 @@ impl MaskedAutoencoder {
         })
     }
 
-    /// Per-sample random masking by sorting `noise (N, L)`: the `K` patches with the
-    /// smallest noise stay visible.
+    /// Per-sample random masking by sorting `noise (N, L)`: the `K = len_keep(L,
+    /// mask_ratio)` patches with the smallest noise stay visible.
     /// Returns `x_masked (N, K, D)`, `mask (N, L)` (1 = removed) and `ids_restore (N, L)`.
     ///
     /// # Errors
-    /// [`engine::Error::Shape`] when `noise` is not `(N, L)`.
-    pub fn random_masking(&self, x: &Tensor, noise: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// [`engine::Error::Shape`] when `noise` is not `(N, L)` or `mask_ratio` is not in
+    /// `[0, 1)`.
+    pub fn random_masking(
+        &self,
+        x: &Tensor,
+        mask_ratio: f64,
+        noise: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (n, l, d) = (x.shape()[0], x.shape()[1], x.shape()[2]);
-        if noise.shape() != [n, l] {
+        if noise.shape() != [n, l] || !(0.0..1.0).contains(&mask_ratio) {
             return Err(engine::Error::Shape {
                 op: "random_masking",
-                msg: format!("noise must be ({n}, {l}), got {:?}", noise.shape()),
+                msg: format!(
+                    "needs noise ({n}, {l}) and a mask ratio in [0, 1), got {:?} and {mask_ratio}",
+                    noise.shape()
+                ),
             });
         }
-        let k = self.config.len_keep();
+        let k = crate::config::len_keep(l, mask_ratio);
         let ids_shuffle = noise.argsort(false)?; // ascend: small is keep
         let ids_restore = ids_shuffle.to_dtype(DType::F32)?.argsort(false)?;
         let ids_keep = ids_shuffle.narrow(1, 0, k)?;
@@ -164,14 +173,15 @@ impl MaskedAutoencoder {
         Ok((x_masked, mask, ids_restore))
     }
 
-    /// Encode the visible patches: `latent (N, 1 + K, D)` with the cls token first, and the
-    /// mask and `ids_restore` of [`MaskedAutoencoder::random_masking`].
+    /// Encode the patches `mask_ratio` leaves visible: `latent (N, 1 + K, D)` with the cls
+    /// token first, and the mask and `ids_restore` of [`MaskedAutoencoder::random_masking`].
     ///
     /// # Errors
     /// [`engine::Error::Shape`] for images or noise of the wrong shape.
     pub fn forward_encoder(
         &self,
         imgs: &Tensor,
+        mask_ratio: f64,
         noise: &Tensor,
         ctx: &mut Ctx,
     ) -> Result<(Tensor, Tensor, Tensor)> {
@@ -181,7 +191,7 @@ impl MaskedAutoencoder {
             .patch_embed
             .forward(imgs)?
             .add(&self.pos_embed.narrow(1, 1, l)?)?;
-        let (x, mask, ids_restore) = self.random_masking(&x, noise)?; // (N, K, D)
+        let (x, mask, ids_restore) = self.random_masking(&x, mask_ratio, noise)?; // (N, K, D)
         let n = x.shape()[0];
         let cls = self
             .cls_token
@@ -237,13 +247,20 @@ impl MaskedAutoencoder {
         loss.mul(mask)?.sum_all()?.div(&mask.sum_all()?) // mean over removed patches
     }
 
-    /// The whole model on `imgs (N, C, H, W)` with the masking noise `(N, L)` given, as
+    /// The whole model on `imgs (N, C, H, W)`, masking `mask_ratio` of the patches (the
+    /// reference's `forward(imgs, mask_ratio)`) by the noise `(N, L)` given, as
     /// transformers' `noise=` argument.
     ///
     /// # Errors
     /// [`engine::Error::Shape`] for images or noise of the wrong shape.
-    pub fn forward(&self, imgs: &Tensor, noise: &Tensor, ctx: &mut Ctx) -> Result<MaeOutput> {
-        let (latent, mask, ids_restore) = self.forward_encoder(imgs, noise, ctx)?;
+    pub fn forward(
+        &self,
+        imgs: &Tensor,
+        mask_ratio: f64,
+        noise: &Tensor,
+        ctx: &mut Ctx,
+    ) -> Result<MaeOutput> {
+        let (latent, mask, ids_restore) = self.forward_encoder(imgs, mask_ratio, noise, ctx)?;
         let pred = self.forward_decoder(&latent, &ids_restore, ctx)?;
         let loss = self.forward_loss(imgs, &pred, &mask)?;
         Ok(MaeOutput {
@@ -258,13 +275,19 @@ impl MaskedAutoencoder {
     ///
     /// # Errors
     /// As [`MaskedAutoencoder::forward`].
-    pub fn forward_seeded(&self, imgs: &Tensor, seed: u64, ctx: &mut Ctx) -> Result<MaeOutput> {
+    pub fn forward_seeded(
+        &self,
+        imgs: &Tensor,
+        mask_ratio: f64,
+        seed: u64,
+        ctx: &mut Ctx,
+    ) -> Result<MaeOutput> {
         let noise = Tensor::rand(
             imgs.device(),
             &[imgs.shape()[0], self.config.num_patches()],
             seed,
         )?;
-        self.forward(imgs, &noise, ctx)
+        self.forward(imgs, mask_ratio, &noise, ctx)
     }
 }
 

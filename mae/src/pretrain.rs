@@ -334,7 +334,7 @@ pub fn pretrain(settings: Settings, run: &Invocation, dist: &Dist) -> Result<Sum
         print_profile(&trainer.device);
     }
     if dist.is_main() {
-        write_reconstructions(&trainer.settings, &mut state, &run.output)?;
+        write_reconstructions(&trainer.settings, &state, &run.output)?;
     }
     Ok(Summary {
         epochs: state.epoch,
@@ -400,7 +400,11 @@ impl Trainer<'_> {
                 .and_then(|t| t.narrow(0, first, batch.len))
                 .map_err(setup)?;
             let ctx = &mut Ctx::train(mask_seed).rows_of(first, global);
-            let out = state.model.forward(&imgs, &noise, ctx).map_err(setup)?;
+            let ratio = self.settings.mask_ratio;
+            let out = state
+                .model
+                .forward(&imgs, ratio, &noise, ctx)
+                .map_err(setup)?;
             // The global batch's loss: every image has as many masked patches, so it is the
             // mean of the processes' losses, and every process sees a NaN or infinity.
             let mut sum = [out.loss.item().map_err(setup)? as f64];
@@ -812,11 +816,7 @@ pub(crate) fn progress_bar(show: bool, len: usize, prefix: String) -> indicatif:
 }
 
 /// `reconstruction.png` of eight held-out images (the test split when there is one).
-fn write_reconstructions(
-    settings: &Settings,
-    state: &mut State,
-    output: &Path,
-) -> Result<(), Error> {
+fn write_reconstructions(settings: &Settings, state: &State, output: &Path) -> Result<(), Error> {
     let data = Dataset::open(&settings.data, Split::Test)
         .or_else(|_| Dataset::open(&settings.data, Split::Train))
         .map_err(setup)?;
@@ -826,7 +826,7 @@ fn write_reconstructions(
         .take(8)
         .collect();
     let picture = visualize::reconstruction_grid(
-        &mut state.model,
+        &state.model,
         &images,
         &state.normalize,
         c.mask_ratio,

@@ -21,7 +21,7 @@ const MASKED: f32 = 0.35;
 /// # Errors
 /// Engine errors, or no images.
 pub fn reconstruction_grid(
-    model: &mut MaskedAutoencoder,
+    model: &MaskedAutoencoder,
     images: &[Image],
     normalize: &Normalize,
     mask_ratio: f64,
@@ -30,21 +30,7 @@ pub fn reconstruction_grid(
     if images.is_empty() {
         return Err("no images to reconstruct".into());
     }
-    let trained_ratio = model.config.mask_ratio;
-    model.config.mask_ratio = mask_ratio;
-    let picture = draw_grid(model, images, normalize, seed);
-    model.config.mask_ratio = trained_ratio;
-    picture
-}
-
-fn draw_grid(
-    model: &MaskedAutoencoder,
-    images: &[Image],
-    normalize: &Normalize,
-    seed: u64,
-) -> Result<RgbImage, String> {
     let c = &model.config;
-    c.validate()?;
     let (size, p, ch) = (c.image_size, c.patch_size, c.channels);
     let inputs: Vec<Vec<f32>> = images
         .iter()
@@ -59,7 +45,8 @@ fn draw_grid(
     let flat: Vec<f32> = inputs.concat();
     let imgs = Tensor::from_slice(device, &flat, &[images.len(), ch, size, size]).map_err(e)?;
     let noise = Tensor::rand(device, &[images.len(), c.num_patches()], seed).map_err(e)?;
-    let out = engine::no_grad(|| model.forward(&imgs, &noise, &mut Ctx::eval())).map_err(e)?;
+    let out = engine::no_grad(|| model.forward(&imgs, mask_ratio, &noise, &mut Ctx::eval()))
+        .map_err(e)?;
     let pred = out.pred.to_vec().map_err(e)?;
     let mask = out.mask.to_vec().map_err(e)?;
     let (l, pd) = (c.num_patches(), c.patch_dim());

@@ -167,13 +167,13 @@ fn save_pretrained_round_trips() {
     let io = read_safetensors(&fixture("rgb_eps12").join("io.safetensors")).unwrap();
     let t = |k: &str| Tensor::from_slice(&dev, &io[k].1, &io[k].0).unwrap();
     let a = model
-        .forward(&t("pixel_values"), &t("noise"), &mut Ctx::eval())
+        .forward(&t("pixel_values"), 0.75, &t("noise"), &mut Ctx::eval())
         .unwrap()
         .loss
         .item()
         .unwrap();
     let b = again
-        .forward(&t("pixel_values"), &t("noise"), &mut Ctx::eval())
+        .forward(&t("pixel_values"), 0.75, &t("noise"), &mut Ctx::eval())
         .unwrap()
         .loss
         .item()

@@ -20,7 +20,12 @@ fn check(name: &str) {
     let io = read_safetensors(&dir(name).join("io.safetensors")).unwrap();
     let t = |k: &str| Tensor::from_slice(&dev, &io[k].1, &io[k].0).unwrap();
     let out = model
-        .forward(&t("pixel_values"), &t("noise"), &mut Ctx::eval())
+        .forward(
+            &t("pixel_values"),
+            model.config.mask_ratio,
+            &t("noise"),
+            &mut Ctx::eval(),
+        )
         .unwrap();
     let ids: Vec<u32> = io["ids_restore"].1.iter().map(|&v| v as u32).collect();
     assert_eq!(
