@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use engine::{Device, Tensor};
-use mae::pretrain::{pretrain, Invocation, Settings};
+use mae::pretrain::{pretrain, Settings};
+use mae::run::Invocation;
 use mae::{MaeConfig, MaskedAutoencoder};
 use nn::{Ctx, Init};
 

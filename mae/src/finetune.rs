@@ -6,7 +6,6 @@
 //! Augmentation is the pretraining crop and flip; the reference's RandAugment, random
 //! erasing, mixup and cutmix are not implemented.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,9 +20,9 @@ use serde_json::json;
 use crate::classify::{classifier, encoder, evaluate, open_labelled, report, Outcome, Pool, Start};
 use crate::data::{Augment, Loader, Rng, Skipped};
 use crate::dist::Dist;
-use crate::pretrain::{
-    checkpoint_dir, open_metrics, print_profile, profiling, progress_bar, weights_digest,
-    write_dir_atomically, Invocation,
+use crate::run::{
+    checkpoint_dir, print_profile, profiling, progress_bar, weights_digest, write_dir_atomically,
+    Invocation, Log,
 };
 use crate::{Error, MaeConfig};
 
@@ -359,8 +358,6 @@ pub fn finetune(
         )
         .into());
     }
-    let metrics_path = run.output.join("metrics.jsonl");
-    let io = |e: std::io::Error| format!("{}: {e}", metrics_path.display());
     let mut metrics = if dist.is_main() {
         std::fs::create_dir_all(&run.output)
             .map_err(|e| format!("{}: {e}", run.output.display()))?;
@@ -377,7 +374,7 @@ pub fn finetune(
             dist.size(),
             device.info().name
         );
-        Some(open_metrics(&metrics_path, "epoch", first_epoch as u64)?)
+        Some(Log::open(&run.output, "epoch", first_epoch as u64)?)
     } else {
         None
     };
@@ -456,8 +453,15 @@ pub fn finetune(
             };
             let img_per_s = seen as f64 / started.elapsed().as_secs_f64();
             let lr = opt.groups.last().map_or(0.0, |g| g.lr);
-            let line = json!({"step": step - 1, "epoch": epoch, "loss": value, "lr": lr, "img_per_s": img_per_s});
-            writeln!(metrics, "{line}").map_err(io)?;
+            metrics.line(
+                "train",
+                &[("step", step - 1), ("epoch", epoch as u64)],
+                &[
+                    ("loss", value as f64),
+                    ("lr", lr as f64),
+                    ("img_per_s", img_per_s),
+                ],
+            )?;
             bar.set_message(format!(
                 "loss {value:.4}  lr {lr:.2e}  {img_per_s:.1} img/s"
             ));
@@ -479,9 +483,13 @@ pub fn finetune(
         }
         if let Some(metrics) = &mut metrics {
             let loss = total / iters as f64;
-            let line = json!({"epoch": epoch, "train_loss": loss, "top1": top1,
-                              "elapsed_s": started.elapsed().as_secs_f64()});
-            writeln!(metrics, "{line}").map_err(io)?;
+            let elapsed = started.elapsed().as_secs_f64();
+            metrics.line(
+                "epoch",
+                &[("epoch", epoch as u64)],
+                &[("train_loss", loss), ("top1", top1), ("elapsed_s", elapsed)],
+            )?;
+            metrics.flush()?;
             eprintln!(
                 "epoch {}/{}  train loss {loss:.4}  test top-1 {top1:.2}%  {:.0} s",
                 epoch + 1,

@@ -17,6 +17,8 @@ pub mod linprobe;
 pub mod model;
 pub mod plot;
 pub mod pretrain;
+pub mod run;
+pub mod tensorboard;
 pub mod visualize;
 
 pub use config::MaeConfig;

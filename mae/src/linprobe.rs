@@ -10,21 +10,19 @@
 //! on random crops and flips; with a cache, augmentation would need the encoder again.)
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use engine::{no_grad, warmup_cosine_lr, Device, ParamGroup, Sgd, Tensor};
 use nn::{read_safetensors, save_host_safetensors, BatchNorm, Ctx, Init, Linear};
-use serde_json::json;
 
 use crate::classify::{
     both_features, classifier, correct, encoder, for_each_eval_batch, open_labelled, report,
     Outcome, Pool, Start,
 };
 use crate::data::{Dataset, Normalize, Rng};
-use crate::pretrain::{print_profile, profiling, progress_bar};
+use crate::run::{print_profile, profiling, progress_bar, Log};
 use crate::Error;
 
 const ORDER_STREAM: u64 = 1;
@@ -183,9 +181,7 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, Error> {
     let test_x =
         Tensor::from_slice(&device, test.rows(s.pool), &[test.len(), test.dim]).map_err(e)?;
 
-    let metrics_path = run.output.join("metrics.jsonl");
-    let io = |e: std::io::Error| format!("{}: {e}", metrics_path.display());
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(io)?;
+    let mut metrics = Log::open(&run.output, "epoch", 0)?;
     let started = Instant::now();
     let bar = progress_bar(run.progress, s.epochs, "probe epochs".into());
     let mut top1 = 0.0;
@@ -201,9 +197,18 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, Error> {
             ));
         }
         top1 = probe.top1(&test_x, &test.labels).map_err(e)?;
-        let line = json!({"epoch": epoch, "loss": loss, "top1": top1,
-                          "lr": sgd.groups[0].lr, "elapsed_s": started.elapsed().as_secs_f64()});
-        writeln!(metrics, "{line}").map_err(io)?;
+        let elapsed = started.elapsed().as_secs_f64();
+        let lr = sgd.groups[0].lr as f64;
+        metrics.line(
+            "epoch",
+            &[("epoch", epoch as u64)],
+            &[
+                ("loss", loss),
+                ("top1", top1),
+                ("lr", lr),
+                ("elapsed_s", elapsed),
+            ],
+        )?;
         bar.set_message(format!("loss {loss:.4}  top-1 {top1:.2}%"));
         bar.inc(1);
         if !run.progress && ((epoch + 1) % 10 == 0 || epoch + 1 == s.epochs) {

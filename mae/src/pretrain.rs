@@ -8,7 +8,6 @@
 //! Face ViTMAE layout (`config.json`, `model.safetensors`, `preprocessor_config.json`)
 //! plus `optimizer.safetensors` and `trainer_state.json` (epoch, step, seed and settings).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,6 +22,10 @@ use crate::data::{Augment, Dataset, Loader, Normalize, Rng, Skipped, Split};
 use crate::dist::Dist;
 use crate::hf::{
     load_pretrained, read_config, read_preprocessor, save_preprocessor, save_pretrained,
+};
+use crate::run::{
+    checkpoint_dir, print_profile, profiling, progress_bar, weights_digest, write_dir_atomically,
+    Invocation, Log,
 };
 use crate::{plot, visualize, Error, MaeConfig, MaskedAutoencoder};
 
@@ -180,21 +183,6 @@ pub struct Summary {
     pub checkpoint: PathBuf,
 }
 
-/// Options of one training invocation (`pretrain` or `finetune`) that do not change the
-/// run itself.
-pub struct Invocation {
-    /// Output directory.
-    pub output: PathBuf,
-    /// Continue from this checkpoint (or the newest one in this output directory).
-    pub resume: Option<PathBuf>,
-    /// Extend a resumed run to this many epochs.
-    pub epochs: Option<usize>,
-    /// Decoding threads.
-    pub workers: usize,
-    /// Show a progress bar (when stderr is a terminal).
-    pub progress: bool,
-}
-
 /// Run (or continue) pretraining. Prints one line per epoch; returns what happened.
 ///
 /// # Errors
@@ -249,7 +237,6 @@ pub fn pretrain(settings: Settings, run: &Invocation, dist: &Dist) -> Result<Sum
     if run.resume.is_none() {
         state.normalize = train.normalize(config.channels);
     }
-    let metrics_path = run.output.join("metrics.jsonl");
     let metrics = if dist.is_main() {
         std::fs::create_dir_all(&run.output)
             .map_err(|e| setup(format!("{}: {e}", run.output.display())))?;
@@ -264,9 +251,15 @@ pub fn pretrain(settings: Settings, run: &Invocation, dist: &Dist) -> Result<Sum
             settings.epochs,
             iters
         );
-        Some(open_metrics(&metrics_path, "step", state.step).map_err(setup)?)
+        Some(Log::open(&run.output, "step", state.step).map_err(setup)?)
     } else {
         None
+    };
+    // The images every epoch's reconstruction picture shows.
+    let held_out = if dist.is_main() {
+        held_out_images(&settings, &config)?
+    } else {
+        vec![]
     };
 
     let augment = Arc::new(Augment::pretrain(
@@ -282,13 +275,13 @@ pub fn pretrain(settings: Settings, run: &Invocation, dist: &Dist) -> Result<Sum
         config,
         iters,
         metrics,
-        metrics_path,
         started: Instant::now(),
         images_seen: 0,
         skipped: Arc::new(Skipped::default()),
         checkpoint,
     };
     let mut last_epoch_loss = f64::NAN;
+    let mut picture = None;
     while state.epoch < trainer.settings.epochs {
         let (s, epoch) = (&trainer.settings, state.epoch);
         let mut order: Vec<usize> = (0..n).collect();
@@ -318,10 +311,15 @@ pub fn pretrain(settings: Settings, run: &Invocation, dist: &Dist) -> Result<Sum
                 s.epochs,
                 trainer.images_seen as f64 / elapsed,
             );
+            let drawn = reconstructions(&held_out, s, &state)?;
+            metrics
+                .image("reconstruction", state.step, &drawn)
+                .map_err(setup)?;
+            picture = Some(drawn);
             metrics.flush().map_err(setup)?;
             if due {
                 save_checkpoint(&run.output, s, &state)?;
-                plot::loss_curve_png(&trainer.metrics_path, &run.output.join("loss.png"))
+                plot::loss_curve_png(metrics.path(), &run.output.join("loss.png"))
                     .map_err(setup)?;
             }
         }
@@ -334,7 +332,14 @@ pub fn pretrain(settings: Settings, run: &Invocation, dist: &Dist) -> Result<Sum
         print_profile(&trainer.device);
     }
     if dist.is_main() {
-        write_reconstructions(&trainer.settings, &state, &run.output)?;
+        let picture = match picture {
+            Some(p) => p,
+            None => reconstructions(&held_out, &trainer.settings, &state)?,
+        };
+        let path = run.output.join("reconstruction.png");
+        picture
+            .save(&path)
+            .map_err(|e| setup(format!("{}: {e}", path.display())))?;
     }
     Ok(Summary {
         epochs: state.epoch,
@@ -357,9 +362,8 @@ struct Trainer<'a> {
     config: MaeConfig,
     /// Iterations per epoch.
     iters: usize,
-    /// The metrics log: rank 0's alone.
-    metrics: Option<std::fs::File>,
-    metrics_path: PathBuf,
+    /// The log: rank 0's alone.
+    metrics: Option<Log>,
     started: Instant,
     /// Images trained on by this invocation, over all processes.
     images_seen: usize,
@@ -465,10 +469,18 @@ impl Trainer<'_> {
         let Some(metrics) = &mut self.metrics else {
             return Ok(()); // only rank 0 reports
         };
-        let line = json!({"step": state.step, "epoch": state.epoch, "loss": loss, "lr": lr,
-                          "img_per_s": img_per_s, "elapsed_s": elapsed});
-        writeln!(metrics, "{line}")
-            .map_err(|e| setup(format!("{}: {e}", self.metrics_path.display())))?;
+        metrics
+            .line(
+                "train",
+                &[("step", state.step), ("epoch", state.epoch as u64)],
+                &[
+                    ("loss", loss as f64),
+                    ("lr", lr as f64),
+                    ("img_per_s", img_per_s),
+                    ("elapsed_s", elapsed),
+                ],
+            )
+            .map_err(setup)?;
         for warning in self.skipped.take_new() {
             bar.suspend(|| eprintln!("{warning}"));
         }
@@ -485,34 +497,6 @@ impl Trainer<'_> {
         bar.set_message(status);
         bar.inc(1);
         Ok(())
-    }
-}
-
-/// Turn on per-kernel timing when `ENGINE_PROFILE` is set (and not 0); returns whether on.
-pub(crate) fn profiling(device: &Device) -> bool {
-    let on = std::env::var_os("ENGINE_PROFILE").is_some_and(|v| v != "0");
-    device.set_profiling(on);
-    on
-}
-
-/// Per-kernel times of the run, slowest first (`ENGINE_PROFILE=1`).
-pub(crate) fn print_profile(device: &Device) {
-    device.synchronize().ok();
-    let clock = match device.profile_clock() {
-        Some(engine::Clock::GpuTimestamps) => "GPU timestamps",
-        _ => "wall time, each dispatch submitted alone",
-    };
-    let times = device.profile();
-    let total: f64 = times.iter().map(|t| t.seconds).sum();
-    eprintln!("kernel time (ENGINE_PROFILE, {clock}), slowest first:");
-    for t in times.iter().take(15) {
-        eprintln!(
-            "{:>5.1}%  {:>8.3} s  {:>7} dispatches  {}",
-            100.0 * t.seconds / total,
-            t.seconds,
-            t.dispatches,
-            t.kernel
-        );
     }
 }
 
@@ -631,32 +615,6 @@ fn optimizer(model: &MaskedAutoencoder, s: &Settings) -> Result<AdamW, Error> {
     adamw(model, s.lr() as f32, s.weight_decay as f32).map_err(setup)
 }
 
-/// `path` itself when it is a checkpoint, else its newest `checkpoint-N` (a directory with
-/// `trainer_state.json`).
-pub(crate) fn checkpoint_dir(path: &Path) -> Result<PathBuf, String> {
-    if path.join("trainer_state.json").is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let newest = std::fs::read_dir(path)
-        .map_err(|e| format!("--resume {}: {e}", path.display()))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let n: usize = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            e.path()
-                .join("trainer_state.json")
-                .is_file()
-                .then_some((n, e.path()))
-        })
-        .max_by_key(|(n, _)| *n);
-    newest.map(|(_, p)| p).ok_or_else(|| {
-        format!(
-            "--resume {}: no checkpoint there (a checkpoint-N directory with trainer_state.json)",
-            path.display()
-        )
-    })
-}
-
 fn resume(path: &Path, device: &Device, dist: &Dist) -> Result<(Settings, State, PathBuf), Error> {
     let dir = checkpoint_dir(path).map_err(setup)?;
     let state_path = dir.join("trainer_state.json");
@@ -731,110 +689,31 @@ fn save_checkpoint(output: &Path, settings: &Settings, state: &State) -> Result<
     .map_err(Error::Setup)
 }
 
-/// A digest of every parameter's bytes, to check that the processes of a run hold the
-/// same weights.
-pub(crate) fn weights_digest(model: &dyn nn::Module) -> Result<String, Error> {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for (_, t) in named_parameters(model) {
-        for v in t.to_vec().map_err(setup)? {
-            for b in v.to_le_bytes() {
-                hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-    }
-    Ok(format!("{hash:016x}"))
-}
-
-/// Write the directory `output/name` whole or not at all: `fill` writes into a hidden
-/// temporary directory, which is renamed into place once complete (replacing an older one).
-///
-/// # Errors
-/// `fill`'s error, or one line for an I/O failure; an existing `output/name` is then intact.
-pub(crate) fn write_dir_atomically(
-    output: &Path,
-    name: &str,
-    fill: impl FnOnce(&Path) -> Result<(), String>,
-) -> Result<PathBuf, String> {
-    let dir = output.join(name);
-    let tmp = output.join(format!(".{name}.tmp"));
-    let io = |e: std::io::Error| format!("{}: {e}", tmp.display());
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io)?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(io)?;
-    fill(&tmp)?;
-    if dir.exists() {
-        let old = output.join(format!(".{name}.old"));
-        std::fs::rename(&dir, &old).map_err(io)?;
-        std::fs::rename(&tmp, &dir).map_err(io)?;
-        std::fs::remove_dir_all(&old).map_err(io)?;
-    } else {
-        std::fs::rename(&tmp, &dir).map_err(io)?;
-    }
-    Ok(dir)
-}
-
-/// Open a metrics log for appending, keeping only the lines whose `key` is below `before`
-/// (a resumed run's past); with `before` 0, a new log.
-pub(crate) fn open_metrics(path: &Path, key: &str, before: u64) -> Result<std::fs::File, String> {
-    let io = |e: std::io::Error| format!("{}: {e}", path.display());
-    let kept: String = match std::fs::read_to_string(path) {
-        Ok(text) if before > 0 => text
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<Value>(l)
-                    .ok()
-                    .and_then(|v| v.get(key)?.as_u64())
-                    .is_some_and(|s| s < before)
-            })
-            .map(|l| format!("{l}\n"))
-            .collect(),
-        _ => String::new(),
-    };
-    std::fs::write(path, kept).map_err(io)?;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(path)
-        .map_err(io)
-}
-
-/// A progress bar of `len` steps named `prefix` (hidden unless `show`).
-pub(crate) fn progress_bar(show: bool, len: usize, prefix: String) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise}  {msg}",
-        )
-        .expect("a valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(prefix);
-    bar
-}
-
-/// `reconstruction.png` of eight held-out images (the test split when there is one).
-fn write_reconstructions(settings: &Settings, state: &State, output: &Path) -> Result<(), Error> {
+/// Eight held-out images (the test split when there is one) for the reconstruction
+/// pictures.
+fn held_out_images(settings: &Settings, c: &MaeConfig) -> Result<Vec<crate::data::Image>, Error> {
     let data = Dataset::open(&settings.data, Split::Test)
         .or_else(|_| Dataset::open(&settings.data, Split::Train))
         .map_err(setup)?;
-    let c = state.model.config.clone();
-    let images: Vec<_> = (0..data.len())
+    Ok((0..data.len())
         .filter_map(|i| data.get(i, c.channels).ok())
         .take(8)
-        .collect();
-    let picture = visualize::reconstruction_grid(
+        .collect())
+}
+
+/// The reconstruction picture of `images` with the model where training stands.
+fn reconstructions(
+    images: &[crate::data::Image],
+    settings: &Settings,
+    state: &State,
+) -> Result<image::RgbImage, Error> {
+    let c = &state.model.config;
+    visualize::reconstruction_grid(
         &state.model,
-        &images,
+        images,
         &state.normalize,
         c.mask_ratio,
         settings.seed,
     )
-    .map_err(setup)?;
-    let path = output.join("reconstruction.png");
-    picture
-        .save(&path)
-        .map_err(|e| setup(format!("{}: {e}", path.display())))
+    .map_err(setup)
 }

@@ -15,6 +15,17 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
     common::shapes_and_tiny_config(dir)
 }
 
+/// The events of the one TensorBoard file in `dir`, CRCs checked.
+fn tensorboard_events(dir: &Path) -> Vec<mae::tensorboard::Event> {
+    let files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("tfevents"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    mae::tensorboard::read_events(&files[0]).unwrap()
+}
+
 fn pretrain(config: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec![
         "pretrain",
@@ -80,6 +91,27 @@ fn pretrain_end_to_end_and_exact_resume() {
         let img = image::open(out.join(png)).unwrap();
         assert!(img.width() > 100 && img.height() > 100, "{png}");
     }
+    // TensorBoard: every step's loss and lr, and a reconstruction picture per epoch.
+    let events = tensorboard_events(&out);
+    let scalars: Vec<(u64, f32)> = events
+        .iter()
+        .flat_map(|e| {
+            e.scalars
+                .iter()
+                .filter(|s| s.0 == "train/loss")
+                .map(|s| (e.step, s.1))
+        })
+        .collect();
+    assert_eq!(
+        scalars,
+        log.iter().map(|l| (l.0, l.1 as f32)).collect::<Vec<_>>()
+    );
+    let pictures: Vec<u64> = events
+        .iter()
+        .filter(|e| e.images.iter().any(|i| i.0 == "reconstruction"))
+        .map(|e| e.step)
+        .collect();
+    assert_eq!(pictures, [4, 8], "one picture per epoch, at its last step");
 
     // Resuming after epoch 1 gives the uninterrupted run's epoch 2, bit for bit.
     let resumed = dir.join("resumed");
