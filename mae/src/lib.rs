@@ -13,6 +13,7 @@ pub mod dist;
 pub mod error;
 pub mod finetune;
 pub mod hf;
+pub mod knn;
 pub mod linprobe;
 pub mod model;
 pub mod plot;

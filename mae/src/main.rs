@@ -149,6 +149,11 @@ struct PretrainArgs {
     /// Checkpoint every N epochs, and after the last [small: 1; ViT-B/L/H: 20].
     #[arg(long)]
     save_every: Option<usize>,
+    /// Weighted k-NN top-1 of the encoder on held-out images every N epochs (and before
+    /// the first), when the data has labels and a held-out split; 0 turns it off [small: 1;
+    /// ViT-B/L/H: 0].
+    #[arg(long)]
+    knn_every: Option<usize>,
     /// Continue a run from a checkpoint directory (or the newest checkpoint in an output
     /// directory). The run's saved settings are used; only --epochs may extend it.
     #[arg(long)]
@@ -344,6 +349,7 @@ fn pretrain(a: PretrainArgs, dist: &Dist) -> Result<(), Error> {
             ("--norm-pix-loss", a.norm_pix_loss.is_some()),
             ("--seed", a.seed.is_some()),
             ("--save-every", a.save_every.is_some()),
+            ("--knn-every", a.knn_every.is_some()),
         ];
         let ignored: Vec<&str> = given.iter().filter(|g| g.1).map(|g| g.0).collect();
         if !ignored.is_empty() && dist.is_main() {
@@ -367,6 +373,7 @@ fn pretrain(a: PretrainArgs, dist: &Dist) -> Result<(), Error> {
     s.norm_pix_loss = a.norm_pix_loss.unwrap_or(s.norm_pix_loss);
     s.seed = a.seed.unwrap_or(s.seed);
     s.save_every = a.save_every.unwrap_or(s.save_every);
+    s.knn_every = a.knn_every.unwrap_or(s.knn_every);
     let run = Invocation {
         output: a.output.clone(),
         resume: a.resume,

@@ -343,3 +343,58 @@ fn bad_labels_and_models_are_clear_errors() {
         "--init random",
     );
 }
+
+#[test]
+fn pretraining_on_labelled_data_reports_knn() {
+    let dir = tmp("knn");
+    let (data, config, _) = setup(&dir);
+    let out = dir.join("pretrain");
+    let o = mae(&[
+        "pretrain",
+        "--model",
+        config.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--knn-every",
+        "1",
+    ]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    // Before the first epoch (the random encoder) and after each.
+    assert_eq!(err.matches("k-NN top-1").count(), 3, "{err}");
+    let lines: Vec<Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &Value| v.get("top1").is_some())
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .map(|v| v["epoch"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert!(lines
+        .iter()
+        .all(|v| (0.0..=100.0).contains(&v["top1"].as_f64().unwrap())));
+    // Two classes told apart by size: even a random encoder's features separate them.
+    assert!(lines[0]["top1"].as_f64().unwrap() >= 75.0, "{lines:?}");
+    let events = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("tfevents"))
+        .unwrap();
+    let knn: usize = mae::tensorboard::read_events(&events)
+        .unwrap()
+        .iter()
+        .map(|e| e.scalars.iter().filter(|s| s.0 == "knn/top1").count())
+        .sum();
+    assert_eq!(knn, 3);
+}
