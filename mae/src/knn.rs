@@ -190,11 +190,9 @@ mod tests {
         // with a bank of one class-0 row there and 20 class-1 rows at 90 goes to class 1
         // only through weight, which exp(cos / 0.07) gives to the near row.
         let mut bank = at(10.0).to_vec();
-        let mut labels = vec![0];
-        for _ in 0..20 {
-            bank.extend(at(90.0));
-            labels.push(1);
-        }
+        bank.extend((0..20).flat_map(|_| at(90.0)));
+        let mut labels = vec![1; 21];
+        labels[0] = 0;
         let top1 = weighted_knn_top1((&bank, &labels), (&at(10.0), &[0]), 2, 2);
         assert_eq!(top1, 100.0, "one near neighbour outweighs twenty far ones");
     }
