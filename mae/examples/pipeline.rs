@@ -73,13 +73,12 @@ fn main() {
     };
     let out = std::env::temp_dir().join("mae-pipeline-bench-out");
     let run = Invocation {
-        output: out,
-        resume: None,
-        epochs: None,
+        output: Some(out),
         workers: 2,
         progress: false,
     };
-    let summary = pretrain(settings, &run, &mae::dist::Dist::single()).expect("pretraining runs");
+    let single = mae::dist::Dist::single();
+    let summary = pretrain(settings, None, &run, &single).expect("pretraining runs");
     println!(
         r#"{{"bench":"pretrain_pipeline","adapter":{adapter:?},"preset":"{PRESET}","batch":{BATCH},"steps":{steps},"data":{:?},"model_only_img_per_s":{model:.2},"end_to_end_img_per_s":{:.2},"ratio":{:.3}}}"#,
         data.display().to_string(),

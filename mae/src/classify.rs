@@ -11,19 +11,21 @@ use std::sync::Arc;
 
 use engine::{no_grad, DType, Device, Tensor};
 use nn::{Ctx, Init, LayerNorm, VisionTransformer, VitConfig};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::data::{Augment, Dataset, Loader, Normalize, Rng, Skipped, Split};
+use crate::data::{Augment, DataError, Dataset, Loader, Normalize, Rng, Skipped, Split};
 use crate::dist::Dist;
 use crate::hf::{load_pretrained, read_preprocessor};
 use crate::pretrain::config_from;
-use crate::MaskedAutoencoder;
+use crate::{Error, MaskedAutoencoder};
 
 /// Random stream of a randomly initialised encoder (see [`crate::data::Rng`]).
 const INIT_STREAM: u64 = 3;
 
 /// Where the encoder's weights come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Start {
     /// The pretrained MAE encoder of `--model`.
     Mae,
@@ -63,40 +65,42 @@ pub struct Labelled {
 /// Open `path`'s train and held-out splits, both labelled.
 ///
 /// # Errors
-/// One line when either split is missing or unlabelled, or when they are the same images.
-pub fn open_labelled(path: &Path) -> Result<Labelled, String> {
-    let train = Dataset::open(path, Split::Train).map_err(|e| e.to_string())?;
-    let test = Dataset::open(path, Split::Test).map_err(|e| e.to_string())?;
+/// [`Error::Data`] when either split is missing or unlabelled, or when they are the same
+/// images.
+pub fn open_labelled(path: &Path) -> Result<Labelled, Error> {
+    let unsuitable = |why: String| Error::Data(DataError::Empty(why));
+    let train = Dataset::open(path, Split::Train)?;
+    let test = Dataset::open(path, Split::Test)?;
     if train.description == test.description {
-        return Err(format!(
+        return Err(unsuitable(format!(
             "{}: no held-out split (t10k-* IDX files, or val/ or test/ next to train/)",
             path.display()
-        ));
+        )));
     }
     for d in [&train, &test] {
         if d.labels.is_none() {
-            return Err(format!(
+            return Err(unsuitable(format!(
                 "{}: no labels (an IDX labels file next to the images, or one sub-folder per class)",
                 d.description
-            ));
+            )));
         }
     }
     // Class i must name the same class in both splits: one list must begin the other.
     let n = train.classes.len().min(test.classes.len());
     if train.classes[..n] != test.classes[..n] {
-        return Err(format!(
+        return Err(unsuitable(format!(
             "{}: the held-out classes {:?} do not match the training classes {:?}",
             path.display(),
             test.classes,
             train.classes
-        ));
+        )));
     }
     let classes = train.classes.len().max(test.classes.len());
     if classes < 2 {
-        return Err(format!(
+        return Err(unsuitable(format!(
             "{}: one class only; classification needs at least two",
             train.description
-        ));
+        )));
     }
     Ok(Labelled {
         train: Arc::new(train),
@@ -122,18 +126,18 @@ pub struct Encoder {
 ///
 /// # Errors
 /// One line for a missing or unreadable model.
-pub fn encoder(model: &str, start: Start, seed: u64, device: &Device) -> Result<Encoder, String> {
+pub fn encoder(model: &str, start: Start, seed: u64, device: &Device) -> Result<Encoder, Error> {
     let dir = Path::new(model);
     match start {
         Start::Mae => {
             let weights = dir.join("model.safetensors");
             if !weights.is_file() {
-                return Err(format!(
+                return Err(Error::Setup(format!(
                     "--model {model}: no model.safetensors there; --init mae needs a pretrained \
                      checkpoint (e.g. out/pretrain/checkpoint-1), --init random takes a preset"
-                ));
+                )));
             }
-            let mae = load_pretrained(dir, device).map_err(|e| e.to_string())?;
+            let mae = load_pretrained(dir, device)?;
             let normalize = read_preprocessor(dir)?;
             let identity = format!("weights {} {:?}", file_digest(&weights)?, mae.config);
             Ok(Encoder {
@@ -146,7 +150,7 @@ pub fn encoder(model: &str, start: Start, seed: u64, device: &Device) -> Result<
             let config = config_from(model)?;
             let mut init = Init::new(device, Rng::new(&[seed, INIT_STREAM]).next_u64());
             let identity = format!("random {config:?} seed {seed}");
-            let mae = MaskedAutoencoder::new(config, &mut init).map_err(|e| e.to_string())?;
+            let mae = MaskedAutoencoder::new(config, &mut init)?;
             Ok(Encoder {
                 mae,
                 normalize: None,
@@ -157,9 +161,9 @@ pub fn encoder(model: &str, start: Start, seed: u64, device: &Device) -> Result<
 }
 
 /// A hex digest of a file's bytes (not cryptographic: it keys caches).
-fn file_digest(path: &Path) -> Result<String, String> {
+fn file_digest(path: &Path) -> Result<String, Error> {
     use std::hash::{Hash, Hasher};
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(Error::io(path))?;
     let mut h = std::hash::DefaultHasher::new();
     bytes.hash(&mut h);
     Ok(format!("{:016x}-{}", h.finish(), bytes.len()))
@@ -242,45 +246,57 @@ pub fn correct(logits: &Tensor, labels: &[u32]) -> engine::Result<Tensor> {
         .sum_all()
 }
 
-/// Call `f` with every batch of `images` (indices) of `data` (evaluation view: the whole
-/// image resized and normalised; the last batch may be shorter), uploaded as `(B, C, H, W)`,
-/// and their labels, with no graph recorded.
-///
-/// # Errors
-/// One line for unreadable or unlabelled data, or `f`'s error.
-pub fn for_each_eval_batch(
-    vit: &VisionTransformer,
-    data: &Arc<Dataset>,
-    images: Vec<usize>,
-    (normalize, batch, workers): (&Normalize, usize, usize),
-    mut f: impl FnMut(&Tensor, Vec<u32>) -> Result<(), String>,
-) -> Result<(), String> {
-    let c = &vit.config;
-    let augment = Arc::new(Augment::pretrain(c.image_size, normalize.clone()));
-    let loader = Loader::new(
-        data.clone(),
-        (augment, false),
-        c.channels,
-        images,
-        batch,
-        workers,
-        (0, 0),
-        Arc::new(Skipped::default()),
-    );
-    let device = vit.cls_token.device();
-    no_grad(|| {
-        for batch in loader {
-            let batch = batch.map_err(|e| e.to_string())?;
-            let shape = [batch.len, c.channels, c.image_size, c.image_size];
-            let imgs =
-                Tensor::from_slice(device, &batch.pixels, &shape).map_err(|e| e.to_string())?;
-            let labels = batch
-                .labels
-                .ok_or_else(|| format!("{}: no labels", data.description))?;
-            f(&imgs, labels)?;
-        }
-        Ok(())
-    })
+/// How a model sees images in evaluation: each whole, resized to its input, normalised,
+/// in batches of 256 decoded by `workers` threads.
+pub struct EvalView<'a> {
+    /// The model's device.
+    pub device: &'a Device,
+    /// The model's input side and channels.
+    pub shape: (usize, usize),
+    /// The model's normalisation.
+    pub normalize: &'a Normalize,
+    /// Decoding threads.
+    pub workers: usize,
+}
+
+impl EvalView<'_> {
+    /// Call `f` with every batch of `images` (indices) of `data` (the last may be
+    /// shorter), uploaded as `(B, C, H, W)`, and their labels, with no graph recorded.
+    ///
+    /// # Errors
+    /// Unreadable or unlabelled data, or `f`'s error.
+    pub fn for_each_batch(
+        &self,
+        data: &Arc<Dataset>,
+        images: Vec<usize>,
+        mut f: impl FnMut(&Tensor, Vec<u32>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let (size, channels) = self.shape;
+        let augment = Arc::new(Augment::pretrain(size, self.normalize.clone()));
+        let skipped = Arc::new(Skipped::default());
+        let loader = Loader::new(
+            data.clone(),
+            (augment, false),
+            channels,
+            images,
+            256,
+            self.workers,
+            (0, 0),
+            skipped,
+        );
+        no_grad(|| {
+            for batch in loader {
+                let batch = batch?;
+                let shape = [batch.len, channels, size, size];
+                let imgs = Tensor::from_slice(self.device, &batch.pixels, &shape)?;
+                let labels = batch.labels.ok_or_else(|| {
+                    Error::Data(DataError::Empty(format!("{}: no labels", data.description)))
+                })?;
+                f(&imgs, labels)?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Top-1 accuracy in percent of `vit` on every image of `data`, in eval mode on the
@@ -288,26 +304,28 @@ pub fn for_each_eval_batch(
 /// and add up their counts.
 ///
 /// # Errors
-/// One line for unreadable data or engine failures.
+/// Unreadable data or engine failures.
 pub fn evaluate(
     vit: &VisionTransformer,
     data: &Arc<Dataset>,
-    normalize: &Normalize,
-    (batch, workers): (usize, usize),
+    (normalize, workers): (&Normalize, usize),
     dist: &Dist,
-) -> Result<f64, String> {
-    let e = |e: engine::Error| e.to_string();
-    let mut total = Tensor::zeros(vit.cls_token.device(), &[]).map_err(e)?;
-    let view = (normalize, batch, workers);
+) -> Result<f64, Error> {
+    let (device, c) = (vit.cls_token.device(), &vit.config);
+    let mut total = Tensor::zeros(device, &[])?;
+    let view = EvalView {
+        device,
+        shape: (c.image_size, c.channels),
+        normalize,
+        workers,
+    };
     let mine = (dist.rank()..data.len()).step_by(dist.size()).collect();
-    for_each_eval_batch(vit, data, mine, view, |imgs, labels| {
-        let logits = vit.forward(imgs, &mut Ctx::eval()).map_err(e)?;
-        total = total
-            .add(&correct(&logits, &labels).map_err(e)?)
-            .map_err(e)?;
+    view.for_each_batch(data, mine, |imgs, labels| {
+        let logits = vit.forward(imgs, &mut Ctx::eval())?;
+        total = total.add(&correct(&logits, &labels)?)?;
         Ok(())
     })?;
-    let mut correct = [total.item().map_err(e)? as f64];
+    let mut correct = [total.item()? as f64];
     dist.sum(&mut correct);
     Ok(100.0 * correct[0] / data.len() as f64)
 }
@@ -326,14 +344,14 @@ pub struct Outcome {
 /// The result line `{"task","init","top1","epochs"}`, written to `output/result.json`.
 ///
 /// # Errors
-/// One line when the file cannot be written.
+/// [`Error::Io`] when the file cannot be written.
 pub fn report(
     output: &Path,
     task: &str,
     start: Start,
     top1: f64,
     epochs: usize,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, Error> {
     let line = json!({
         "task": task,
         "init": start.name(),
@@ -342,6 +360,6 @@ pub fn report(
     })
     .to_string();
     let path: PathBuf = output.join("result.json");
-    std::fs::write(&path, format!("{line}\n")).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::write(&path, format!("{line}\n")).map_err(Error::io(&path))?;
     Ok(Outcome { top1, epochs, line })
 }

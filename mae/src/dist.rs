@@ -187,12 +187,11 @@ impl Dist {
     /// it anyway).
     ///
     /// # Errors
-    /// [`Error::Setup`] for an engine failure.
+    /// [`Error::Engine`] for an engine failure.
     pub fn average_gradients(&self, grads: &mut Gradients, params: &[Tensor]) -> Result<(), Error> {
         if self.size == 1 {
             return Ok(());
         }
-        let e = |e: engine::Error| Error::Setup(e.to_string());
         let mut start = 0;
         while start < params.len() {
             let mut end = start;
@@ -207,10 +206,9 @@ impl Dist {
             let flat: Vec<Tensor> = bucket
                 .iter()
                 .map(|p| grads.expect(p).and_then(|g| g.reshape(&[g.numel()])))
-                .collect::<Result<_, _>>()
-                .map_err(e)?;
+                .collect::<Result<_, _>>()?;
             let views: Vec<&Tensor> = flat.iter().collect();
-            let host = Tensor::concat(&views, 0).map_err(e)?.to_vec().map_err(e)?;
+            let host = Tensor::concat(&views, 0)?.to_vec()?;
             let summed = self.sum_f32(&host);
             let scale = 1.0 / self.size as f32;
             let mut offset = 0;
@@ -220,12 +218,7 @@ impl Dist {
                     .iter()
                     .map(|v| v * scale)
                     .collect();
-                grads
-                    .insert(
-                        p,
-                        Tensor::from_slice(p.device(), &mean, p.shape()).map_err(e)?,
-                    )
-                    .map_err(e)?;
+                grads.insert(p, Tensor::from_slice(p.device(), &mean, p.shape())?)?;
                 offset += n;
             }
             start = end;

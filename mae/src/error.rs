@@ -1,14 +1,44 @@
 //! How a `mae` command fails: one line for the user, and an exit code that depends only on
-//! the kind of failure, the same for every command.
+//! the kind of failure, the same for every command: 2 for bad input or setup, 3 for a
+//! diverged run, 1 otherwise.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use nn::CheckpointError;
+
+use crate::data::DataError;
 
 /// A failed command.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Bad options, data, model or configuration, or files that cannot be read or written.
+    /// Options, settings or a launch that cannot make a run.
     #[error("{0}")]
     Setup(String),
+    /// Data missing, unreadable or unsuitable.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// A model, checkpoint or configuration file missing, unreadable or inconsistent.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A file or directory that cannot be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
+    /// A picture that cannot be decoded, encoded or written.
+    #[error("{}: {source}", path.display())]
+    Image {
+        /// The picture's file.
+        path: PathBuf,
+        /// What the codec said.
+        source: image::ImageError,
+    },
+    /// What the engine reports: no adapter, a lost device, memory, a failed kernel.
+    #[error(transparent)]
+    Engine(#[from] engine::Error),
     /// The loss became NaN or infinite. The run stopped before the update; the checkpoints
     /// written before are intact.
     #[error("the loss is {loss} {at}; training stopped. {checkpoint}")]
@@ -36,23 +66,36 @@ impl Error {
         }
     }
 
-    /// The process exit code: 2 for bad input or setup, 3 for a diverged run.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Error::Setup(_) => 2,
-            Error::NonFinite { .. } => 3,
+    /// For `map_err`: an I/O failure on `path`.
+    pub fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
         }
     }
-}
 
-impl From<String> for Error {
-    fn from(message: String) -> Error {
-        Error::Setup(message)
+    /// For `map_err`: a picture that cannot be written to `path`.
+    pub fn image(path: &Path) -> impl FnOnce(image::ImageError) -> Error + '_ {
+        move |source| Error::Image {
+            path: path.to_path_buf(),
+            source,
+        }
     }
-}
 
-impl From<&str> for Error {
-    fn from(message: &str) -> Error {
-        Error::Setup(message.to_string())
+    /// The process exit code: 2 for bad input or setup (a machine without an adapter
+    /// included), 3 for a diverged run, 1 for anything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Engine(e) | Error::Checkpoint(CheckpointError::Engine(e)) => match e {
+                engine::Error::NoAdapter(_) => 2,
+                _ => 1,
+            },
+            Error::Setup(_)
+            | Error::Data(_)
+            | Error::Checkpoint(_)
+            | Error::Io { .. }
+            | Error::Image { .. } => 2,
+            Error::NonFinite { .. } => 3,
+        }
     }
 }

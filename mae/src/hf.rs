@@ -237,8 +237,12 @@ fn check_against_weights(c: &MaeConfig, file: &TensorMap) -> Result<(), String> 
 /// `preprocessor_config.json` as transformers' `ViTImageProcessor` reads it.
 ///
 /// # Errors
-/// The I/O error of writing the file.
-pub fn save_preprocessor(dir: &Path, c: &MaeConfig, norm: &Normalize) -> std::io::Result<()> {
+/// [`CheckpointError::Io`] naming the file.
+pub fn save_preprocessor(
+    dir: &Path,
+    c: &MaeConfig,
+    norm: &Normalize,
+) -> Result<(), CheckpointError> {
     let json = json!({
         "image_processor_type": "ViTImageProcessor",
         "do_resize": true,
@@ -250,25 +254,24 @@ pub fn save_preprocessor(dir: &Path, c: &MaeConfig, norm: &Normalize) -> std::io
         "image_mean": norm.mean,
         "image_std": norm.std,
     });
-    std::fs::write(
-        dir.join("preprocessor_config.json"),
-        serde_json::to_string_pretty(&json).expect("JSON"),
-    )
+    let path = dir.join("preprocessor_config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json).expect("JSON"))
+        .map_err(|e| CheckpointError::Io(path, e))
 }
 
 /// The normalisation a model directory was trained with: its `preprocessor_config.json`, or
 /// ImageNet's when it has none.
 ///
 /// # Errors
-/// One line for a preprocessor config that cannot be read or parsed.
-pub fn read_preprocessor(dir: &Path) -> Result<Normalize, String> {
+/// [`CheckpointError`] for a preprocessor config that cannot be read or parsed.
+pub fn read_preprocessor(dir: &Path) -> Result<Normalize, CheckpointError> {
     let path = dir.join("preprocessor_config.json");
     if !path.is_file() {
         return Ok(Normalize::imagenet());
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let json: Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(&path).map_err(|e| CheckpointError::Io(path.clone(), e))?;
+    let json: Value = serde_json::from_str(&text)
+        .map_err(|e| CheckpointError::Config(path.clone(), format!("not JSON: {e}")))?;
     let list = |k: &str| -> Option<Vec<f32>> {
         match json.get(k)? {
             Value::Array(a) => a.iter().map(|v| v.as_f64().map(|f| f as f32)).collect(),

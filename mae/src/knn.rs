@@ -8,12 +8,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use engine::{no_grad, Tensor};
+use engine::Tensor;
 use nn::Ctx;
 
-use crate::classify::open_labelled;
-use crate::data::{Augment, Dataset, Loader, Normalize, Skipped};
-use crate::MaskedAutoencoder;
+use crate::classify::{open_labelled, EvalView};
+use crate::data::{Dataset, Normalize};
+use crate::{Error, MaskedAutoencoder};
 
 /// Neighbours that vote.
 pub const K: usize = 20;
@@ -34,8 +34,8 @@ impl Monitor {
     /// `queries` held-out ones (fewer when the splits are smaller).
     ///
     /// # Errors
-    /// One line when the data has no labels or no held-out split.
-    pub fn new(data: &Path, bank: usize, queries: usize) -> Result<Monitor, String> {
+    /// [`Error::Data`] when the data has no labels or no held-out split.
+    pub fn new(data: &Path, bank: usize, queries: usize) -> Result<Monitor, Error> {
         let labelled = open_labelled(data)?;
         Ok(Monitor {
             bank: bank.min(labelled.train.len()),
@@ -54,13 +54,13 @@ impl Monitor {
     /// Weighted k-NN top-1 in percent of `model`'s encoder on the held-out subset.
     ///
     /// # Errors
-    /// One line for unreadable data or engine failures.
+    /// Unreadable data or engine failures.
     pub fn top1(
         &self,
         model: &MaskedAutoencoder,
         normalize: &Normalize,
         workers: usize,
-    ) -> Result<f64, String> {
+    ) -> Result<f64, Error> {
         let (bank, bank_labels) = features(model, &self.train, self.bank, normalize, workers)?;
         let (queries, labels) = features(model, &self.test, self.queries, normalize, workers)?;
         let dim = model.config.dim;
@@ -81,42 +81,26 @@ fn features(
     n: usize,
     normalize: &Normalize,
     workers: usize,
-) -> Result<(Vec<f32>, Vec<u32>), String> {
-    let e = |e: engine::Error| e.to_string();
+) -> Result<(Vec<f32>, Vec<u32>), Error> {
     let c = &model.config;
-    let augment = Arc::new(Augment::pretrain(c.image_size, normalize.clone()));
-    let loader = Loader::new(
-        data.clone(),
-        (augment, false),
-        c.channels,
-        (0..n).collect(),
-        256,
-        workers,
-        (0, 0),
-        Arc::new(Skipped::default()),
-    );
     let device = model.cls_token.device();
+    let view = EvalView {
+        device,
+        shape: (c.image_size, c.channels),
+        normalize,
+        workers,
+    };
     let (mut feats, mut labels) = (Vec::new(), Vec::new());
-    for batch in loader {
-        let batch = batch.map_err(|e| e.to_string())?;
-        let shape = [batch.len, c.channels, c.image_size, c.image_size];
-        let imgs = Tensor::from_slice(device, &batch.pixels, &shape).map_err(e)?;
+    view.for_each_batch(data, (0..n).collect(), |imgs, batch_labels| {
         // Nothing masked: every patch is seen, and the cls token ignores their order.
-        let noise = Tensor::zeros(device, &[batch.len, c.num_patches()]).map_err(e)?;
-        let cls = no_grad(|| {
-            let (latent, _, _) = model.forward_encoder(&imgs, 0.0, &noise, &mut Ctx::eval())?;
-            let cls = latent.narrow(1, 0, 1)?.squeeze(1)?;
-            let norm = cls.mul(&cls)?.sum(-1, true)?.sqrt()?.add_scalar(1e-12)?;
-            cls.div(&norm)
-        })
-        .map_err(e)?;
-        feats.extend(cls.to_vec().map_err(e)?);
-        labels.extend(
-            batch
-                .labels
-                .ok_or_else(|| format!("{}: no labels", data.description))?,
-        );
-    }
+        let noise = Tensor::zeros(device, &[imgs.shape()[0], c.num_patches()])?;
+        let (latent, _, _) = model.forward_encoder(imgs, 0.0, &noise, &mut Ctx::eval())?;
+        let cls = latent.narrow(1, 0, 1)?.squeeze(1)?;
+        let norm = cls.mul(&cls)?.sum(-1, true)?.sqrt()?.add_scalar(1e-12)?;
+        feats.extend(cls.div(&norm)?.to_vec()?);
+        labels.extend(batch_labels);
+        Ok(())
+    })?;
     Ok((feats, labels))
 }
 

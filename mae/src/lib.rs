@@ -12,6 +12,7 @@ pub mod data;
 pub mod dist;
 pub mod error;
 pub mod finetune;
+pub mod forward;
 pub mod hf;
 pub mod knn;
 pub mod linprobe;

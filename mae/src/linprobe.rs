@@ -15,75 +15,73 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use engine::{no_grad, warmup_cosine_lr, Device, ParamGroup, Sgd, Tensor};
-use nn::{read_safetensors, save_host_safetensors, BatchNorm, Ctx, Init, Linear};
+use nn::{read_safetensors, save_host_safetensors, save_safetensors, BatchNorm, Ctx, Init, Linear};
 
 use crate::classify::{
-    both_features, classifier, correct, encoder, for_each_eval_batch, open_labelled, report,
-    Outcome, Pool, Start,
+    both_features, classifier, correct, encoder, open_labelled, report, EvalView, Outcome, Pool,
+    Start,
 };
-use crate::data::{Dataset, Normalize, Rng};
-use crate::run::{print_profile, profiling, progress_bar, Log};
+use crate::data::{Dataset, Normalize, Rng, FASHION_MNIST};
+use crate::run::{print_profile, profiling, progress_bar, Invocation, Log, Position};
 use crate::Error;
 
 const ORDER_STREAM: u64 = 1;
 const HEAD_STREAM: u64 = 4;
 
-/// Everything that defines a linear probe.
-#[derive(Clone, Debug)]
+/// `mae linprobe`'s options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// The probe's settings.
+    #[command(flatten)]
+    pub settings: Settings,
+    /// Feature cache, shared by runs (keyed by weights, data and normalisation).
+    #[arg(long, default_value = "out/features")]
+    pub cache: PathBuf,
+    /// Where and how this invocation runs.
+    #[command(flatten)]
+    pub run: Invocation,
+}
+
+/// Everything that defines a linear probe: the command-line options, whose defaults are
+/// the reference recipe at a small batch (90 epochs, 10 of warmup, blr 0.1, batch 256).
+#[derive(Clone, Debug, PartialEq, clap::Args)]
 pub struct Settings {
-    /// The pretrained checkpoint, or with [`Start::Random`] a preset or config.
+    /// With --init mae: a pretrained checkpoint directory (ours, or a Hugging Face ViTMAE
+    /// one). With --init random: a preset, config.json or checkpoint whose config is used.
+    #[arg(long)]
     pub model: String,
-    /// Pretrained or random encoder.
-    pub start: Start,
-    /// Cls token or mean of the patch tokens.
+    /// Encoder weights: pretrained, or a random initialisation (the baseline).
+    #[arg(long, value_enum, default_value_t = Start::Mae)]
+    pub init: Start,
+    /// Feature: the cls token after the encoder's norm (the reference), or the mean of the
+    /// patch tokens through a LayerNorm.
+    #[arg(long, value_enum, default_value_t = Pool::Cls)]
     pub pool: Pool,
-    /// Labelled data with a held-out split.
+    /// Labelled data with a held-out split: IDX images and labels (train-*, t10k-*), or an
+    /// image folder with train/ and val/ (or test/), one sub-folder per class.
+    #[arg(long, default_value = FASHION_MNIST)]
     pub data: PathBuf,
-    /// Use only the first this many training images.
+    /// Use only the first N training images [default: all].
+    #[arg(long)]
     pub limit: Option<usize>,
     /// Passes over the training features.
+    #[arg(long, default_value_t = 90)]
     pub epochs: usize,
     /// Features per iteration.
+    #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
-    /// Base learning rate: `lr = blr * batch_size / 256`.
+    /// Base learning rate; lr = blr * batch_size / 256.
+    #[arg(long, default_value_t = 0.1)]
     pub blr: f64,
-    /// Linear warmup, in (fractional) epochs.
+    /// Linear warmup in epochs.
+    #[arg(long, default_value_t = 10.0)]
     pub warmup_epochs: f64,
-    /// Where the cosine ends.
+    /// Learning rate at the end of the cosine.
+    #[arg(long, default_value_t = 0.0)]
     pub min_lr: f64,
     /// Seed of a random encoder, the head and the order.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-}
-
-impl Settings {
-    /// The reference recipe at a small batch: 90 epochs, 10 of warmup, blr 0.1, batch 256.
-    pub fn recipe(model: String, start: Start, pool: Pool, data: PathBuf) -> Settings {
-        Settings {
-            model,
-            start,
-            pool,
-            data,
-            limit: None,
-            epochs: 90,
-            batch_size: 256,
-            blr: 0.1,
-            warmup_epochs: 10.0,
-            min_lr: 0.0,
-            seed: 0,
-        }
-    }
-}
-
-/// Options of one invocation that do not change the result.
-pub struct Invocation {
-    /// Output directory: `metrics.jsonl`, `head.safetensors`, `result.json`.
-    pub output: PathBuf,
-    /// Feature cache directory.
-    pub cache: PathBuf,
-    /// Decoding threads.
-    pub workers: usize,
-    /// Show progress bars.
-    pub progress: bool,
 }
 
 /// Features of one split: `(n, D)` row-major, for both pools, and the labels.
@@ -107,28 +105,37 @@ impl Features {
     }
 }
 
+/// `mae linprobe`: train a linear probe and print the result line.
+///
+/// # Errors
+/// See [`linprobe`].
+pub fn command(args: &Args) -> Result<(), Error> {
+    println!("{}", linprobe(args)?.line);
+    Ok(())
+}
+
 /// Train a linear probe and report its top-1 on the held-out split.
 ///
 /// # Errors
-/// One line for bad settings, missing or unlabelled data, an unreadable model, or I/O.
-pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, Error> {
+/// Bad settings, missing or unlabelled data, an unreadable model, I/O or engine failures.
+pub fn linprobe(args: &Args) -> Result<Outcome, Error> {
+    let (s, run) = (&args.settings, &args.run);
     if s.epochs == 0
         || s.batch_size < 2
         || !(s.blr > 0.0 && s.blr.is_finite())
         || s.warmup_epochs.is_nan()
         || s.warmup_epochs < 0.0
     {
-        return Err(
+        return Err(Error::Setup(
             "--epochs must be at least 1, --batch-size at least 2, --blr positive and \
              --warmup-epochs not negative"
                 .into(),
-        );
+        ));
     }
-    let e = |e: engine::Error| e.to_string();
-    let device = Device::new().map_err(e)?;
-    let profiling = profiling(&device);
+    let device = Device::new()?;
+    profiling(&device);
     let data = open_labelled(&s.data)?;
-    let enc = encoder(&s.model, s.start, s.seed, &device)?;
+    let enc = encoder(&s.model, s.init, s.seed, &device)?;
     let channels = enc.mae.config.channels;
     let normalize = enc
         .normalize
@@ -136,11 +143,12 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, Error> {
         .unwrap_or_else(|| data.train.normalize(channels));
     let identity = enc.identity.clone();
     let mut init = Init::new(&device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
-    let vit = classifier(enc.mae, data.classes, Pool::Cls, 0.0, &mut init).map_err(e)?;
-    std::fs::create_dir_all(&run.output).map_err(|e| format!("{}: {e}", run.output.display()))?;
+    let vit = classifier(enc.mae, data.classes, Pool::Cls, 0.0, &mut init)?;
+    let output = run.output("linprobe");
+    std::fs::create_dir_all(&output).map_err(Error::io(&output))?;
     eprintln!(
         "linear probe of a {} encoder ({}) on {}, {} features, {} classes, on {}",
-        s.start.name(),
+        s.init.name(),
         s.model,
         data.train.description,
         match s.pool {
@@ -155,11 +163,10 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, Error> {
         .limit
         .map_or(data.train.len(), |l| l.min(data.train.len()));
     if n < s.batch_size {
-        return Err(format!(
+        return Err(Error::Setup(format!(
             "{}: {n} training images, fewer than one batch of {}",
             data.train.description, s.batch_size
-        )
-        .into());
+        )));
     }
     let extract = |split: &str, d: &Arc<Dataset>, n: usize| {
         let key = format!(
@@ -168,27 +175,24 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, Error> {
             normalize.mean,
             normalize.std
         );
-        cached_features(&key, &run.cache, || {
+        cached_features(&key, &args.cache, || {
             features(&vit, d, n, &normalize, run, split)
         })
     };
     let train = extract("train", &data.train, n)?;
     let test = extract("test", &data.test, data.test.len())?;
-    let mut probe = Probe::new(&mut init, train.dim, data.classes).map_err(e)?;
+    let mut probe = Probe::new(&mut init, train.dim, data.classes)?;
     let lr = s.blr * s.batch_size as f64 / 256.0;
     let group = ParamGroup::new(probe.parameters(), lr as f32, 0.0);
-    let mut sgd = Sgd::new(vec![group], 0.9, 0.0, false).map_err(e)?;
-    let test_x =
-        Tensor::from_slice(&device, test.rows(s.pool), &[test.len(), test.dim]).map_err(e)?;
+    let mut sgd = Sgd::new(vec![group], 0.9, 0.0, false)?;
+    let test_x = Tensor::from_slice(&device, test.rows(s.pool), &[test.len(), test.dim])?;
 
-    let mut metrics = Log::open(&run.output, "epoch", 0)?;
+    let mut metrics = Log::open(&output, Position::default())?;
     let started = Instant::now();
     let bar = progress_bar(run.progress, s.epochs, "probe epochs".into());
     let mut top1 = 0.0;
     for epoch in 0..s.epochs {
-        let loss = probe
-            .train_one_epoch(&mut sgd, s, &train, epoch)
-            .map_err(e)?;
+        let loss = probe.train_one_epoch(&mut sgd, s, &train, epoch)?;
         if !loss.is_finite() {
             return Err(Error::non_finite(
                 loss as f32,
@@ -196,7 +200,7 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, Error> {
                 None,
             ));
         }
-        top1 = probe.top1(&test_x, &test.labels).map_err(e)?;
+        top1 = probe.top1(&test_x, &test.labels)?;
         let elapsed = started.elapsed().as_secs_f64();
         let lr = sgd.groups[0].lr as f64;
         metrics.line(
@@ -220,11 +224,9 @@ pub fn linprobe(s: &Settings, run: &Invocation) -> Result<Outcome, Error> {
         }
     }
     bar.finish_and_clear();
-    if profiling {
-        print_profile(&device);
-    }
-    probe.save(&run.output.join("head.safetensors"))?;
-    Ok(report(&run.output, "linprobe", s.start, top1, s.epochs)?)
+    print_profile(&device);
+    probe.save(&output.join("head.safetensors"))?;
+    report(&output, "linprobe", s.init, top1, s.epochs)
 }
 
 /// The reference's probe head: `[BatchNorm1d(D, affine=False), Linear(D, classes)]`.
@@ -290,18 +292,18 @@ impl Probe {
     }
 
     /// `head.0.running_mean`, `head.0.running_var`, `head.1.weight`, `head.1.bias`.
-    fn save(&self, path: &Path) -> Result<(), String> {
-        let mut tensors = Vec::new();
-        for (name, t) in [
+    fn save(&self, path: &Path) -> Result<(), Error> {
+        let tensors = [
             ("head.0.running_mean", &self.bn.running_mean),
             ("head.0.running_var", &self.bn.running_var),
             ("head.1.weight", &self.head.weight),
             ("head.1.bias", self.head.bias.as_ref().expect("a bias")),
-        ] {
-            let values = t.to_vec().map_err(|e| e.to_string())?;
-            tensors.push((name.to_string(), t.shape().to_vec(), values));
-        }
-        save_host_safetensors(path, tensors, None).map_err(|e| e.to_string())
+        ];
+        let named: Vec<(String, Tensor)> = tensors
+            .iter()
+            .map(|(n, t)| (n.to_string(), (*t).clone()))
+            .collect();
+        Ok(save_safetensors(path, &named, None)?)
     }
 }
 
@@ -320,8 +322,8 @@ fn gather(f: &Features, pool: Pool, rows: &[usize]) -> (Vec<f32>, Vec<u32>) {
 fn cached_features(
     key: &str,
     cache: &Path,
-    compute: impl FnOnce() -> Result<Features, String>,
-) -> Result<Features, String> {
+    compute: impl FnOnce() -> Result<Features, Error>,
+) -> Result<Features, Error> {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     key.hash(&mut h);
@@ -331,7 +333,7 @@ fn cached_features(
         return Ok(f);
     }
     let f = compute()?;
-    std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
+    std::fs::create_dir_all(cache).map_err(Error::io(cache))?;
     let n = f.len();
     let labels = f.labels.iter().map(|&l| l as f32).collect();
     let tensors = vec![
@@ -340,7 +342,7 @@ fn cached_features(
         ("labels".to_string(), vec![n], labels),
     ];
     let meta = HashMap::from([("key".to_string(), key.to_string())]);
-    save_host_safetensors(&path, tensors, Some(meta)).map_err(|e| e.to_string())?;
+    save_host_safetensors(&path, tensors, Some(meta))?;
     Ok(f)
 }
 
@@ -372,10 +374,9 @@ fn features(
     normalize: &Normalize,
     run: &Invocation,
     split: &str,
-) -> Result<Features, String> {
+) -> Result<Features, Error> {
     let bar = progress_bar(run.progress, n.div_ceil(256), format!("{split} features"));
     let started = Instant::now();
-    let e = |e: engine::Error| e.to_string();
     let dim = vit.config.dim;
     let mut f = Features {
         cls: Vec::with_capacity(n * dim),
@@ -383,21 +384,22 @@ fn features(
         labels: Vec::with_capacity(n),
         dim,
     };
-    for_each_eval_batch(
-        vit,
-        data,
-        (0..n).collect(),
-        (normalize, 256, run.workers),
-        |imgs, labels| {
-            let tokens = vit.forward_tokens(imgs, &mut Ctx::eval()).map_err(e)?;
-            let (cls, avg) = both_features(vit, &tokens).map_err(e)?;
-            f.cls.extend(cls.to_vec().map_err(e)?);
-            f.avg.extend(avg.to_vec().map_err(e)?);
-            f.labels.extend(labels);
-            bar.inc(1);
-            Ok(())
-        },
-    )?;
+    let c = &vit.config;
+    let view = EvalView {
+        device: vit.cls_token.device(),
+        shape: (c.image_size, c.channels),
+        normalize,
+        workers: run.workers,
+    };
+    view.for_each_batch(data, (0..n).collect(), |imgs, labels| {
+        let tokens = vit.forward_tokens(imgs, &mut Ctx::eval())?;
+        let (cls, avg) = both_features(vit, &tokens)?;
+        f.cls.extend(cls.to_vec()?);
+        f.avg.extend(avg.to_vec()?);
+        f.labels.extend(labels);
+        bar.inc(1);
+        Ok(())
+    })?;
     bar.finish_and_clear();
     eprintln!(
         "{split} features of {n} images in {:.1} s ({:.0} img/s)",

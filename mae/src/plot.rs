@@ -5,6 +5,8 @@ use std::path::Path;
 
 use image::{Rgb, RgbImage};
 
+use crate::Error;
+
 const WIDTH: u32 = 720;
 const HEIGHT: u32 = 360;
 /// Left, right, top and bottom margins.
@@ -16,9 +18,8 @@ const FONT_SCALE: u32 = 2;
 ///
 /// # Errors
 /// One line for an unreadable log, a log with no losses, or a PNG that cannot be written.
-pub fn loss_curve_png(metrics: &Path, out: &Path) -> Result<(), String> {
-    let text =
-        std::fs::read_to_string(metrics).map_err(|e| format!("{}: {e}", metrics.display()))?;
+pub fn loss_curve_png(metrics: &Path, out: &Path) -> Result<(), Error> {
+    let text = std::fs::read_to_string(metrics).map_err(Error::io(metrics))?;
     let points: Vec<(f64, f64)> = text
         .lines()
         .filter_map(|l| {
@@ -28,11 +29,12 @@ pub fn loss_curve_png(metrics: &Path, out: &Path) -> Result<(), String> {
         .filter(|(_, loss)| loss.is_finite())
         .collect();
     if points.is_empty() {
-        return Err(format!("{}: no losses to plot", metrics.display()));
+        return Err(Error::Setup(format!(
+            "{}: no losses to plot",
+            metrics.display()
+        )));
     }
-    loss_curve(&points)
-        .save(out)
-        .map_err(|e| format!("{}: {e}", out.display()))
+    loss_curve(&points).save(out).map_err(Error::image(out))
 }
 
 /// The picture for `(step, loss)` points.

@@ -1,160 +1,162 @@
 //! Self-supervised pretraining, as the reference's `main_pretrain.py`: AdamW with betas
 //! (0.9, 0.95), weight decay on matrices only, `lr = blr * effective_batch / 256`, a
 //! per-iteration warmup and half-cycle cosine schedule, gradient accumulation, and
-//! checkpoints from which a run resumes exactly.
+//! checkpoints from which a run resumes exactly. The loop itself is [`crate::run::Trainer`];
+//! what is MAE's is [`Pretraining`], its [`Learner`].
 //!
-//! An output directory holds `metrics.jsonl` (one line per iteration), `loss.png`,
-//! `reconstruction.png` and `checkpoint-{epoch}/` directories: the model in the Hugging
-//! Face ViTMAE layout (`config.json`, `model.safetensors`, `preprocessor_config.json`)
-//! plus `optimizer.safetensors` and `trainer_state.json` (epoch, step, seed and settings).
+//! An output directory holds `metrics.jsonl` (one line per iteration), TensorBoard events,
+//! `loss.png`, `reconstruction.png` and `checkpoint-{epoch}/` directories: the model in the
+//! Hugging Face ViTMAE layout (`config.json`, `model.safetensors`,
+//! `preprocessor_config.json`) plus `optimizer.safetensors` and `trainer_state.json`
+//! (epoch, step and settings).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use engine::{
-    warmup_cosine_lr, AdamW, Device, DeviceOptions, Gradients, OptimizerState, ParamGroup, Tensor,
-};
-use nn::{named_parameters, read_safetensors, save_host_safetensors, Ctx, Init};
-use serde_json::{json, Value};
+use engine::{AdamW, Device, ParamGroup, Tensor};
+use nn::{named_parameters, Init, Module};
+use serde::{Deserialize, Serialize};
 
-use crate::data::{Augment, Dataset, Loader, Normalize, Rng, Skipped, Split};
+use crate::data::{Augment, Dataset, Image, Normalize, Rng, Split, FASHION_MNIST};
 use crate::dist::Dist;
 use crate::hf::{
     load_pretrained, read_config, read_preprocessor, save_preprocessor, save_pretrained,
 };
 use crate::knn::Monitor;
-use crate::run::{
-    checkpoint_dir, print_profile, profiling, progress_bar, weights_digest, write_dir_atomically,
-    Invocation, Log,
-};
-use crate::{plot, visualize, Error, MaeConfig, MaskedAutoencoder};
+use crate::run::{self, Given, Invocation, Learner, Position, Resumed, Schedule, Step, Trainer};
+use crate::{visualize, Error, MaeConfig, MaskedAutoencoder};
 
-/// Random streams of a run, by purpose (see [`crate::data::Rng`]).
-const ORDER_STREAM: u64 = 1;
-const MASK_STREAM: u64 = 2;
+/// Random stream of a new model's initialisation (see [`crate::data::Rng`]).
 const INIT_STREAM: u64 = 3;
 
-/// Everything that defines a pretraining run. Saved in each checkpoint; `--resume` takes it
-/// from there, so a resumed run is the same run.
-#[derive(Clone, Debug, PartialEq)]
+/// `mae pretrain`'s options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// The run's settings.
+    #[command(flatten)]
+    pub settings: Settings,
+    /// Continue a run from a checkpoint directory (or the newest checkpoint in an output
+    /// directory). The run's saved settings are used; only --epochs may extend it.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Where and how this invocation runs.
+    #[command(flatten)]
+    pub run: Invocation,
+}
+
+/// Everything that defines a pretraining run, in one place: the command-line options (their
+/// defaults are the small presets' recipe, and [`Settings::scaled`] scales the options left
+/// out to a large model), and the `settings` of each checkpoint's `trainer_state.json`, which
+/// `--resume` takes, so that a resumed run is the same run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, clap::Args)]
 pub struct Settings {
-    /// A preset name, or a directory (or `config.json`) to start from.
+    /// A preset (mae_tiny_28_patch7, mae_tiny_28_patch4, mae_tiny_32_patch4,
+    /// mae_vit_base_patch16, ...), or a Hugging Face model directory or config.json to
+    /// start from.
+    #[arg(long, default_value = "mae_tiny_28_patch7")]
     pub model: String,
-    /// Image folder, IDX file or directory of IDX files.
+    /// An image folder (PNG/JPEG, recursive), an IDX image file, or a directory of IDX
+    /// files such as Fashion-MNIST's.
+    #[arg(long, default_value = FASHION_MNIST)]
     pub data: PathBuf,
-    /// Use only the first this many training images.
+    /// Use only the first N training images [ViT-B/L/H: all].
+    #[arg(long, default_value = "19200")]
     pub limit: Option<usize>,
-    /// Passes over the data.
+    /// Passes over the data [ViT-B/L/H: 800].
+    #[arg(long, default_value_t = 1)]
     pub epochs: usize,
     /// Images per iteration and process.
+    #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Processes the run started with (`mpirun -np`): an iteration's global batch is
     /// `batch_size * ranks` images, whatever number of processes later resumes it.
+    #[arg(skip = 1usize)]
+    #[serde(default = "one")]
     pub ranks: usize,
-    /// Iterations per optimizer step.
+    /// Iterations per optimizer step; effective batch = batch_size * processes *
+    /// accum_iter [ViT-B/L/H: 64, for 4096].
+    #[arg(long, default_value_t = 1)]
     pub accum_iter: usize,
-    /// Base learning rate: `lr = blr * batch_size * accum_iter / 256`.
+    /// Base learning rate; lr = blr * effective batch / 256 [ViT-B/L/H: 1.5e-4].
+    #[arg(long, default_value_t = 8e-3)]
     pub blr: f64,
-    /// Linear warmup, in (fractional) epochs.
+    /// Linear warmup in epochs (fractions allowed) [ViT-B/L/H: 40].
+    #[arg(long, default_value_t = 0.05)]
     pub warmup_epochs: f64,
-    /// Where the cosine ends.
+    /// Learning rate at the end of the cosine.
+    #[arg(long, default_value_t = 0.0)]
     pub min_lr: f64,
-    /// AdamW's decoupled weight decay, on matrices only.
+    /// AdamW weight decay on weight matrices (not on biases and norms).
+    #[arg(long, default_value_t = 0.05)]
     pub weight_decay: f64,
-    /// Fraction of patches masked.
+    /// Fraction of patches masked [default: the model's].
+    #[arg(long, default_value_t = 0.75, hide_default_value = true)]
     pub mask_ratio: f64,
-    /// Per-patch normalised targets.
+    /// Predict per-patch normalised pixels [ViT-B/L/H: on, as in the paper; else the
+    /// model's]; `--norm-pix-loss false` turns it off.
+    #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true",
+          action = clap::ArgAction::Set)]
     pub norm_pix_loss: bool,
-    /// Seed of every random stream: initialisation, data order, augmentation, masks.
+    /// Seed of initialisation, data order, augmentation and masks.
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Checkpoint every this many epochs (and after the last).
+    /// Checkpoint every N epochs, and after the last [ViT-B/L/H: 20].
+    #[arg(long, default_value_t = 1)]
     pub save_every: usize,
-    /// Weighted k-NN top-1 on held-out images every this many epochs and before the
-    /// first (0: never; only with labelled data that has a held-out split).
+    /// Weighted k-NN top-1 of the encoder on held-out images every N epochs (and before
+    /// the first), when the data has labels and a held-out split; 0 turns it off
+    /// [ViT-B/L/H: 0].
+    #[arg(long, default_value_t = 1)]
+    #[serde(default)]
     pub knn_every: usize,
 }
 
+fn one() -> usize {
+    1
+}
+
 impl Settings {
-    /// The reference recipe scaled to a preset: the ViT-B/L/H presets get the paper's
-    /// (800 epochs, 40 warmup, effective batch 4096 as 64 x 64 accumulation, blr 1.5e-4);
-    /// the small presets a short recipe that shows learning within minutes on a CPU.
+    /// The recipe for `model` (whose config is `config`) on `data`: the defaults, scaled.
     pub fn recipe(model: &str, config: &MaeConfig, data: PathBuf) -> Settings {
-        let small = config.image_size <= 64;
+        let defaults = run::defaults::<Settings>();
         Settings {
             model: model.to_string(),
             data,
-            limit: small.then_some(19_200),
-            epochs: if small { 1 } else { 800 },
-            batch_size: 64,
-            ranks: 1,
-            accum_iter: if small { 1 } else { 64 },
-            blr: if small { 8e-3 } else { 1.5e-4 },
-            warmup_epochs: if small { 0.05 } else { 40.0 },
-            min_lr: 0.0,
-            weight_decay: 0.05,
+            ..defaults
+        }
+        .scaled(config)
+    }
+
+    /// These settings scaled to a model: the mask ratio and target of its config, and for
+    /// the ViT-B/L/H presets the paper's recipe (800 epochs, 40 of warmup, effective batch
+    /// 4096 as 64 x 64 accumulation, blr 1.5e-4, normalised pixels). The small presets keep
+    /// the defaults: a short recipe that shows learning within minutes on a CPU.
+    pub fn scaled(self, config: &MaeConfig) -> Settings {
+        let own = Settings {
             mask_ratio: config.mask_ratio,
-            norm_pix_loss: config.norm_pix_loss || !small,
-            seed: 0,
-            save_every: if small { 1 } else { 20 },
-            knn_every: if small { 1 } else { 0 },
+            norm_pix_loss: config.norm_pix_loss,
+            ..self
+        };
+        if config.image_size <= 64 {
+            return own;
+        }
+        Settings {
+            limit: None,
+            epochs: 800,
+            accum_iter: 64,
+            blr: 1.5e-4,
+            warmup_epochs: 40.0,
+            norm_pix_loss: true,
+            save_every: 20,
+            knn_every: 0,
+            ..own
         }
     }
 
-    /// Images per iteration over all processes.
-    pub fn global_batch(&self) -> usize {
-        self.batch_size * self.ranks
-    }
-
-    /// The absolute learning rate: `blr * effective batch / 256`, the effective batch
-    /// counting every process and accumulated iteration.
+    /// The absolute learning rate: `blr * effective batch / 256`.
     pub fn lr(&self) -> f64 {
-        self.blr * (self.global_batch() * self.accum_iter) as f64 / 256.0
-    }
-
-    fn to_json(&self) -> Value {
-        json!({
-            "model": self.model,
-            "data": self.data,
-            "limit": self.limit,
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "ranks": self.ranks,
-            "accum_iter": self.accum_iter,
-            "blr": self.blr,
-            "warmup_epochs": self.warmup_epochs,
-            "min_lr": self.min_lr,
-            "weight_decay": self.weight_decay,
-            "mask_ratio": self.mask_ratio,
-            "norm_pix_loss": self.norm_pix_loss,
-            "seed": self.seed,
-            "save_every": self.save_every,
-            "knn_every": self.knn_every,
-        })
-    }
-
-    fn from_json(v: &Value) -> Option<Settings> {
-        let f = |k: &str| v.get(k)?.as_f64();
-        let u = |k: &str| v.get(k)?.as_u64();
-        Some(Settings {
-            model: v.get("model")?.as_str()?.to_string(),
-            data: PathBuf::from(v.get("data")?.as_str()?),
-            limit: u("limit").map(|l| l as usize),
-            epochs: u("epochs")? as usize,
-            batch_size: u("batch_size")? as usize,
-            // Checkpoints from before data parallelism ran on one process.
-            ranks: u("ranks").unwrap_or(1) as usize,
-            accum_iter: u("accum_iter")? as usize,
-            blr: f("blr")?,
-            warmup_epochs: f("warmup_epochs")?,
-            min_lr: f("min_lr")?,
-            weight_decay: f("weight_decay")?,
-            mask_ratio: f("mask_ratio")?,
-            norm_pix_loss: v.get("norm_pix_loss")?.as_bool()?,
-            seed: u("seed")?,
-            save_every: u("save_every")? as usize,
-            knn_every: u("knn_every").unwrap_or(0) as usize,
-        })
+        Schedule::of(self).lr
     }
 }
 
@@ -166,28 +168,11 @@ fn knn_images(images: usize) -> usize {
     (images / 8).clamp(200, 2000)
 }
 
-fn setup<E: std::fmt::Display>(e: E) -> Error {
-    Error::Setup(e.to_string())
-}
-
-/// A model and optimizer where training stands.
-struct State {
-    model: MaskedAutoencoder,
-    opt: AdamW,
-    /// Epochs completed.
-    epoch: usize,
-    /// Iterations completed.
-    step: u64,
-    normalize: Normalize,
-}
-
 /// What a finished run reports.
 #[derive(Clone, Debug)]
 pub struct Summary {
-    /// Epochs completed in all.
-    pub epochs: usize,
-    /// Iterations completed in all.
-    pub steps: u64,
+    /// Where the run ends.
+    pub at: Position,
     /// Mean loss of the last epoch.
     pub last_epoch_loss: f64,
     /// Images per second over this invocation's training, data pipeline included.
@@ -198,358 +183,214 @@ pub struct Summary {
     pub checkpoint: PathBuf,
 }
 
-/// Run (or continue) pretraining. Prints one line per epoch; returns what happened.
+/// `mae pretrain`: run (or continue) pretraining and say what happened.
 ///
 /// # Errors
-/// [`Error::Setup`] for bad settings, missing data or I/O failures;
-/// [`Error::NonFinite`] when the loss diverges (earlier checkpoints are untouched).
-pub fn pretrain(settings: Settings, run: &Invocation, dist: &Dist) -> Result<Summary, Error> {
-    let device = Device::with_options(DeviceOptions {
-        adapter_index: Some(dist.local_rank()),
-        ..Default::default()
-    })
-    .map_err(setup)?;
-    if let Some(line) = dist.describe(&device.info().name) {
-        eprintln!("{line}");
+/// See [`pretrain`].
+pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
+    let recipe = |parsed: &Settings| {
+        let config = config_from(&parsed.model)?;
+        Ok(Settings {
+            ranks: dist.size(),
+            ..parsed.clone().scaled(&config)
+        })
+    };
+    let resume = args.resume.as_deref();
+    let (settings, resumed) = given.settle(&args.settings, resume, recipe, dist.is_main())?;
+    let summary = pretrain(settings, resumed, &args.run, dist)?;
+    if !dist.is_main() {
+        return Ok(());
     }
-    let profiling = profiling(&device);
-    let (mut settings, mut state, checkpoint) = match &run.resume {
-        Some(path) => {
-            let (settings, state, dir) = resume(path, &device, dist)?;
-            (settings, state, Some(dir))
-        }
+    let skipped = match summary.skipped {
+        0 => String::new(),
+        n => format!(", {n} unreadable files skipped"),
+    };
+    eprintln!(
+        "done: {} epochs, {} steps, last epoch loss {:.4}, {:.1} img/s{skipped}; checkpoint {}; \
+         metrics, loss.png and reconstruction.png in {}",
+        summary.at.epoch,
+        summary.at.step,
+        summary.last_epoch_loss,
+        summary.img_per_s,
+        summary.checkpoint.display(),
+        args.run.output("pretrain").display()
+    );
+    Ok(())
+}
+
+/// Run pretraining with `settings`, continuing from `resumed` when given. Prints one line
+/// per epoch.
+///
+/// # Errors
+/// [`Error::NonFinite`] when the loss diverges (earlier checkpoints are untouched); bad
+/// settings, missing data, unreadable checkpoints, I/O and engine failures.
+pub fn pretrain(
+    settings: Settings,
+    resumed: Option<Resumed<Settings>>,
+    run: &Invocation,
+    dist: &Dist,
+) -> Result<Summary, Error> {
+    Schedule::of(&settings).check()?;
+    let device = run::device(dist)?;
+    let train = Arc::new(Dataset::open(&settings.data, Split::Train)?);
+    let (model, normalize) = match &resumed {
+        Some(r) => (
+            load_pretrained(&r.dir, &device)?,
+            read_preprocessor(&r.dir)?,
+        ),
         None => {
-            let state = fresh(&settings, &device)?;
-            (settings, state, None)
+            let model = new_model(&settings, &device)?;
+            let normalize = train.normalize(model.config.channels);
+            (model, normalize)
         }
     };
-    if let Some(epochs) = run.epochs {
-        settings.epochs = epochs;
+    let mut opt = adamw(&model, settings.lr() as f32, settings.weight_decay as f32)?;
+    if let Some(r) = &resumed {
+        r.load_optimizer(&mut opt)?;
     }
-    validate(&settings)?;
-    let config = state.model.config.clone();
-    dist.check_same(
-        "settings or model",
-        &format!("{} {config:?}", settings.to_json()),
-    )?;
-    let global = settings.global_batch();
-    if !global.is_multiple_of(dist.size()) {
-        return Err(setup(format!(
-            "the run's global batch of {global} images does not split over {} processes",
-            dist.size()
-        )));
-    }
-    let per_rank = global / dist.size();
-    let train = Arc::new(Dataset::open(&settings.data, Split::Train).map_err(setup)?);
-    let n = settings.limit.map_or(train.len(), |l| l.min(train.len()));
-    let iters = n / global;
-    if iters == 0 {
-        return Err(setup(format!(
-            "{}: {n} images, fewer than one batch of {global}",
-            train.description
-        )));
-    }
-    if run.resume.is_none() {
-        state.normalize = train.normalize(config.channels);
-    }
-    let metrics = if dist.is_main() {
-        std::fs::create_dir_all(&run.output)
-            .map_err(|e| setup(format!("{}: {e}", run.output.display())))?;
+    let c = model.config.clone();
+    let augment = Augment::pretrain(c.image_size, normalize.clone());
+    let train = (train, augment, c.channels);
+    let mut trainer = Trainer::new(device, dist, (run, "pretrain"), &settings, train, resumed)?;
+    let mut learner = Pretraining {
+        model,
+        normalize,
+        held_out: vec![],
+        monitor: None,
+        picture: None,
+        settings: settings.clone(),
+    };
+    if dist.is_main() {
         eprintln!(
-            "pretraining {} on {} ({}): {n} images, batch {per_rank} x {} processes x {} accumulated, lr {:.3e}, {} epochs, {} iterations each",
-            describe(&config),
-            train.description,
-            device.info().name,
+            "pretraining {} on {} ({}): {} images, batch {} x {} processes x {} accumulated, lr {:.3e}, {} epochs, {} iterations each",
+            describe(&c),
+            trainer.data.description,
+            trainer.device.info().name,
+            trainer.images,
+            trainer.per_rank,
             dist.size(),
             settings.accum_iter,
             settings.lr(),
             settings.epochs,
-            iters
+            trainer.iters
         );
-        Some(Log::open(&run.output, "step", state.step).map_err(setup)?)
-    } else {
-        None
-    };
-    // The images every epoch's reconstruction picture shows.
-    let held_out = if dist.is_main() {
-        held_out_images(&settings, &config)?
-    } else {
-        vec![]
-    };
-    let half = knn_images(n) / 2;
-    let monitor = match Monitor::new(&settings.data, half, half) {
-        Ok(m) if dist.is_main() && settings.knn_every > 0 => Some(m),
-        Err(why) if dist.is_main() && settings.knn_every > 0 => {
-            eprintln!("k-NN monitor off: {why}");
-            None
-        }
-        _ => None,
-    };
-
-    let augment = Arc::new(Augment::pretrain(
-        config.image_size,
-        state.normalize.clone(),
-    ));
-    let mut trainer = Trainer {
-        device,
-        settings,
-        run,
-        dist,
-        per_rank,
-        config,
-        iters,
-        metrics,
-        started: Instant::now(),
-        images_seen: 0,
-        skipped: Arc::new(Skipped::default()),
-        checkpoint,
-    };
-    let mut last_epoch_loss = f64::NAN;
-    let mut picture = None;
-    if let (Some(m), 0) = (&monitor, state.epoch) {
-        trainer.knn(m, &state)?; // the random encoder's figure, the curve's start
+        learner.held_out = held_out_images(&settings.data, c.channels)?;
+        learner.monitor = learner.monitor(trainer.images);
     }
-    while state.epoch < trainer.settings.epochs {
-        let (s, epoch) = (&trainer.settings, state.epoch);
-        let mut order: Vec<usize> = (0..n).collect();
-        Rng::new(&[s.seed, ORDER_STREAM, epoch as u64]).shuffle(&mut order);
-        let loader = Loader::new(
-            train.clone(),
-            (augment.clone(), true),
-            trainer.config.channels,
-            dist.shard(&order, per_rank),
-            per_rank,
-            run.workers,
-            (s.seed, epoch as u64),
-            trainer.skipped.clone(),
-        );
-        last_epoch_loss = trainer.train_one_epoch(&mut state, loader)?;
-        state.epoch += 1;
-        let s = &trainer.settings;
-        let due = state.epoch % s.save_every == 0 || state.epoch == s.epochs;
-        if due && dist.size() > 1 {
-            dist.check_same("weights", &weights_digest(&state.model)?)?;
-        }
-        if let Some(metrics) = &mut trainer.metrics {
-            let elapsed = trainer.started.elapsed().as_secs_f64();
-            eprintln!(
-                "epoch {}/{}  loss {last_epoch_loss:.4}  {:.1} img/s  {elapsed:.0} s",
-                state.epoch,
-                s.epochs,
-                trainer.images_seen as f64 / elapsed,
-            );
-            let drawn = reconstructions(&held_out, s, &state)?;
-            metrics
-                .image("reconstruction", state.step, &drawn)
-                .map_err(setup)?;
-            picture = Some(drawn);
-            metrics.flush().map_err(setup)?;
-            if due {
-                save_checkpoint(&run.output, s, &state)?;
-                plot::loss_curve_png(metrics.path(), &run.output.join("loss.png"))
-                    .map_err(setup)?;
-            }
-        }
-        if due {
-            trainer.checkpoint = Some(run.output.join(format!("checkpoint-{}", state.epoch)));
-        }
-        let knn_due = state.epoch % s.knn_every.max(1) == 0 || state.epoch == s.epochs;
-        if let (Some(m), true) = (&monitor, knn_due) {
-            trainer.knn(m, &state)?;
-        }
+    if trainer.at.epoch == 0 {
+        let at = trainer.at;
+        learner.knn(&mut trainer, at)?; // the random encoder's figure, the curve's start
     }
-    let img_per_s = trainer.images_seen as f64 / trainer.started.elapsed().as_secs_f64();
-    if profiling {
-        print_profile(&trainer.device);
-    }
+    let last_epoch_loss = trainer.fit(&mut learner, (&mut opt, &[1.0, 1.0]))?;
+    run::print_profile(&trainer.device);
     if dist.is_main() {
-        let picture = match picture {
+        let picture = match learner.picture.take() {
             Some(p) => p,
-            None => reconstructions(&held_out, &trainer.settings, &state)?,
+            None => learner.reconstructions()?,
         };
-        let path = run.output.join("reconstruction.png");
-        picture
-            .save(&path)
-            .map_err(|e| setup(format!("{}: {e}", path.display())))?;
+        let path = trainer.output.join("reconstruction.png");
+        picture.save(&path).map_err(Error::image(&path))?;
     }
     Ok(Summary {
-        epochs: state.epoch,
-        steps: state.step,
+        at: trainer.at,
         last_epoch_loss,
-        img_per_s,
+        img_per_s: trainer.images_per_second(),
         skipped: trainer.skipped.count(),
         checkpoint: trainer.checkpoint.unwrap_or_default(),
     })
 }
 
-/// What the iterations of a run share.
-struct Trainer<'a> {
-    device: Device,
+/// The MAE as the training loop's [`Learner`]: its loss on masked images, and after each
+/// epoch a reconstruction picture and the k-NN monitor (rank 0).
+struct Pretraining {
+    model: MaskedAutoencoder,
+    normalize: Normalize,
     settings: Settings,
-    run: &'a Invocation,
-    dist: &'a Dist,
-    /// This process's images per iteration.
-    per_rank: usize,
-    config: MaeConfig,
-    /// Iterations per epoch.
-    iters: usize,
-    /// The log: rank 0's alone.
-    metrics: Option<Log>,
-    started: Instant,
-    /// Images trained on by this invocation, over all processes.
-    images_seen: usize,
-    skipped: Arc<Skipped>,
-    /// The last checkpoint written or resumed from: the one a diverging run names.
-    checkpoint: Option<PathBuf>,
+    /// The images every epoch's reconstruction picture shows.
+    held_out: Vec<Image>,
+    monitor: Option<Monitor>,
+    /// The last reconstruction picture drawn.
+    picture: Option<image::RgbImage>,
 }
 
-impl Trainer<'_> {
-    /// One pass over the epoch's batches, as the reference's `train_one_epoch`: lr per
-    /// iteration, forward, loss check, backward into the accumulated gradients, an AdamW
-    /// step every `accum_iter` iterations. Returns the epoch's mean loss.
-    fn train_one_epoch(&mut self, state: &mut State, loader: Loader) -> Result<f64, Error> {
-        let (epoch, accum) = (state.epoch, self.settings.accum_iter);
-        let prefix = format!("epoch {}/{}", epoch + 1, self.settings.epochs);
-        let bar = progress_bar(self.run.progress && self.dist.is_main(), self.iters, prefix);
-        let mut grads = Gradients::default();
-        let scale = Tensor::full(&self.device, &[], 1.0 / accum as f32).map_err(setup)?;
-        let mut total = 0.0;
-        for (it, batch) in loader.enumerate() {
-            let batch = batch.map_err(setup)?;
-            if it % accum == 0 {
-                self.adjust_learning_rate(
-                    &mut state.opt,
-                    epoch as f64 + it as f64 / self.iters as f64,
-                );
-            }
-            let c = &self.config;
-            let shape = [batch.len, c.channels, c.image_size, c.image_size];
-            let imgs = Tensor::from_slice(&self.device, &batch.pixels, &shape).map_err(setup)?;
-            // This process's rows of the global batch's masking noise.
-            let mask_seed = Rng::new(&[self.settings.seed, MASK_STREAM, state.step]).next_u64();
-            let (first, global) = (
-                self.dist.rank() * self.per_rank,
-                self.settings.global_batch(),
-            );
-            let noise = Tensor::rand(&self.device, &[global, c.num_patches()], mask_seed)
-                .and_then(|t| t.narrow(0, first, batch.len))
-                .map_err(setup)?;
-            let ctx = &mut Ctx::train(mask_seed).rows_of(first, global);
-            let ratio = self.settings.mask_ratio;
-            let out = state
-                .model
-                .forward(&imgs, ratio, &noise, ctx)
-                .map_err(setup)?;
-            // The global batch's loss: every image has as many masked patches, so it is the
-            // mean of the processes' losses, and every process sees a NaN or infinity.
-            let mut sum = [out.loss.item().map_err(setup)? as f64];
-            self.dist.sum(&mut sum);
-            let loss = (sum[0] / self.dist.size() as f64) as f32;
-            if !loss.is_finite() {
-                bar.abandon();
-                return Err(Error::non_finite(
-                    loss,
-                    format!("at step {} (epoch {})", state.step, epoch + 1),
-                    self.checkpoint.as_deref(),
-                ));
-            }
-            out.loss.backward_into(&scale, &mut grads).map_err(setup)?;
-            if (it + 1) % accum == 0 {
-                let params: Vec<Tensor> = state
-                    .opt
-                    .groups
-                    .iter()
-                    .flat_map(|g| g.params.clone())
-                    .collect();
-                self.dist.average_gradients(&mut grads, &params)?;
-                state.opt.step(&grads).map_err(setup)?;
-                grads.clear();
-            }
-            self.images_seen += batch.len * self.dist.size();
-            total += loss as f64;
-            self.log(state, it, loss, &bar)?;
-            state.step += 1;
+impl Learner for Pretraining {
+    fn loss(&mut self, step: &Step) -> Result<Tensor, Error> {
+        let c = &self.model.config;
+        // This process's rows of the global batch's masking noise.
+        let (first, global) = step.rows;
+        let noise = Tensor::rand(step.imgs.device(), &[global, c.num_patches()], step.seed)?
+            .narrow(0, first, step.imgs.shape()[0])?;
+        let ratio = self.settings.mask_ratio;
+        let out = self
+            .model
+            .forward(&step.imgs, ratio, &noise, &mut step.ctx())?;
+        Ok(out.loss)
+    }
+
+    fn module(&self) -> &dyn Module {
+        &self.model
+    }
+
+    fn save(&self, dir: &Path) -> Result<(), Error> {
+        save_pretrained(&self.model, dir)?;
+        Ok(save_preprocessor(dir, &self.model.config, &self.normalize)?)
+    }
+
+    fn evaluate(&mut self, trainer: &mut Trainer, at: Position) -> Result<Option<f64>, Error> {
+        if let Some(log) = &mut trainer.log {
+            let picture = self.reconstructions()?;
+            log.image("reconstruction", at.step, &picture)?;
+            self.picture = Some(picture);
         }
-        // Iterations left over when an epoch is not a multiple of accum_iter are dropped, as
-        // in the reference (its next epoch starts with zeroed gradients).
-        bar.finish_and_clear();
-        Ok(total / self.iters as f64)
+        let every = self.settings.knn_every.max(1);
+        if at.epoch.is_multiple_of(every) || at.epoch == self.settings.epochs {
+            self.knn(trainer, at)?;
+        }
+        Ok(None)
+    }
+}
+
+impl Pretraining {
+    /// The k-NN monitor of a run over `images` training images, when it is on and the data
+    /// has labels and a held-out split.
+    fn monitor(&self, images: usize) -> Option<Monitor> {
+        if self.settings.knn_every == 0 {
+            return None;
+        }
+        let half = knn_images(images) / 2;
+        Monitor::new(&self.settings.data, half, half)
+            .inspect_err(|why| eprintln!("k-NN monitor off: {why}"))
+            .ok()
     }
 
     /// The k-NN monitor's top-1 where training stands: a line on stderr, in the log and
     /// in TensorBoard (`knn/top1`).
-    fn knn(&mut self, monitor: &Monitor, state: &State) -> Result<(), Error> {
+    fn knn(&self, trainer: &mut Trainer, at: Position) -> Result<(), Error> {
+        let Some(monitor) = &self.monitor else {
+            return Ok(());
+        };
         let started = Instant::now();
-        let top1 = monitor
-            .top1(&state.model, &state.normalize, self.run.workers)
-            .map_err(setup)?;
+        let top1 = monitor.top1(&self.model, &self.normalize, trainer.workers)?;
         eprintln!(
             "k-NN top-1 {top1:.2}% after {} epochs ({} held-out and bank images, {:.1} s)",
-            state.epoch,
+            at.epoch,
             monitor.images(),
             started.elapsed().as_secs_f64()
         );
-        if let Some(metrics) = &mut self.metrics {
-            let index = [("step", state.step), ("epoch", state.epoch as u64)];
-            metrics
-                .line("knn", &index, &[("top1", top1)])
-                .map_err(setup)?;
+        if let Some(log) = &mut trainer.log {
+            let index = [
+                ("step", at.step.saturating_sub(1)),
+                ("epoch", at.epoch as u64),
+            ];
+            log.line("knn", &index, &[("top1", top1)])?;
         }
         Ok(())
     }
 
-    /// The lr of every group at a fractional epoch: warmup, then half-cycle cosine.
-    fn adjust_learning_rate(&self, opt: &mut AdamW, epoch: f64) {
-        let s = &self.settings;
-        let lr = warmup_cosine_lr(epoch, s.lr(), s.min_lr, s.warmup_epochs, s.epochs as f64);
-        for g in &mut opt.groups {
-            g.lr = lr as f32;
-        }
-    }
-
-    /// A metrics line, skipped-file warnings, and the progress bar (or, without a terminal,
-    /// a line every tenth of an epoch).
-    fn log(
-        &mut self,
-        state: &State,
-        it: usize,
-        loss: f32,
-        bar: &indicatif::ProgressBar,
-    ) -> Result<(), Error> {
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let img_per_s = self.images_seen as f64 / elapsed;
-        let lr = state.opt.groups[0].lr;
-        let Some(metrics) = &mut self.metrics else {
-            return Ok(()); // only rank 0 reports
-        };
-        metrics
-            .line(
-                "train",
-                &[("step", state.step), ("epoch", state.epoch as u64)],
-                &[
-                    ("loss", loss as f64),
-                    ("lr", lr as f64),
-                    ("img_per_s", img_per_s),
-                    ("elapsed_s", elapsed),
-                ],
-            )
-            .map_err(setup)?;
-        for warning in self.skipped.take_new() {
-            bar.suspend(|| eprintln!("{warning}"));
-        }
-        let status = format!("loss {loss:.4}  lr {lr:.2e}  {img_per_s:.1} img/s");
-        if !self.run.progress && (it + 1).is_multiple_of((self.iters / 10).max(1)) {
-            eprintln!(
-                "epoch {}/{} step {}/{}  {status}",
-                state.epoch + 1,
-                self.settings.epochs,
-                it + 1,
-                self.iters
-            );
-        }
-        bar.set_message(status);
-        bar.inc(1);
-        Ok(())
+    /// The reconstruction picture of the held-out images where training stands.
+    fn reconstructions(&self) -> Result<image::RgbImage, Error> {
+        let (ratio, seed) = (self.settings.mask_ratio, self.settings.seed);
+        visualize::reconstruction_grid(&self.model, &self.held_out, &self.normalize, ratio, seed)
     }
 }
 
@@ -568,53 +409,11 @@ fn describe(c: &MaeConfig) -> String {
     )
 }
 
-fn validate(s: &Settings) -> Result<(), Error> {
-    let problems = [
-        (s.epochs == 0, "--epochs must be at least 1"),
-        (s.batch_size == 0, "--batch-size must be at least 1"),
-        (s.accum_iter == 0, "--accum-iter must be at least 1"),
-        (s.save_every == 0, "--save-every must be at least 1"),
-        (
-            !(s.blr > 0.0 && s.blr.is_finite()),
-            "--blr must be positive",
-        ),
-        (
-            s.warmup_epochs.is_nan() || s.warmup_epochs < 0.0,
-            "--warmup-epochs must not be negative",
-        ),
-        (
-            !(0.0..1.0).contains(&s.mask_ratio),
-            "--mask-ratio must be in [0, 1)",
-        ),
-    ];
-    match problems.iter().find(|(bad, _)| *bad) {
-        Some((_, why)) => Err(setup(why)),
-        None => Ok(()),
-    }
-}
-
-/// The model named by `settings.model` (a preset, or a directory or config.json, with its
-/// weights when the directory has them) and a new optimizer.
-fn fresh(settings: &Settings, device: &Device) -> Result<State, Error> {
-    let mut model = model_from(&settings.model, settings.seed, device)?;
-    model.config.mask_ratio = settings.mask_ratio;
-    model.config.norm_pix_loss = settings.norm_pix_loss;
-    model.config.validate().map_err(setup)?;
-    let opt = optimizer(&model, settings)?;
-    Ok(State {
-        model,
-        opt,
-        epoch: 0,
-        step: 0,
-        normalize: Normalize::imagenet(),
-    })
-}
-
 /// The config a `--model` value names, before any weights are made.
 ///
 /// # Errors
 /// One line when the value is neither a preset nor a readable config.
-pub fn config_from(model: &str) -> Result<MaeConfig, String> {
+pub fn config_from(model: &str) -> Result<MaeConfig, Error> {
     if let Some(c) = MaeConfig::by_name(model) {
         return Ok(c);
     }
@@ -625,23 +424,30 @@ pub fn config_from(model: &str) -> Result<MaeConfig, String> {
         path.to_path_buf()
     };
     if !config_path.is_file() {
-        return Err(format!(
+        return Err(Error::Setup(format!(
             "--model {model}: not a preset ({}) and no {}",
             MaeConfig::PRESETS.join(", "),
             config_path.display()
-        ));
+        )));
     }
-    read_config(&config_path).map_err(|e| e.to_string())
+    Ok(read_config(&config_path)?)
 }
 
-fn model_from(model: &str, seed: u64, device: &Device) -> Result<MaskedAutoencoder, Error> {
-    let dir = Path::new(model);
-    if dir.join("model.safetensors").is_file() {
-        return load_pretrained(dir, device).map_err(setup);
-    }
-    let config = config_from(model).map_err(setup)?;
-    let mut init = Init::new(device, Rng::new(&[seed, INIT_STREAM]).next_u64());
-    MaskedAutoencoder::new(config, &mut init).map_err(setup)
+/// The model a new run starts from: `settings.model`'s weights when it is a directory with
+/// them, else a new initialisation of its config; with the run's mask ratio and target.
+fn new_model(settings: &Settings, device: &Device) -> Result<MaskedAutoencoder, Error> {
+    let dir = Path::new(&settings.model);
+    let mut model = if dir.join("model.safetensors").is_file() {
+        load_pretrained(dir, device)?
+    } else {
+        let config = config_from(&settings.model)?;
+        let mut init = Init::new(device, Rng::new(&[settings.seed, INIT_STREAM]).next_u64());
+        MaskedAutoencoder::new(config, &mut init)?
+    };
+    model.config.mask_ratio = settings.mask_ratio;
+    model.config.norm_pix_loss = settings.norm_pix_loss;
+    model.config.validate().map_err(Error::Setup)?;
+    Ok(model)
 }
 
 /// MAE's AdamW: betas (0.9, 0.95) and two groups, weight decay on matrices (and tokens)
@@ -664,109 +470,12 @@ pub fn adamw(model: &MaskedAutoencoder, lr: f32, weight_decay: f32) -> engine::R
     )
 }
 
-fn optimizer(model: &MaskedAutoencoder, s: &Settings) -> Result<AdamW, Error> {
-    adamw(model, s.lr() as f32, s.weight_decay as f32).map_err(setup)
-}
-
-fn resume(path: &Path, device: &Device, dist: &Dist) -> Result<(Settings, State, PathBuf), Error> {
-    let dir = checkpoint_dir(path).map_err(setup)?;
-    let state_path = dir.join("trainer_state.json");
-    let text = std::fs::read_to_string(&state_path)
-        .map_err(|e| setup(format!("{}: {e}", state_path.display())))?;
-    let json: Value =
-        serde_json::from_str(&text).map_err(|e| setup(format!("{}: {e}", state_path.display())))?;
-    let bad = || {
-        setup(format!(
-            "{}: missing or malformed fields",
-            state_path.display()
-        ))
-    };
-    let settings = json
-        .get("settings")
-        .and_then(Settings::from_json)
-        .ok_or_else(bad)?;
-    let epoch = json.get("epoch").and_then(Value::as_u64).ok_or_else(bad)? as usize;
-    let step = json.get("step").and_then(Value::as_u64).ok_or_else(bad)?;
-    let normalize = read_preprocessor(&dir).map_err(setup)?;
-    let model = load_pretrained(&dir, device).map_err(setup)?;
-    let mut opt = optimizer(&model, &settings)?;
-    let opt_path = dir.join("optimizer.safetensors");
-    let tensors = read_safetensors(&opt_path).map_err(setup)?;
-    let opt_step = json
-        .get("optimizer_step")
-        .and_then(Value::as_u64)
-        .ok_or_else(bad)?;
-    let state = OptimizerState {
-        step: opt_step,
-        tensors: tensors.into_iter().map(|(n, (s, v))| (n, s, v)).collect(),
-    };
-    opt.load_state(&state)
-        .map_err(|e| setup(format!("{}: {e}", opt_path.display())))?;
-    if dist.is_main() {
-        eprintln!("resuming {} at epoch {epoch}, step {step}", dir.display());
-    }
-    Ok((
-        settings,
-        State {
-            model,
-            opt,
-            epoch,
-            step,
-            normalize,
-        },
-        dir,
-    ))
-}
-
-/// Write `output/checkpoint-{epoch}` (model, preprocessor, optimizer, trainer state).
-fn save_checkpoint(output: &Path, settings: &Settings, state: &State) -> Result<PathBuf, Error> {
-    let name = format!("checkpoint-{}", state.epoch);
-    write_dir_atomically(output, &name, |tmp| {
-        let e = |e: nn::CheckpointError| e.to_string();
-        save_pretrained(&state.model, tmp).map_err(e)?;
-        save_preprocessor(tmp, &state.model.config, &state.normalize)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        let opt = state.opt.state().map_err(|e| e.to_string())?;
-        save_host_safetensors(&tmp.join("optimizer.safetensors"), opt.tensors, None).map_err(e)?;
-        let trainer = json!({
-            "epoch": state.epoch,
-            "step": state.step,
-            "optimizer_step": opt.step,
-            "rng": {"seed": settings.seed, "note": "every random stream is derived from (seed, epoch, step, image index)"},
-            "settings": settings.to_json(),
-        });
-        let path = tmp.join("trainer_state.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&trainer).expect("JSON"))
-            .map_err(|e| format!("{}: {e}", path.display()))
-    })
-    .map_err(Error::Setup)
-}
-
 /// Eight held-out images (the test split when there is one) for the reconstruction
 /// pictures.
-fn held_out_images(settings: &Settings, c: &MaeConfig) -> Result<Vec<crate::data::Image>, Error> {
-    let data = Dataset::open(&settings.data, Split::Test)
-        .or_else(|_| Dataset::open(&settings.data, Split::Train))
-        .map_err(setup)?;
+fn held_out_images(data: &Path, channels: usize) -> Result<Vec<Image>, Error> {
+    let data = Dataset::open(data, Split::Test).or_else(|_| Dataset::open(data, Split::Train))?;
     Ok((0..data.len())
-        .filter_map(|i| data.get(i, c.channels).ok())
+        .filter_map(|i| data.get(i, channels).ok())
         .take(8)
         .collect())
-}
-
-/// The reconstruction picture of `images` with the model where training stands.
-fn reconstructions(
-    images: &[crate::data::Image],
-    settings: &Settings,
-    state: &State,
-) -> Result<image::RgbImage, Error> {
-    let c = &state.model.config;
-    visualize::reconstruction_grid(
-        &state.model,
-        images,
-        &state.normalize,
-        c.mask_ratio,
-        settings.seed,
-    )
-    .map_err(setup)
 }

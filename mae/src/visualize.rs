@@ -1,12 +1,72 @@
 //! Reconstruction pictures as the MAE demo draws them: per image, original | masked |
-//! reconstruction | reconstruction with the visible patches pasted back.
+//! reconstruction | reconstruction with the visible patches pasted back; and the
+//! `visualize` command, which draws them for a model.
 
-use engine::Tensor;
+use std::path::PathBuf;
+
+use engine::{Device, Tensor};
 use image::{Rgb, RgbImage};
 use nn::Ctx;
 
-use crate::data::{resize_bicubic, Image, Normalize};
-use crate::MaskedAutoencoder;
+use crate::data::{decode, resize_bicubic, Dataset, Image, Normalize, Split};
+use crate::hf::{load_pretrained, read_preprocessor};
+use crate::{Error, MaskedAutoencoder};
+
+/// `mae visualize`'s options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args {
+    /// Model directory: one of our checkpoints or a Hugging Face ViTMAE directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Image files (PNG, JPEG), resized to the model's input.
+    #[arg(long, num_args = 1.., required_unless_present = "data")]
+    pub image: Vec<PathBuf>,
+    /// Or take images from a dataset (its test split when it has one).
+    #[arg(long, conflicts_with = "image")]
+    pub data: Option<PathBuf>,
+    /// How many images to take from --data.
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
+    /// PNG to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Fraction of patches masked [default: the model's].
+    #[arg(long)]
+    pub mask_ratio: Option<f64>,
+    /// Seed of the mask.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `mae visualize`: draw the reconstructions of the images `args` names.
+///
+/// # Errors
+/// An unreadable model or image, a picture that cannot be written, engine failures.
+pub fn command(args: &Args) -> Result<(), Error> {
+    let device = Device::new()?;
+    let model = load_pretrained(&args.model, &device)?;
+    let normalize = read_preprocessor(&args.model)?;
+    let ch = model.config.channels;
+    let images = match &args.data {
+        Some(path) => {
+            let d = Dataset::open(path, Split::Test)?;
+            (0..d.len())
+                .filter_map(|i| d.get(i, ch).ok())
+                .take(args.count)
+                .collect()
+        }
+        None => args
+            .image
+            .iter()
+            .map(|f| decode(f, ch))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let ratio = args.mask_ratio.unwrap_or(model.config.mask_ratio);
+    let picture = reconstruction_grid(&model, &images, &normalize, ratio, args.seed)?;
+    picture.save(&args.out).map_err(Error::image(&args.out))?;
+    eprintln!("wrote {} ({} images)", args.out.display(), images.len());
+    Ok(())
+}
 
 /// Gap between panels, in pixels.
 const GAP: u32 = 4;
@@ -26,9 +86,9 @@ pub fn reconstruction_grid(
     normalize: &Normalize,
     mask_ratio: f64,
     seed: u64,
-) -> Result<RgbImage, String> {
+) -> Result<RgbImage, Error> {
     if images.is_empty() {
-        return Err("no images to reconstruct".into());
+        return Err(Error::Setup("no images to reconstruct".into()));
     }
     let c = &model.config;
     let (size, p, ch) = (c.image_size, c.patch_size, c.channels);
@@ -41,14 +101,12 @@ pub fn reconstruction_grid(
         })
         .collect();
     let device = model.cls_token.device();
-    let e = |e: engine::Error| e.to_string();
     let flat: Vec<f32> = inputs.concat();
-    let imgs = Tensor::from_slice(device, &flat, &[images.len(), ch, size, size]).map_err(e)?;
-    let noise = Tensor::rand(device, &[images.len(), c.num_patches()], seed).map_err(e)?;
-    let out = engine::no_grad(|| model.forward(&imgs, mask_ratio, &noise, &mut Ctx::eval()))
-        .map_err(e)?;
-    let pred = out.pred.to_vec().map_err(e)?;
-    let mask = out.mask.to_vec().map_err(e)?;
+    let imgs = Tensor::from_slice(device, &flat, &[images.len(), ch, size, size])?;
+    let noise = Tensor::rand(device, &[images.len(), c.num_patches()], seed)?;
+    let out = engine::no_grad(|| model.forward(&imgs, mask_ratio, &noise, &mut Ctx::eval()))?;
+    let pred = out.pred.to_vec()?;
+    let mask = out.mask.to_vec()?;
     let (l, pd) = (c.num_patches(), c.patch_dim());
 
     let scale = (112 / size).max(1) as u32;
