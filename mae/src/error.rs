@@ -99,3 +99,30 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exit_code_follows_the_kind_of_failure() {
+        let io = || std::io::Error::other("disk full");
+        let shape = || engine::Error::Shape {
+            op: "matmul",
+            msg: "(2, 3) @ (4, 5)".into(),
+        };
+        let cases = [
+            (Error::Setup("--epochs must be at least 1".into()), 2),
+            (Error::Data(DataError::Empty("no images".into())), 2),
+            (Error::Checkpoint(CheckpointError::Io("m".into(), io())), 2),
+            (Error::io(Path::new("out"))(io()), 2),
+            (Error::Engine(engine::Error::NoAdapter("none".into())), 2),
+            (Error::Engine(shape()), 1),
+            (Error::Checkpoint(CheckpointError::Engine(shape())), 1),
+            (Error::non_finite(f32::NAN, "at step 3".into(), None), 3),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.exit_code(), code, "{e}");
+        }
+    }
+}

@@ -23,7 +23,7 @@ pub struct Args {
     /// (B, L).
     #[arg(long)]
     pub input: PathBuf,
-    /// safetensors file to write: `loss` [1], `logits` (B, L, p*p*C), `mask` (B, L),
+    /// safetensors file to write: `loss` (1), `logits` (B, L, p*p*C), `mask` (B, L),
     /// `ids_restore` (B, L) as i64, and with --grads `grad.<published name>`.
     #[arg(long)]
     pub output: PathBuf,

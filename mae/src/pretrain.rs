@@ -2,7 +2,7 @@
 //! (0.9, 0.95), weight decay on matrices only, `lr = blr * effective_batch / 256`, a
 //! per-iteration warmup and half-cycle cosine schedule, gradient accumulation, and
 //! checkpoints from which a run resumes exactly. The loop itself is [`crate::run::Trainer`];
-//! what is MAE's is [`Pretraining`], its [`Learner`].
+//! what is the MAE's is its [`Learner`], `Pretraining`.
 //!
 //! An output directory holds `metrics.jsonl` (one line per iteration), TensorBoard events,
 //! `loss.png`, `reconstruction.png` and `checkpoint-{epoch}/` directories: the model in the
@@ -93,10 +93,10 @@ pub struct Settings {
     /// Fraction of patches masked [default: the model's].
     #[arg(long, default_value_t = 0.75, hide_default_value = true)]
     pub mask_ratio: f64,
-    /// Predict per-patch normalised pixels [ViT-B/L/H: on, as in the paper; else the
-    /// model's]; `--norm-pix-loss false` turns it off.
+    /// Predict per-patch normalised pixels; `--norm-pix-loss false` turns it off [default:
+    /// the model's, off for the small presets; ViT-B/L/H: on, as in the paper].
     #[arg(long, num_args = 0..=1, default_value_t = false, default_missing_value = "true",
-          action = clap::ArgAction::Set)]
+          action = clap::ArgAction::Set, hide_default_value = true)]
     pub norm_pix_loss: bool,
     /// Seed of initialisation, data order, augmentation and masks.
     #[arg(long, default_value_t = 0)]

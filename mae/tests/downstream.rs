@@ -391,7 +391,7 @@ fn pretraining_on_labelled_data_reports_knn() {
         .map(|e| e.unwrap().path())
         .find(|p| p.to_string_lossy().contains("tfevents"))
         .unwrap();
-    let knn: usize = mae::tensorboard::read_events(&events)
+    let knn: usize = common::events::read_events(&events)
         .unwrap()
         .iter()
         .map(|e| e.scalars.iter().filter(|s| s.0 == "knn/top1").count())

@@ -16,14 +16,14 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// The events of the one TensorBoard file in `dir`, CRCs checked.
-fn tensorboard_events(dir: &Path) -> Vec<mae::tensorboard::Event> {
+fn tensorboard_events(dir: &Path) -> Vec<common::events::Event> {
     let files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.to_string_lossy().contains("tfevents"))
         .collect();
     assert_eq!(files.len(), 1, "{files:?}");
-    mae::tensorboard::read_events(&files[0]).unwrap()
+    common::events::read_events(&files[0]).unwrap()
 }
 
 fn pretrain(config: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {

@@ -3,7 +3,8 @@
 
 mod common;
 
-use mae::tensorboard::{read_events, EventWriter};
+use common::events::read_events;
+use mae::tensorboard::EventWriter;
 
 #[test]
 fn events_read_back_with_their_crcs() {

@@ -28,7 +28,7 @@ use crate::Error;
 #[derive(Clone, Debug, clap::Args)]
 pub struct Invocation {
     /// Output directory: checkpoints, metrics.jsonl, TensorBoard events, pictures
-    /// [default: out/<command>].
+    /// [default: out/COMMAND].
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// Threads that decode and augment images.

@@ -1,6 +1,8 @@
 //! Helpers shared by the `mae` integration tests.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod events;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
