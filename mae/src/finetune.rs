@@ -26,19 +26,7 @@ use crate::{Error, MaeConfig};
 const HEAD_STREAM: u64 = 4;
 
 /// `mae finetune`'s options.
-#[derive(Clone, Debug, clap::Args)]
-pub struct Args {
-    /// The run's settings.
-    #[command(flatten)]
-    pub settings: Settings,
-    /// Continue a fine-tune from a checkpoint directory (or the newest checkpoint in an
-    /// output directory). The run's saved settings are used; only --epochs may extend it.
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
-    /// Where and how this invocation runs.
-    #[command(flatten)]
-    pub run: Invocation,
-}
+pub type Args = run::Args<Settings>;
 
 /// Everything that defines a fine-tuning run, in one place: the command-line options (their
 /// defaults are the small presets' recipe, scaled to larger models by

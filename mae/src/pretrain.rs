@@ -31,19 +31,7 @@ use crate::{visualize, Error, MaeConfig, MaskedAutoencoder};
 const INIT_STREAM: u64 = 3;
 
 /// `mae pretrain`'s options.
-#[derive(Clone, Debug, clap::Args)]
-pub struct Args {
-    /// The run's settings.
-    #[command(flatten)]
-    pub settings: Settings,
-    /// Continue a run from a checkpoint directory (or the newest checkpoint in an output
-    /// directory). The run's saved settings are used; only --epochs may extend it.
-    #[arg(long)]
-    pub resume: Option<PathBuf>,
-    /// Where and how this invocation runs.
-    #[command(flatten)]
-    pub run: Invocation,
-}
+pub type Args = run::Args<Settings>;
 
 /// Everything that defines a pretraining run, in one place: the command-line options (their
 /// defaults are the small presets' recipe, and [`Settings::scaled`] scales the options left

@@ -46,27 +46,11 @@ fn pretrain_args(
     batch: usize,
     epochs: usize,
 ) -> Vec<String> {
-    [
-        "pretrain",
-        "--model",
-        config.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--epochs",
-        &epochs.to_string(),
-        "--batch-size",
-        &batch.to_string(),
-        "--limit",
-        "32",
-        "--blr",
-        "1e-2",
-        "--seed",
-        "3",
-    ]
-    .map(String::from)
-    .to_vec()
+    let (epochs, batch) = (epochs.to_string(), batch.to_string());
+    let settings = ["--epochs", &epochs, "--batch-size", &batch, "--limit", "32"];
+    let mut args = common::run_args("pretrain", config, data, out, &settings);
+    args.extend(["--blr", "1e-2", "--seed", "3"].map(String::from));
+    args
 }
 
 fn losses(out: &Path) -> Vec<f64> {

@@ -2,7 +2,7 @@
 //! files, the feature cache, labels from class folders, and clear errors for bad labels.
 
 mod common;
-use common::{assert_one_line_error, assert_resume_diverges, mae, stderr};
+use common::{assert_one_line_error, assert_resume_diverges, mae, mae_with, run_args, stderr};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -177,19 +177,8 @@ fn finetune_end_to_end() {
     let dir = tmp("finetune");
     let (data, _, checkpoint) = setup(&dir);
     let out = dir.join("ft");
-    let o = mae(&[
-        "finetune",
-        "--model",
-        checkpoint.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-    ]);
+    let extra = ["--epochs", "2", "--batch-size", "16"];
+    let o = mae_with(&run_args("finetune", &checkpoint, &data, &out, &extra));
     assert!(o.status.success(), "{}", stderr(&o));
     let line = result_line(&o);
     assert_eq!(
@@ -349,21 +338,8 @@ fn pretraining_on_labelled_data_reports_knn() {
     let dir = tmp("knn");
     let (data, config, _) = setup(&dir);
     let out = dir.join("pretrain");
-    let o = mae(&[
-        "pretrain",
-        "--model",
-        config.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "16",
-        "--knn-every",
-        "1",
-    ]);
+    let extra = ["--epochs", "2", "--batch-size", "16", "--knn-every", "1"];
+    let o = mae_with(&run_args("pretrain", &config, &data, &out, &extra));
     let err = stderr(&o);
     assert!(o.status.success(), "{err}");
     // Before the first epoch (the random encoder) and after each.

@@ -2,7 +2,7 @@
 //! `mae visualize` load, exact resume, a diverging run, and bad input.
 
 mod common;
-use common::{assert_one_line_error, assert_resume_diverges, mae, stderr};
+use common::{assert_one_line_error, assert_resume_diverges, mae, mae_with, run_args, stderr};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -27,14 +27,7 @@ fn tensorboard_events(dir: &Path) -> Vec<common::events::Event> {
 }
 
 fn pretrain(config: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "pretrain",
-        "--model",
-        config.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--output",
-        out.to_str().unwrap(),
+    let settings = [
         "--epochs",
         "2",
         "--batch-size",
@@ -43,11 +36,10 @@ fn pretrain(config: &Path, data: &Path, out: &Path, extra: &[&str]) -> Output {
         "32",
         "--blr",
         "1e-2",
-        "--seed",
-        "3",
     ];
-    args.extend(extra);
-    mae(&args)
+    let mut args = run_args("pretrain", config, data, out, &settings);
+    args.extend(["--seed", "3"].iter().chain(extra).map(|a| a.to_string()));
+    mae_with(&args)
 }
 
 fn losses(metrics: &Path) -> Vec<(u64, f64)> {

@@ -24,6 +24,21 @@ pub use train::{Learner, Position, Schedule, Step, Trainer};
 use crate::dist::Dist;
 use crate::Error;
 
+/// A training command's options: the run's settings, and how this invocation runs.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Args<S: clap::Args> {
+    /// The run's settings.
+    #[command(flatten)]
+    pub settings: S,
+    /// Continue a run from a checkpoint directory (or the newest checkpoint in an output
+    /// directory). The run's saved settings are used; only --epochs may extend it.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Where and how this invocation runs.
+    #[command(flatten)]
+    pub run: Invocation,
+}
+
 /// Options of one invocation that do not change the run itself.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Invocation {

@@ -24,6 +24,28 @@ pub fn mae(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The arguments `command --model M --data D --output O`, then `extra`.
+pub fn run_args(
+    command: &str,
+    model: &std::path::Path,
+    data: &std::path::Path,
+    output: &std::path::Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let paths = [("--model", model), ("--data", data), ("--output", output)];
+    let mut args = vec![command.to_string()];
+    for (flag, path) in paths {
+        args.extend([flag.to_string(), path.to_str().unwrap().to_string()]);
+    }
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// Run the `mae` program with `args`.
+pub fn mae_with(args: &[String]) -> Output {
+    mae(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
 /// A run's stderr as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
