@@ -255,7 +255,7 @@ pub fn finetune(
             trainer.images,
             trainer.data.description,
             data.classes,
-            trainer.schedule.lr,
+            trainer.schedule.lr(),
             s.layer_decay,
             s.epochs,
             trainer.iters,

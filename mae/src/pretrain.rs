@@ -144,7 +144,7 @@ impl Settings {
 
     /// The absolute learning rate: `blr * effective batch / 256`.
     pub fn lr(&self) -> f64 {
-        Schedule::of(self).lr
+        Schedule::of(self).lr()
     }
 }
 

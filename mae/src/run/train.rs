@@ -31,19 +31,22 @@ pub struct Position {
     pub step: u64,
 }
 
-/// What the loop takes from a command's settings.
-#[derive(Clone, Debug)]
+/// What the loop takes from a training command's settings, read by field name: the
+/// settings of `pretrain` and `finetune` both have these fields, meaning the same.
+#[derive(Clone, Debug, Deserialize)]
 pub struct Schedule {
     /// Passes over the data.
     pub epochs: usize,
     /// Use only the first this many training images.
     pub limit: Option<usize>,
-    /// Images per iteration over all processes.
-    pub global_batch: usize,
+    /// Images per iteration and process.
+    pub batch_size: usize,
+    /// Processes the run started with.
+    pub ranks: usize,
     /// Iterations per optimizer step.
     pub accum_iter: usize,
-    /// Peak learning rate (of the last layers, when groups are scaled).
-    pub lr: f64,
+    /// Base learning rate.
+    pub blr: f64,
     /// Where the cosine ends.
     pub min_lr: f64,
     /// Linear warmup, in (fractional) epochs.
@@ -55,39 +58,22 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// The schedule of a training command's settings, read by field name: the settings of
-    /// `pretrain` and `finetune` both have `epochs`, `limit`, `batch_size`, `ranks`,
-    /// `accum_iter`, `blr`, `min_lr`, `warmup_epochs`, `seed` and `save_every`, meaning
-    /// the same. The learning rate is `blr * effective batch / 256`, the effective batch
-    /// counting every process and accumulated iteration.
+    /// The schedule of a training command's settings.
     pub fn of(settings: &impl Serialize) -> Schedule {
-        #[derive(Deserialize)]
-        struct Fields {
-            epochs: usize,
-            limit: Option<usize>,
-            batch_size: usize,
-            ranks: usize,
-            accum_iter: usize,
-            blr: f64,
-            min_lr: f64,
-            warmup_epochs: f64,
-            seed: u64,
-            save_every: usize,
-        }
         let json = serde_json::to_value(settings).expect("plain values");
-        let f: Fields = serde_json::from_value(json).expect("a training command's settings");
-        let global_batch = f.batch_size * f.ranks;
-        Schedule {
-            epochs: f.epochs,
-            limit: f.limit,
-            global_batch,
-            accum_iter: f.accum_iter,
-            lr: f.blr * (global_batch * f.accum_iter) as f64 / 256.0,
-            min_lr: f.min_lr,
-            warmup_epochs: f.warmup_epochs,
-            seed: f.seed,
-            save_every: f.save_every,
-        }
+        serde_json::from_value(json).expect("a training command's settings")
+    }
+
+    /// Images per iteration over all processes.
+    pub fn global_batch(&self) -> usize {
+        self.batch_size * self.ranks
+    }
+
+    /// The peak learning rate (of the last layers, when groups are scaled): `blr *
+    /// effective batch / 256`, the effective batch counting every process and accumulated
+    /// iteration.
+    pub fn lr(&self) -> f64 {
+        self.blr * (self.global_batch() * self.accum_iter) as f64 / 256.0
     }
 
     /// Refuse a schedule no run can follow, naming the option.
@@ -97,11 +83,11 @@ impl Schedule {
     pub fn check(&self) -> Result<(), Error> {
         let problems = [
             (self.epochs == 0, "--epochs must be at least 1"),
-            (self.global_batch == 0, "--batch-size must be at least 1"),
+            (self.batch_size == 0, "--batch-size must be at least 1"),
             (self.accum_iter == 0, "--accum-iter must be at least 1"),
             (self.save_every == 0, "--save-every must be at least 1"),
             (
-                !(self.lr > 0.0 && self.lr.is_finite()),
+                !(self.blr > 0.0 && self.blr.is_finite()),
                 "--blr must be positive",
             ),
             (
@@ -217,7 +203,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<Trainer<'a>, Error> {
         dist.check_same("settings or model", &format!("{settings:?}"))?;
         let schedule = Schedule::of(settings);
-        let global = schedule.global_batch;
+        let global = schedule.global_batch();
         if !global.is_multiple_of(dist.size()) {
             return Err(Error::Setup(format!(
                 "the run's global batch of {global} images does not split over {} processes",
@@ -344,7 +330,7 @@ impl<'a> Trainer<'a> {
                 let s = &self.schedule;
                 let progress = epoch as f64 + it as f64 / self.iters as f64;
                 let lr =
-                    warmup_cosine_lr(progress, s.lr, s.min_lr, s.warmup_epochs, s.epochs as f64);
+                    warmup_cosine_lr(progress, s.lr(), s.min_lr, s.warmup_epochs, s.epochs as f64);
                 for (g, k) in opt.groups.iter_mut().zip(scales) {
                     g.lr = (lr * k) as f32;
                 }
@@ -359,7 +345,10 @@ impl<'a> Trainer<'a> {
                 imgs: Tensor::from_slice(&self.device, &batch.pixels, &shape)?,
                 labels: batch.labels,
                 seed: Rng::new(&[self.schedule.seed, STEP_STREAM, self.at.step]).next_u64(),
-                rows: (self.dist.rank() * self.per_rank, self.schedule.global_batch),
+                rows: (
+                    self.dist.rank() * self.per_rank,
+                    self.schedule.global_batch(),
+                ),
             };
             let loss = learner.loss(&step)?;
             // The global batch's mean loss: the mean of the processes' equal batches, so
