@@ -54,8 +54,8 @@ pub struct Settings {
     /// Passes over the data [ViT-B/L/H: 800].
     #[arg(long, default_value_t = 1)]
     pub epochs: usize,
-    /// Images per iteration and process.
-    #[arg(long, default_value_t = 64)]
+    /// Images per iteration and process [ViT-B/L/H: 64].
+    #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Processes the run started with (`mpirun -np`): an iteration's global batch is
     /// `batch_size * ranks` images, whatever number of processes later resumes it.
@@ -132,6 +132,7 @@ impl Settings {
         Settings {
             limit: None,
             epochs: 800,
+            batch_size: 64,
             accum_iter: 64,
             blr: 1.5e-4,
             warmup_epochs: 40.0,

@@ -80,11 +80,6 @@ impl Given {
         )
     }
 
-    /// These option ids.
-    pub fn from_ids<'a>(ids: impl IntoIterator<Item = &'a str>) -> Given {
-        Given(ids.into_iter().map(String::from).collect())
-    }
-
     /// The settings of a run from the command line's `parsed` settings: with `resume`, the
     /// checkpoint's saved settings, so that it is the same run (only `--epochs` may extend
     /// it; other options given are named in a warning, when `warn` as on rank 0, as is
