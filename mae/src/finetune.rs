@@ -193,15 +193,12 @@ pub fn param_groups_lrd(
 /// # Errors
 /// See [`finetune`].
 pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
-    let recipe = |parsed: &Settings| {
-        let config = config_from(parsed.model.as_deref().unwrap_or_default())?;
-        Ok(Settings {
-            ranks: dist.size(),
-            ..parsed.clone().scaled(&config)
-        })
+    let recipe = |p: &Settings| {
+        Ok(p.clone()
+            .scaled(&config_from(p.model.as_deref().unwrap_or_default())?))
     };
     let resume = args.resume.as_deref();
-    let (settings, resumed) = given.settle(&args.settings, resume, recipe, dist.is_main())?;
+    let (settings, resumed) = given.settle(&args.settings, resume, recipe, dist)?;
     let outcome = finetune(settings, resumed, &args.run, dist)?;
     if dist.is_main() {
         println!("{}", outcome.line);

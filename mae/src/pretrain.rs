@@ -177,15 +177,9 @@ pub struct Summary {
 /// # Errors
 /// See [`pretrain`].
 pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
-    let recipe = |parsed: &Settings| {
-        let config = config_from(&parsed.model)?;
-        Ok(Settings {
-            ranks: dist.size(),
-            ..parsed.clone().scaled(&config)
-        })
-    };
+    let recipe = |p: &Settings| Ok(p.clone().scaled(&config_from(&p.model)?));
     let resume = args.resume.as_deref();
-    let (settings, resumed) = given.settle(&args.settings, resume, recipe, dist.is_main())?;
+    let (settings, resumed) = given.settle(&args.settings, resume, recipe, dist)?;
     let summary = pretrain(settings, resumed, &args.run, dist)?;
     if !dist.is_main() {
         return Ok(());

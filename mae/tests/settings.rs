@@ -32,8 +32,9 @@ fn settle_pretrain(args: &[&str]) -> pretrain::Settings {
     let recipe =
         |p: &pretrain::Settings| Ok(p.clone().scaled(&pretrain::config_from(&p.model).unwrap()));
     let resume = args.resume.as_deref();
+    let single = mae::dist::Dist::single();
     given
-        .settle(&args.settings, resume, recipe, false)
+        .settle(&args.settings, resume, recipe, &single)
         .unwrap()
         .0
 }
@@ -103,7 +104,9 @@ fn a_new_run_takes_the_options_given_over_the_recipe() {
     let given = Given::of(&matches);
     let args = Finetune::from_arg_matches(&matches).unwrap().args;
     let recipe = |p: &finetune::Settings| Ok(p.clone().scaled(&MaeConfig::mae_vit_large_patch16()));
-    let (s, _) = given.settle(&args.settings, None, recipe, false).unwrap();
+    let (s, _) = given
+        .settle(&args.settings, None, recipe, &mae::dist::Dist::single())
+        .unwrap();
     assert_eq!(
         (s.blr, s.layer_decay, s.drop_path, s.epochs),
         (2e-3, 0.75, 0.2, 100)

@@ -82,9 +82,9 @@ impl Given {
 
     /// The settings of a run from the command line's `parsed` settings: with `resume`, the
     /// checkpoint's saved settings, so that it is the same run (only `--epochs` may extend
-    /// it; other options given are named in a warning, when `warn` as on rank 0, as is
-    /// where the run resumes); else the `recipe` for the model `parsed` names, with each
-    /// option the command line gave taken from `parsed`.
+    /// it; rank 0 names other options given in a warning, and says where the run
+    /// resumes); else the `recipe` for the model `parsed` names, with each option the
+    /// command line gave taken from `parsed`, and `ranks` the processes of `dist`.
     ///
     /// # Errors
     /// An unreadable checkpoint, or the recipe's error.
@@ -93,21 +93,22 @@ impl Given {
         parsed: &S,
         resume: Option<&Path>,
         recipe: impl FnOnce(&S) -> Result<S, Error>,
-        warn: bool,
+        dist: &Dist,
     ) -> Result<(S, Option<Resumed<S>>), Error> {
-        match resume {
-            Some(path) => {
-                let resumed = Resumed::<S>::read(path)?;
-                let (dir, state) = (&resumed.dir, &resumed.state);
-                if warn {
-                    let at = format!("epoch {}, step {}", state.epoch, state.step);
-                    eprintln!("resuming {} at {at}", dir.display());
-                }
-                let saved = state.settings.clone();
-                Ok((self.resume(parsed, saved, warn), Some(resumed)))
-            }
-            None => Ok((self.merge(parsed, recipe(parsed)?, |_| true), None)),
+        let Some(path) = resume else {
+            let mut settings = fields(&self.merge(parsed, recipe(parsed)?, |_| true));
+            settings.insert("ranks".into(), dist.size().into());
+            let settings = serde_json::from_value(Value::Object(settings));
+            return Ok((settings.expect("a training command's settings"), None));
+        };
+        let resumed = Resumed::<S>::read(path)?;
+        let (dir, state) = (&resumed.dir, &resumed.state);
+        if dist.is_main() {
+            let at = format!("epoch {}, step {}", state.epoch, state.step);
+            eprintln!("resuming {} at {at}", dir.display());
         }
+        let settings = self.resume(parsed, state.settings.clone(), dist.is_main());
+        Ok((settings, Some(resumed)))
     }
 
     fn resume<S: Serialize + DeserializeOwned>(&self, parsed: &S, saved: S, warn: bool) -> S {
