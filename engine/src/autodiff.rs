@@ -52,7 +52,17 @@ pub fn is_grad_enabled() -> bool {
 
 /// Run `f` without recording the graph: evaluation, optimizer updates, metrics.
 pub fn no_grad<T>(f: impl FnOnce() -> T) -> T {
-    let before = GRAD_ENABLED.with(|g| g.replace(false));
+    with_grad_mode(false, f)
+}
+
+/// Run `f` recording the graph, even inside [`no_grad`] or a backward pass, as
+/// `torch.enable_grad`: activation checkpointing recomputes a forward this way.
+pub fn enable_grad<T>(f: impl FnOnce() -> T) -> T {
+    with_grad_mode(true, f)
+}
+
+fn with_grad_mode<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let before = GRAD_ENABLED.with(|g| g.replace(on));
     // Restore even if `f` panics, so a caught panic does not leave recording off.
     struct Restore(bool);
     impl Drop for Restore {

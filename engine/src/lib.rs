@@ -37,7 +37,7 @@ pub mod shape;
 mod tensor;
 pub mod tune;
 
-pub use autodiff::{no_grad, Gradients, TensorId};
+pub use autodiff::{enable_grad, is_grad_enabled, no_grad, Gradients, TensorId};
 pub use device::{Device, DeviceInfo, DeviceOptions, Features, DISPATCHES_PER_BATCH};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, GradMismatch, GradcheckOptions, GradcheckReport};

@@ -75,6 +75,7 @@ fn main() {
     let run = Invocation {
         output: Some(out),
         workers: 2,
+        checkpoint_activations: false,
         progress: false,
     };
     let single = mae::dist::Dist::single();

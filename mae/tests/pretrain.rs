@@ -190,6 +190,24 @@ fn a_diverging_run_stops_and_keeps_its_checkpoint() {
 }
 
 #[test]
+fn checkpointed_activations_train_the_same_run() {
+    let dir = tmp("checkpointing");
+    let (data, config) = setup(&dir);
+    let (plain, ckpt) = (dir.join("plain"), dir.join("ckpt"));
+    let o = pretrain(&config, &data, &plain, &["--epochs", "1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let flags = ["--epochs", "1", "--checkpoint-activations"];
+    let o = pretrain(&config, &data, &ckpt, &flags);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        losses(&ckpt.join("metrics.jsonl")),
+        losses(&plain.join("metrics.jsonl"))
+    );
+    let weights = |out: &Path| std::fs::read(out.join("checkpoint-1/model.safetensors")).unwrap();
+    assert_eq!(weights(&ckpt), weights(&plain), "the same bytes");
+}
+
+#[test]
 fn bad_input_is_one_line_and_exit_2() {
     let dir = tmp("bad");
     let (data, config) = setup(&dir);

@@ -11,6 +11,7 @@ use crate::module_fields;
 
 /// `y = x W^T + b`, with `W` stored `[out, in]` as in PyTorch (read transposed in place by
 /// the matmul kernel).
+#[derive(Clone)]
 pub struct Linear {
     /// `[out, in]`
     pub weight: Tensor,
@@ -40,6 +41,7 @@ impl Linear {
 }
 
 /// Layer normalisation over the last axis with learned scale and shift.
+#[derive(Clone)]
 pub struct LayerNorm {
     /// `[D]`, initialised to 1.
     pub weight: Tensor,
@@ -187,6 +189,7 @@ pub fn drop_path(x: &Tensor, p: f32, ctx: &mut Ctx) -> Result<Tensor> {
 }
 
 /// `fc2(gelu(fc1(x)))`
+#[derive(Clone)]
 pub struct Mlp {
     /// `D -> hidden`
     pub fc1: Linear,
@@ -236,6 +239,7 @@ fn key_bias_gradient_zeroed(bias: &Tensor, d: usize) -> Result<Tensor> {
 
 /// Multi-head self-attention with a fused qkv projection:
 /// `softmax(q k^T / sqrt(head_dim)) v`, heads concatenated, then `proj`.
+#[derive(Clone)]
 pub struct Attention {
     /// `D -> 3D`: rows are q, then k, then v.
     pub qkv: Linear,
@@ -314,6 +318,7 @@ impl Attention {
 
 /// The pre-norm transformer block:
 /// `x = x + drop_path(attn(norm1(x)))`, then `x = x + drop_path(mlp(norm2(x)))`.
+#[derive(Clone)]
 pub struct Block {
     /// Before attention.
     pub norm1: LayerNorm,
@@ -349,11 +354,37 @@ impl Block {
         })
     }
 
-    /// `(B, N, D) -> (B, N, D)`
+    /// `(B, N, D) -> (B, N, D)`. With [`Ctx::checkpoint`] set (and a graph being
+    /// recorded) the block keeps only its input: its inner activations are freed after the
+    /// forward and recomputed in backward, as `torch.utils.checkpoint`, with the same masks.
     ///
     /// # Errors
     /// As [`Attention::forward`].
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        if !(ctx.checkpoint && engine::is_grad_enabled()) {
+            return self.forward_kept(x, ctx);
+        }
+        let start = ctx.clone();
+        let y = engine::no_grad(|| self.forward_kept(x, ctx))?;
+        let params: Vec<Tensor> = crate::named_parameters(self)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        let inputs: Vec<&Tensor> = std::iter::once(x).chain(&params).collect();
+        let (block, x, kept) = (self.clone(), x.detach(), params.clone());
+        Ok(y.with_backward("checkpoint", &inputs, move |grad| {
+            let x = x.requires_grad(true)?;
+            let y = engine::enable_grad(|| block.forward_kept(&x, &mut start.clone()))?;
+            let mut grads = engine::Gradients::default();
+            y.backward_into(grad, &mut grads)?;
+            let mut out = vec![grads.remove(&x)];
+            out.extend(kept.iter().map(|p| grads.remove(p)));
+            Ok(out)
+        }))
+    }
+
+    /// The block's forward, recording every activation.
+    fn forward_kept(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
         let a = self.attn.forward(&self.norm1.forward(x)?, ctx)?;
         let x = x.add(&drop_path(&a, self.drop_path, ctx)?)?;
         let m = self.mlp.forward(&self.norm2.forward(&x)?)?;

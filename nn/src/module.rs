@@ -95,6 +95,9 @@ pub fn named_parameters(m: &dyn Module) -> Vec<(String, Tensor)> {
 pub struct Ctx {
     /// Train mode: dropout and drop path active.
     pub train: bool,
+    /// Activation checkpointing: blocks keep only their input and recompute the rest in
+    /// backward, trading a second forward of each block for its activations' memory.
+    pub checkpoint: bool,
     seed: u64,
     /// `(first, total)`: the input is rows `first..` of a global batch of `total` rows.
     rows: Option<(usize, usize)>,
@@ -105,6 +108,7 @@ impl Ctx {
     pub fn train(seed: u64) -> Ctx {
         Ctx {
             train: true,
+            checkpoint: false,
             seed,
             rows: None,
         }
@@ -114,6 +118,7 @@ impl Ctx {
     pub fn eval() -> Ctx {
         Ctx {
             train: false,
+            checkpoint: false,
             seed: 0,
             rows: None,
         }
@@ -125,6 +130,14 @@ impl Ctx {
     pub fn rows_of(self, first: usize, total: usize) -> Ctx {
         Ctx {
             rows: Some((first, total)),
+            ..self
+        }
+    }
+
+    /// With activation checkpointing on or off (see [`Ctx::checkpoint`]).
+    pub fn checkpointing(self, on: bool) -> Ctx {
+        Ctx {
+            checkpoint: on,
             ..self
         }
     }

@@ -49,6 +49,11 @@ pub struct Invocation {
     /// Threads that decode and augment images.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Activation checkpointing when training: each transformer block keeps only its input
+    /// and recomputes the rest in backward. Less memory for a second forward of every
+    /// block; the same gradients, so a run may turn it on or off when it resumes.
+    #[arg(long)]
+    pub checkpoint_activations: bool,
     /// Show progress bars (when stderr is a terminal).
     #[arg(skip = std::io::IsTerminal::is_terminal(&std::io::stderr()))]
     pub progress: bool,

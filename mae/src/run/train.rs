@@ -112,12 +112,15 @@ pub struct Step {
     pub seed: u64,
     /// `(first, global)`: the images are rows `first..` of a global batch of `global`.
     pub rows: (usize, usize),
+    /// Activation checkpointing.
+    pub checkpoint: bool,
 }
 
 impl Step {
-    /// Train mode with this iteration's seed and rows.
+    /// Train mode with this iteration's seed, rows and checkpointing.
     pub fn ctx(&self) -> Ctx {
-        Ctx::train(self.seed).rows_of(self.rows.0, self.rows.1)
+        let ctx = Ctx::train(self.seed).rows_of(self.rows.0, self.rows.1);
+        ctx.checkpointing(self.checkpoint)
     }
 }
 
@@ -157,6 +160,7 @@ pub struct Trainer<'a> {
     /// Decoding threads.
     pub workers: usize,
     progress: bool,
+    checkpoint_activations: bool,
     /// The run's settings, as its checkpoints save them.
     settings: Value,
     /// The schedule of the run.
@@ -233,6 +237,7 @@ impl<'a> Trainer<'a> {
             output,
             workers: run.workers,
             progress: run.progress && dist.is_main(),
+            checkpoint_activations: run.checkpoint_activations,
             settings: serde_json::to_value(settings).expect("plain values"),
             at,
             log,
@@ -349,6 +354,7 @@ impl<'a> Trainer<'a> {
                     self.dist.rank() * self.per_rank,
                     self.schedule.global_batch(),
                 ),
+                checkpoint: self.checkpoint_activations,
             };
             let loss = learner.loss(&step)?;
             // The global batch's mean loss: the mean of the processes' equal batches, so
