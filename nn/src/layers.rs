@@ -446,8 +446,10 @@ impl PatchEmbed {
             .reshape(&[b, c, gh, p, gw, p])?
             .permute(&[0, 2, 4, 1, 3, 5])?
             .reshape(&[b, gh * gw, c * p * p])?;
+        // As a linear layer, so that the weight gradient is one product over all B * L
+        // patches, not a (B, D, C*p*p) stack summed afterwards.
         let w = self.weight.reshape(&[d, c * p * p])?;
-        patches.matmul(&w.t()?)?.add(&self.bias)
+        patches.linear(&w, Some(&self.bias))
     }
 }
 

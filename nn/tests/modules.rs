@@ -259,3 +259,22 @@ fn masks_of_a_split_batch_are_the_whole_batchs() {
         );
     }
 }
+
+#[test]
+fn the_patch_embedding_weight_gradient_is_one_product() {
+    // 256 images of 4 patches of 3x8x8: a (B, D, C*p*p) stack of per-image weight
+    // gradients would be 256 x 64 x 192 floats (12.6 MB); one product over all patches is
+    // the weight's 49 KB.
+    let device = dev();
+    let m = nn::PatchEmbed::new(3, 8, 64, &mut Init::new(&device, 0)).unwrap();
+    let img = Tensor::randn(&device, &[256, 3, 16, 16], 1).unwrap();
+    let y = m.forward(&img).unwrap();
+    device.synchronize().unwrap();
+    device.reset_peak();
+    let before = device.pool_stats().live_bytes;
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    device.synchronize().unwrap();
+    let growth = device.pool_stats().peak_bytes - before;
+    assert!(grads.get(&m.weight).is_some());
+    assert!(growth < 4 << 20, "backward took {growth} bytes more");
+}
