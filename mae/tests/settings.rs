@@ -4,7 +4,7 @@
 
 mod common;
 
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use mae::run::{Given, Resumed};
 use mae::{finetune, pretrain, MaeConfig};
 
@@ -164,11 +164,20 @@ fn settings_round_trip_through_their_json() {
         serde_json::from_str::<pretrain::Settings>(&text).unwrap(),
         s
     );
-    // Every option is a field of the saved JSON, under the option's name.
+    // Every option but the invocation's is a field of the saved JSON, under its name.
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let invocation = mae::run::Invocation::augment_args(clap::Command::new("run"));
+    let of_run: Vec<&str> = invocation
+        .get_arguments()
+        .map(|a| a.get_id().as_str())
+        .chain(["resume"])
+        .collect();
+    assert!(of_run.contains(&"checkpoint_activations"), "{of_run:?}");
     for arg in Pretrain::command().get_arguments() {
         let id = arg.get_id().as_str();
-        let of_run = ["resume", "output", "workers"].contains(&id);
-        assert!(of_run || json.get(id).is_some(), "--{id} is not saved");
+        assert!(
+            of_run.contains(&id) || json.get(id).is_some(),
+            "--{id} is not saved"
+        );
     }
 }
