@@ -199,7 +199,7 @@ pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
     };
     let resume = args.resume.as_deref();
     let (settings, resumed) = given.settle(&args.settings, resume, recipe, dist)?;
-    let outcome = finetune(settings, resumed, &args.run, dist)?;
+    let outcome = finetune(settings, resumed, &args.invocation(), dist)?;
     if dist.is_main() {
         println!("{}", outcome.line);
     }

@@ -180,7 +180,7 @@ pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
     let recipe = |p: &Settings| Ok(p.clone().scaled(&config_from(&p.model)?));
     let resume = args.resume.as_deref();
     let (settings, resumed) = given.settle(&args.settings, resume, recipe, dist)?;
-    let summary = pretrain(settings, resumed, &args.run, dist)?;
+    let summary = pretrain(settings, resumed, &args.invocation(), dist)?;
     if !dist.is_main() {
         return Ok(());
     }

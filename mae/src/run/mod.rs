@@ -37,6 +37,21 @@ pub struct Args<S: clap::Args> {
     /// Where and how this invocation runs.
     #[command(flatten)]
     pub run: Invocation,
+    /// Activation checkpointing: each transformer block keeps only its input and recomputes
+    /// the rest in backward. Less memory for a second forward of every block; the same
+    /// gradients, so a run may turn it on or off when it resumes.
+    #[arg(long)]
+    pub checkpoint_activations: bool,
+}
+
+impl<S: clap::Args> Args<S> {
+    /// How this invocation runs, the training commands' own options included.
+    pub fn invocation(&self) -> Invocation {
+        Invocation {
+            checkpoint_activations: self.checkpoint_activations,
+            ..self.run.clone()
+        }
+    }
 }
 
 /// Options of one invocation that do not change the run itself.
@@ -49,10 +64,8 @@ pub struct Invocation {
     /// Threads that decode and augment images.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
-    /// Activation checkpointing when training: each transformer block keeps only its input
-    /// and recomputes the rest in backward. Less memory for a second forward of every
-    /// block; the same gradients, so a run may turn it on or off when it resumes.
-    #[arg(long)]
+    /// Activation checkpointing when training (`Args::checkpoint_activations`).
+    #[arg(skip)]
     pub checkpoint_activations: bool,
     /// Show progress bars (when stderr is a terminal).
     #[arg(skip = std::io::IsTerminal::is_terminal(&std::io::stderr()))]
