@@ -129,6 +129,10 @@ fn matmul_and_transposed_operands() {
     check("batched, broadcast weight", &[&x, &b], |t| {
         t[0].matmul(&t[1])
     });
+    let w = away(&[4, 3], 16, 0.0);
+    check("batched, broadcast transposed weight", &[&x, &w], |t| {
+        t[0].matmul(&t[1].t()?)
+    });
     let k = away(&[2, 4, 3], 13, 0.0);
     check("q k^T", &[&x, &k], |t| t[0].matmul(&t[1].t()?));
     let aligned_a = away(&[4, 8], 14, 0.0);
@@ -490,4 +494,25 @@ fn graph_and_activations_are_freed() {
         live,
         "live bytes grew over 1,000 steps"
     );
+}
+
+#[test]
+fn a_shared_weight_gets_one_gradient_product() {
+    // 64 batches of (8, 96) rows against one (96, 64) weight: a per-batch stack of weight
+    // gradients would be 64 x 96 x 64 floats (1.6 MB); the weight's own gradient is 24 KB.
+    let x = Tensor::randn(&dev(), &[64, 8, 96], 1).unwrap();
+    let w = Tensor::randn(&dev(), &[96, 64], 2)
+        .unwrap()
+        .requires_grad(true)
+        .unwrap();
+    let y = x.matmul(&w).unwrap();
+    let device = y.device().clone();
+    device.synchronize().unwrap();
+    device.reset_peak();
+    let before = device.pool_stats().live_bytes;
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    device.synchronize().unwrap();
+    let growth = device.pool_stats().peak_bytes - before;
+    assert_eq!(grads.expect(&w).unwrap().shape(), [96, 64]);
+    assert!(growth < 800_000, "backward took {growth} bytes more");
 }

@@ -84,9 +84,7 @@ impl Tensor {
                 need.0
                     .then(|| g.matmul(&b.t()?)?.sum_to(a.shape()))
                     .transpose()?,
-                need.1
-                    .then(|| a.t()?.matmul(g)?.sum_to(b.shape()))
-                    .transpose()?,
+                need.1.then(|| matmul_rhs_grad(&a, &b, g)).transpose()?,
             ])
         }))
     }
@@ -445,4 +443,17 @@ impl Problem {
         }
         Ok(out)
     }
+}
+
+/// The gradient of `b` in `a @ b` from the output's gradient `g`: `A^T dY`, summed over the
+/// batch axes `b` was broadcast along. A matrix shared by every batch (a weight) gets one
+/// product over all rows of `a` and `g`, never a per-batch stack summed afterwards, which
+/// would take batch times the weight's memory.
+fn matmul_rhs_grad(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<Tensor> {
+    let (k, n) = (b.shape()[0], b.shape()[b.rank() - 1]);
+    if b.rank() == 2 && a.rank() > 2 && k > 0 && n > 0 {
+        let rows = |t: &Tensor, cols: usize| t.reshape(&[t.numel() / cols, cols]);
+        return rows(a, k)?.t()?.matmul(&rows(g, n)?);
+    }
+    a.t()?.matmul(g)?.sum_to(b.shape())
 }
