@@ -172,7 +172,7 @@ impl Dist {
     /// read, an I/O error): the others would otherwise wait for it forever. Prints `error`
     /// with this rank's number and ends the whole job with `code`.
     pub fn abort(&self, error: &Error) -> ! {
-        eprintln!("error: rank {}: {error}", self.rank);
+        say(&format!("error: rank {}: {error}", self.rank));
         #[cfg(feature = "distributed")]
         if let Some(m) = &self.mpi {
             use mpi::topology::Communicator;
@@ -264,4 +264,11 @@ impl Dist {
             )
         })
     }
+}
+
+/// Print `line` to stderr in one write: stderr is unbuffered and an MPI launcher
+/// interleaves the ranks' writes, so a line written in pieces (`eprintln!` writes its
+/// arguments and the newline separately) can be split by another rank's.
+pub fn say(line: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
 }

@@ -73,6 +73,6 @@ fn main() -> ExitCode {
 
 /// One line and the error's exit code.
 fn fail(e: &Error) -> ExitCode {
-    eprintln!("error: {e}");
+    mae::dist::say(&format!("error: {e}"));
     ExitCode::from(e.exit_code())
 }

@@ -183,7 +183,7 @@ pub fn device(dist: &Dist) -> Result<Device, Error> {
         ..Default::default()
     })?;
     if let Some(line) = dist.describe(&device.info().name) {
-        eprintln!("{line}");
+        crate::dist::say(&line);
     }
     profiling(&device);
     Ok(device)
