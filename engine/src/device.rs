@@ -455,6 +455,20 @@ impl Device {
         lock(&self.inner.pool).reset_peak();
     }
 
+    /// Run `f` and return its result with the most bytes of live tensors it added at any
+    /// moment over those live before it (the pool's peak, after submitted work completes).
+    ///
+    /// # Errors
+    /// A device lost while synchronising.
+    pub fn peak_growth<T>(&self, f: impl FnOnce() -> T) -> Result<(T, u64)> {
+        self.synchronize()?;
+        self.reset_peak();
+        let before = self.pool_stats().live_bytes;
+        let out = f();
+        self.synchronize()?;
+        Ok((out, self.pool_stats().peak_bytes - before))
+    }
+
     /// Release the pool's cached buffers back to the driver.
     pub fn trim_pool(&self) {
         lock(&self.inner.pool).trim();

@@ -269,12 +269,8 @@ fn the_patch_embedding_weight_gradient_is_one_product() {
     let m = nn::PatchEmbed::new(3, 8, 64, &mut Init::new(&device, 0)).unwrap();
     let img = Tensor::randn(&device, &[256, 3, 16, 16], 1).unwrap();
     let y = m.forward(&img).unwrap();
-    device.synchronize().unwrap();
-    device.reset_peak();
-    let before = device.pool_stats().live_bytes;
-    let grads = y.sum_all().unwrap().backward().unwrap();
-    device.synchronize().unwrap();
-    let growth = device.pool_stats().peak_bytes - before;
+    let backward = || y.sum_all().unwrap().backward().unwrap();
+    let (grads, growth) = device.peak_growth(backward).unwrap();
     assert!(grads.get(&m.weight).is_some());
     assert!(growth < 4 << 20, "backward took {growth} bytes more");
 }
