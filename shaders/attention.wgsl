@@ -16,6 +16,11 @@ struct Params {
     _pad0: u32,
 }
 
+// The operands' element type: f32 here, f16 in the builds `kernels::half_operands` makes
+// (which also prepend `enable f16;`). Every read converts to f32, so products accumulate
+// in f32 either way.
+alias Operand = f32;
+
 @group(0) @binding(0) var<uniform> p: Params;
 
 // Invocations per workgroup, chosen by the host per adapter.
@@ -54,7 +59,7 @@ fn bnd_at(row: Row, t: u32) -> u32 {
 
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(3) var<storage, read> qkv: array<f32>;
+@group(0) @binding(3) var<storage, read> qkv: array<Operand>;
 
 @compute @workgroup_size(WG)
 fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -67,7 +72,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
     var acc: array<f32, MAX_HD>;
     let q0 = qkv_at(row, row.i, 0u);
     for (var d = 0u; d < hd; d++) {
-        q[d] = qkv[q0 + d] * p.scale;
+        q[d] = f32(qkv[q0 + d]) * p.scale;
     }
     // Online softmax: a running maximum m, the sum l of exp(s - m) and the weighted sum of
     // values, rescaled whenever m grows. Token 0 starts them, so no infinity is needed.
@@ -78,7 +83,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         let v0 = qkv_at(row, j, 2u);
         var s = 0.0;
         for (var d = 0u; d < hd; d++) {
-            s += q[d] * qkv[k0 + d];
+            s += q[d] * f32(qkv[k0 + d]);
         }
         if (j == 0u) {
             m = s;
@@ -88,7 +93,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
         let e = exp(s - m_new);
         l = l * c + e;
         for (var d = 0u; d < hd; d++) {
-            acc[d] = acc[d] * c + e * qkv[v0 + d];
+            acc[d] = acc[d] * c + e * f32(qkv[v0 + d]);
         }
         m = m_new;
     }
@@ -108,7 +113,7 @@ fn attention_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgro
 @group(0) @binding(3) var<storage, read> g: array<f32>;
 @group(0) @binding(4) var<storage, read> fwd_out: array<f32>;
 @group(0) @binding(5) var<storage, read> fwd_lse: array<f32>;
-@group(0) @binding(6) var<storage, read> fwd_qkv: array<f32>;
+@group(0) @binding(6) var<storage, read> fwd_qkv: array<Operand>;
 
 // dS_ij = P_ij (g_i . v_j - delta_i), P_ij = exp(scale q_i . k_j - lse_i);
 // dq_i = scale sum_j dS_ij k_j.
@@ -126,7 +131,7 @@ fn attention_backward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
     let o0 = bnd_at(row, row.i);
     var dl = 0.0;
     for (var d = 0u; d < hd; d++) {
-        q[d] = fwd_qkv[q0 + d] * p.scale;
+        q[d] = f32(fwd_qkv[q0 + d]) * p.scale;
         go[d] = g[p.g_offset + o0 + d];
         dl += go[d] * fwd_out[o0 + d];
     }
@@ -138,12 +143,12 @@ fn attention_backward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_work
         var s = 0.0;
         var dp = 0.0;
         for (var d = 0u; d < hd; d++) {
-            s += q[d] * fwd_qkv[k0 + d];
-            dp += go[d] * fwd_qkv[v0 + d];
+            s += q[d] * f32(fwd_qkv[k0 + d]);
+            dp += go[d] * f32(fwd_qkv[v0 + d]);
         }
         let ds = exp(s - lse_i) * (dp - dl);
         for (var d = 0u; d < hd; d++) {
-            dq[d] += ds * fwd_qkv[k0 + d];
+            dq[d] += ds * f32(fwd_qkv[k0 + d]);
         }
     }
     // dqkv has qkv's layout without its offset.
@@ -168,8 +173,8 @@ fn attention_backward_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
     let k0 = qkv_at(row, row.i, 1u);
     let v0 = qkv_at(row, row.i, 2u);
     for (var d = 0u; d < hd; d++) {
-        k[d] = fwd_qkv[k0 + d] * p.scale;
-        v[d] = fwd_qkv[v0 + d];
+        k[d] = f32(fwd_qkv[k0 + d]) * p.scale;
+        v[d] = f32(fwd_qkv[v0 + d]);
     }
     // Rows of the same (batch, head) are contiguous in (B, H, N) order.
     let first = row.r - row.i;
@@ -179,14 +184,14 @@ fn attention_backward_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_wor
         var s = 0.0;
         var dp = 0.0;
         for (var d = 0u; d < hd; d++) {
-            s += fwd_qkv[q0 + d] * k[d];
+            s += f32(fwd_qkv[q0 + d]) * k[d];
             dp += g[p.g_offset + o0 + d] * v[d];
         }
         let pr = exp(s - fwd_lse[first + i]);
         let ds = pr * (dp - delta[first + i]);
         for (var d = 0u; d < hd; d++) {
             dv[d] += pr * g[p.g_offset + o0 + d];
-            dk[d] += ds * fwd_qkv[q0 + d];
+            dk[d] += ds * f32(fwd_qkv[q0 + d]);
         }
     }
     // dqkv has qkv's layout without its offset.

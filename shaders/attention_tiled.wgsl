@@ -32,6 +32,11 @@ struct Params {
     _pad0: u32,
 }
 
+// The operands' element type: f32 here, f16 in the builds `kernels::half_operands` makes
+// (which also prepend `enable f16;`). Every read converts to f32, so products accumulate
+// in f32 either way.
+alias Operand = f32;
+
 @group(0) @binding(0) var<uniform> p: Params;
 
 // Two tiles of BKV rows of HD, and two of BKV statistics.
@@ -75,7 +80,7 @@ fn bnd_at(rows: Rows, t: u32) -> u32 {
 
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read_write> lse: array<f32>;
-@group(0) @binding(3) var<storage, read> qkv: array<f32>;
+@group(0) @binding(3) var<storage, read> qkv: array<Operand>;
 
 @compute @workgroup_size(WG)
 fn attention_tiled_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -84,7 +89,7 @@ fn attention_tiled_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
     var acc: array<f32, HD>;
     let q0 = qkv_at(rows, rows.i, 0u);
     for (var d = 0u; d < HD; d++) {
-        q[d] = qkv[q0 + d] * p.scale;
+        q[d] = f32(qkv[q0 + d]) * p.scale;
     }
     // Online softmax from a running maximum below any score: the first key rescales the
     // empty sums by exp(-huge) = 0, as starting from that key would.
@@ -93,8 +98,8 @@ fn attention_tiled_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
     for (var j0 = 0u; j0 < p.tokens; j0 += BKV) {
         for (var e = lid; e < BKV * HD; e += WG) {
             let t = min(j0 + e / HD, p.tokens - 1u);
-            tile_a[e] = qkv[qkv_at(rows, t, 1u) + e % HD];
-            tile_b[e] = qkv[qkv_at(rows, t, 2u) + e % HD];
+            tile_a[e] = f32(qkv[qkv_at(rows, t, 1u) + e % HD]);
+            tile_b[e] = f32(qkv[qkv_at(rows, t, 2u) + e % HD]);
         }
         workgroupBarrier();
         let count = min(BKV, p.tokens - j0);
@@ -132,7 +137,7 @@ fn attention_tiled_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local
 @group(0) @binding(3) var<storage, read> g: array<f32>;
 @group(0) @binding(4) var<storage, read> fwd_out: array<f32>;
 @group(0) @binding(5) var<storage, read> fwd_lse: array<f32>;
-@group(0) @binding(6) var<storage, read> fwd_qkv: array<f32>;
+@group(0) @binding(6) var<storage, read> fwd_qkv: array<Operand>;
 
 // dS_ij = P_ij (g_i . v_j - delta_i), P_ij = exp(scale q_i . k_j - lse_i);
 // dq_i = scale sum_j dS_ij k_j. Tiles: keys in tile_a, values in tile_b.
@@ -146,7 +151,7 @@ fn attention_tiled_backward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
     let o0 = bnd_at(rows, rows.i);
     var dl = 0.0;
     for (var d = 0u; d < HD; d++) {
-        q[d] = fwd_qkv[q0 + d] * p.scale;
+        q[d] = f32(fwd_qkv[q0 + d]) * p.scale;
         go[d] = g[p.g_offset + o0 + d];
         dl += go[d] * fwd_out[o0 + d];
     }
@@ -157,8 +162,8 @@ fn attention_tiled_backward_q(@builtin(workgroup_id) wid: vec3<u32>, @builtin(lo
     for (var j0 = 0u; j0 < p.tokens; j0 += BKV) {
         for (var e = lid; e < BKV * HD; e += WG) {
             let t = min(j0 + e / HD, p.tokens - 1u);
-            tile_a[e] = fwd_qkv[qkv_at(rows, t, 1u) + e % HD];
-            tile_b[e] = fwd_qkv[qkv_at(rows, t, 2u) + e % HD];
+            tile_a[e] = f32(fwd_qkv[qkv_at(rows, t, 1u) + e % HD]);
+            tile_b[e] = f32(fwd_qkv[qkv_at(rows, t, 2u) + e % HD]);
         }
         workgroupBarrier();
         let count = min(BKV, p.tokens - j0);
@@ -197,15 +202,15 @@ fn attention_tiled_backward_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(l
     let k0 = qkv_at(rows, rows.i, 1u);
     let v0 = qkv_at(rows, rows.i, 2u);
     for (var d = 0u; d < HD; d++) {
-        k[d] = fwd_qkv[k0 + d] * p.scale;
-        v[d] = fwd_qkv[v0 + d];
+        k[d] = f32(fwd_qkv[k0 + d]) * p.scale;
+        v[d] = f32(fwd_qkv[v0 + d]);
     }
     // The (B, H, N) index of token 0 of these rows' head.
     let first = rows.r - rows.i;
     for (var i0 = 0u; i0 < p.tokens; i0 += BKV) {
         for (var e = lid; e < BKV * HD; e += WG) {
             let t = min(i0 + e / HD, p.tokens - 1u);
-            tile_a[e] = fwd_qkv[qkv_at(rows, t, 0u) + e % HD];
+            tile_a[e] = f32(fwd_qkv[qkv_at(rows, t, 0u) + e % HD]);
             tile_b[e] = g[p.g_offset + bnd_at(rows, t) + e % HD];
         }
         for (var e = lid; e < BKV; e += WG) {

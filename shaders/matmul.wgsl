@@ -34,21 +34,34 @@ override TRANS_A: bool;
 override TRANS_B: bool;
 override HAS_BIAS: bool;
 
+// The operands' element type: f32 here, f16 in the builds `kernels::half_operands` makes
+// (which also prepend `enable f16;`). Every read converts to f32, so products accumulate
+// in f32 either way.
+alias Operand = f32;
+
 const LANES: u32 = 8u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read> a: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> a: array<Operand>;
+@group(0) @binding(3) var<storage, read> b: array<Operand>;
 // Bound to A's buffer (and never read) without HAS_BIAS.
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 
 // ---- vec4 path. Every quantity below counts vec4s (4 floats). ----
 
 @group(0) @binding(1) var<storage, read_write> out4: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> a4: array<vec4<Operand>>;
+@group(0) @binding(3) var<storage, read> b4: array<vec4<Operand>>;
 @group(0) @binding(4) var<storage, read> bias4: array<vec4<f32>>;
+
+fn a4_at(i: u32) -> vec4<f32> {
+    return vec4<f32>(a4[i]);
+}
+
+fn b4_at(i: u32) -> vec4<f32> {
+    return vec4<f32>(b4[i]);
+}
 
 // The 4x4 block of A at rows 4q.., k = 4kq..: column j holds row 4q + j along k.
 fn a_block(base: u32, q: u32, kq: u32) -> mat4x4<f32> {
@@ -56,10 +69,10 @@ fn a_block(base: u32, q: u32, kq: u32) -> mat4x4<f32> {
     if (TRANS_A) {
         // Stored (k, m): a vec4 holds 4 rows at one k; transpose to rows along k.
         let o = base + kq * 4u * ld + q;
-        return transpose(mat4x4<f32>(a4[o], a4[o + ld], a4[o + 2u * ld], a4[o + 3u * ld]));
+        return transpose(mat4x4<f32>(a4_at(o), a4_at(o + ld), a4_at(o + 2u * ld), a4_at(o + 3u * ld)));
     }
     let o = base + 4u * q * ld + kq;
-    return mat4x4<f32>(a4[o], a4[o + ld], a4[o + 2u * ld], a4[o + 3u * ld]);
+    return mat4x4<f32>(a4_at(o), a4_at(o + ld), a4_at(o + 2u * ld), a4_at(o + 3u * ld));
 }
 
 // The 4x4 block of B at k = 4kq.., columns 4c..: column i holds k = 4kq + i along n.
@@ -68,10 +81,10 @@ fn b_block(base: u32, kq: u32, c: u32) -> mat4x4<f32> {
     if (TRANS_B) {
         // Stored (n, k): a vec4 holds one column along k; transpose to k along n.
         let o = base + 4u * c * ld + kq;
-        return transpose(mat4x4<f32>(b4[o], b4[o + ld], b4[o + 2u * ld], b4[o + 3u * ld]));
+        return transpose(mat4x4<f32>(b4_at(o), b4_at(o + ld), b4_at(o + 2u * ld), b4_at(o + 3u * ld)));
     }
     let o = base + kq * 4u * ld + c;
-    return mat4x4<f32>(b4[o], b4[o + ld], b4[o + 2u * ld], b4[o + 3u * ld]);
+    return mat4x4<f32>(b4_at(o), b4_at(o + ld), b4_at(o + 2u * ld), b4_at(o + 3u * ld));
 }
 
 // Column j of `acc` is row 4q + j of the output, columns 4c..4c+3.
@@ -181,11 +194,11 @@ fn b_start(col: vec4<u32>) -> vec4<u32> {
 
 // A at four rows (start offsets `rows`) and one k; B at one k and four columns.
 fn a_rows(rows: vec4<u32>, ka: u32) -> vec4<f32> {
-    return vec4<f32>(a[rows.x + ka], a[rows.y + ka], a[rows.z + ka], a[rows.w + ka]);
+    return vec4<f32>(f32(a[rows.x + ka]), f32(a[rows.y + ka]), f32(a[rows.z + ka]), f32(a[rows.w + ka]));
 }
 
 fn b_cols(cols: vec4<u32>, kb: u32) -> vec4<f32> {
-    return vec4<f32>(b[cols.x + kb], b[cols.y + kb], b[cols.z + kb], b[cols.w + kb]);
+    return vec4<f32>(f32(b[cols.x + kb]), f32(b[cols.y + kb]), f32(b[cols.z + kb]), f32(b[cols.w + kb]));
 }
 
 // The outer product col * row^T: column j is col * row[j].

@@ -59,15 +59,20 @@ override HAS_BIAS: bool;
 override SPLIT: bool;
 override POISON: bool;
 
+// The operands' element type: f32 here, f16 in the builds `kernels::half_operands` makes
+// (which also prepend `enable f16;`). Every read converts to f32, so products accumulate
+// in f32 either way.
+alias Operand = f32;
+
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
-@group(0) @binding(2) var<storage, read> a: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> a: array<Operand>;
+@group(0) @binding(3) var<storage, read> b: array<Operand>;
 // Bound to A's buffer (and never read) without HAS_BIAS.
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 // The same operands as vec4s, for load_vec4 (every size, stride and offset a multiple of 4).
-@group(0) @binding(2) var<storage, read> a4: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> a4: array<vec4<Operand>>;
+@group(0) @binding(3) var<storage, read> b4: array<vec4<Operand>>;
 
 // Tile t of A at As[((t % BUFS) * BK + kk) * BM + r]; of B at Bs[(... + kk) * BN + c].
 var<workgroup> As: array<f32, BUFS * BK * BM>;
@@ -112,7 +117,7 @@ fn load_scalar(blk: Block, k0: u32, buf: u32, lid: u32) {
         let kg = k0 + kk;
         var v = 0.0;
         if (row < p.m && kg < blk.k_end) {
-            v = a[blk.a_base + select(row * p.lda + kg, kg * p.lda + row, TRANS_A)];
+            v = f32(a[blk.a_base + select(row * p.lda + kg, kg * p.lda + row, TRANS_A)]);
         }
         As[(buf * BK + kk) * BM + r] = v;
     }
@@ -130,7 +135,7 @@ fn load_scalar(blk: Block, k0: u32, buf: u32, lid: u32) {
         let kg = k0 + kk;
         var v = 0.0;
         if (col < p.n && kg < blk.k_end) {
-            v = b[blk.b_base + select(kg * p.ldb + col, col * p.ldb + kg, TRANS_B)];
+            v = f32(b[blk.b_base + select(kg * p.ldb + col, col * p.ldb + kg, TRANS_B)]);
         }
         Bs[(buf * BK + kk) * BN + c] = v;
     }
@@ -146,7 +151,7 @@ fn load_vec4(blk: Block, k0: u32, buf: u32, lid: u32) {
             let kk = e / (BM / 4u);
             var v = vec4<f32>();
             if (blk.row0 + r < p.m && k0 + kk < blk.k_end) {
-                v = a4[(blk.a_base + (k0 + kk) * p.lda + blk.row0 + r) / 4u];
+                v = vec4<f32>(a4[(blk.a_base + (k0 + kk) * p.lda + blk.row0 + r) / 4u]);
             }
             let o = (buf * BK + kk) * BM + r;
             As[o] = v.x;
@@ -159,7 +164,7 @@ fn load_vec4(blk: Block, k0: u32, buf: u32, lid: u32) {
             let r = e / (BK / 4u);
             var v = vec4<f32>();
             if (blk.row0 + r < p.m && k0 + kk < blk.k_end) {
-                v = a4[(blk.a_base + (blk.row0 + r) * p.lda + k0 + kk) / 4u];
+                v = vec4<f32>(a4[(blk.a_base + (blk.row0 + r) * p.lda + k0 + kk) / 4u]);
             }
             let o = (buf * BK + kk) * BM + r;
             As[o] = v.x;
@@ -175,7 +180,7 @@ fn load_vec4(blk: Block, k0: u32, buf: u32, lid: u32) {
             let c = e / (BK / 4u);
             var v = vec4<f32>();
             if (blk.col0 + c < p.n && k0 + kk < blk.k_end) {
-                v = b4[(blk.b_base + (blk.col0 + c) * p.ldb + k0 + kk) / 4u];
+                v = vec4<f32>(b4[(blk.b_base + (blk.col0 + c) * p.ldb + k0 + kk) / 4u]);
             }
             let o = (buf * BK + kk) * BN + c;
             Bs[o] = v.x;
@@ -188,7 +193,7 @@ fn load_vec4(blk: Block, k0: u32, buf: u32, lid: u32) {
             let kk = e / (BN / 4u);
             var v = vec4<f32>();
             if (blk.col0 + c < p.n && k0 + kk < blk.k_end) {
-                v = b4[(blk.b_base + (k0 + kk) * p.ldb + blk.col0 + c) / 4u];
+                v = vec4<f32>(b4[(blk.b_base + (k0 + kk) * p.ldb + blk.col0 + c) / 4u]);
             }
             let o = (buf * BK + kk) * BN + c;
             Bs[o] = v.x;

@@ -58,6 +58,14 @@ pub enum Error {
     /// graph already consumed, a gradient asked of a tensor that has none.
     #[error("{0}")]
     Autodiff(String),
+    /// An op needs an optional adapter feature the device does not have.
+    #[error("{op}: needs the adapter feature {feature}, which this adapter does not offer")]
+    Unsupported {
+        /// The op.
+        op: &'static str,
+        /// The feature, as wgpu names it.
+        feature: &'static str,
+    },
     /// A tensor larger than one buffer of this adapter may be.
     #[error("{op}: a tensor of shape {shape:?} needs {bytes} bytes, more than this adapter allows in one buffer ({limit} bytes)")]
     TooLarge {

@@ -141,7 +141,7 @@ pub fn gradcheck(
         .iter()
         .map(|t| match t.dtype() {
             DType::F32 => t.contiguous().and_then(|c| c.requires_grad(true)),
-            DType::U32 => Ok(t.clone()),
+            DType::U32 | DType::F16 => Ok(t.clone()),
         })
         .collect::<Result<_>>()?;
     let y = f(&leaves)?;

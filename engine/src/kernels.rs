@@ -57,6 +57,7 @@ shader!(ARGSORT, "argsort.wgsl", with "rows.wgsl");
 shader!(OPTIM, "optim.wgsl");
 shader!(ATTENTION, "attention.wgsl");
 shader!(ATTENTION_TILED, "attention_tiled.wgsl");
+shader!(CAST, "cast.wgsl");
 
 /// Every shader the engine compiles; the validation test checks each with naga and checks
 /// that no `.wgsl` file in `shaders/` is missing from this list.
@@ -83,6 +84,7 @@ pub static ALL_SHADERS: &[&Shader] = &[
     &OPTIM,
     &ATTENTION,
     &ATTENTION_TILED,
+    &CAST,
 ];
 
 /// Helper files that are only ever prepended to other shaders.
@@ -150,6 +152,47 @@ kernel!(SGD_K: OPTIM::"sgd", [W, R, W], []);
 kernel!(ATTENTION_K: ATTENTION::"attention_forward", [W, W, R], ["WG"]);
 kernel!(ATTENTION_BACKWARD_Q_K: ATTENTION::"attention_backward_q", [W, W, R, R, R, R], ["WG"]);
 kernel!(ATTENTION_BACKWARD_KV_K: ATTENTION::"attention_backward_kv", [W, W, R, R, R, R], ["WG"]);
+kernel!(TO_HALF_K: CAST::"to_half", [W, R], []);
+kernel!(TO_SINGLE_K: CAST::"to_single", [W, R], []);
+
+/// The build of `kernel` whose operands are f16: its shader declares them as
+/// `array<Operand>` with `alias Operand = f32;`, and converts each read to f32, so this build
+/// (with `enable f16;` first, as WGSL requires) reads half the bytes and still accumulates in
+/// f32. Made on first use and kept for the life of the process, as the static kernels are.
+pub(crate) fn half_operands(kernel: &'static Kernel) -> &'static Kernel {
+    static MADE: std::sync::OnceLock<std::sync::Mutex<HashMap<usize, &'static Kernel>>> =
+        std::sync::OnceLock::new();
+    let mut made = MADE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    made.entry(kernel as *const Kernel as usize)
+        .or_insert_with(|| {
+            let shader: &'static Shader = Box::leak(Box::new(Shader {
+                file: kernel.shader.file,
+                source: Box::leak(half_source(kernel.shader.source).into_boxed_str()),
+            }));
+            Box::leak(Box::new(Kernel { shader, ..*kernel }))
+        })
+}
+
+/// `source` with f16 operands (see [`half_operands`]).
+#[doc(hidden)]
+pub fn half_source(source: &str) -> String {
+    const SINGLE: &str = "alias Operand = f32;";
+    assert!(
+        source.contains(SINGLE),
+        "a shader with f16 operands declares `{SINGLE}`"
+    );
+    format!(
+        "enable f16;\n{}",
+        source.replace(SINGLE, "alias Operand = f16;")
+    )
+}
+
+/// The shaders that have f16-operand builds ([`half_operands`]), for the validation test.
+pub static HALF_OPERAND_SHADERS: &[&Shader] =
+    &[&MATMUL, &MATMUL_TILED, &ATTENTION, &ATTENTION_TILED];
 
 /// `template`'s source with the lines between `// BEGIN TILE` and `// END TILE` replaced by
 /// `block`: how the tiled kernels get their variants' constants.

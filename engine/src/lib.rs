@@ -41,7 +41,10 @@ pub use autodiff::{enable_grad, is_grad_enabled, no_grad, Gradients, TensorId};
 pub use device::{Device, DeviceInfo, DeviceOptions, Features, DISPATCHES_PER_BATCH};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, GradMismatch, GradcheckOptions, GradcheckReport};
-pub use ops::{AttentionKernel, BinaryOp, CompareOp, UnaryOp, MAX_ATTENTION_HEAD_DIM};
+pub use ops::{
+    autocast_f16, is_autocast_f16, AttentionKernel, BinaryOp, CompareOp, UnaryOp,
+    MAX_ATTENTION_HEAD_DIM,
+};
 pub use optim::{warmup_cosine_lr, AdamW, OptimizerState, ParamGroup, Sgd};
 pub use pool::PoolStats;
 pub use profile::{Clock, KernelTime};

@@ -202,6 +202,16 @@ uniform! {
     }
 }
 
+uniform! {
+    /// Conversions between f32 and f16 storage.
+    CastParams in ["cast.wgsl"] {
+        numel: u32,
+        in_offset: u32,
+        out_offset: u32,
+        _pad: u32,
+    }
+}
+
 /// Every uniform twin, for the layout test.
 #[doc(hidden)]
 pub static ALL_UNIFORMS: &[UniformLayout] = &[
@@ -215,4 +225,5 @@ pub static ALL_UNIFORMS: &[UniformLayout] = &[
     OptimParams::LAYOUT,
     AttentionParams::LAYOUT,
     SplitKParams::LAYOUT,
+    CastParams::LAYOUT,
 ];

@@ -21,6 +21,20 @@ pub enum DType {
     F32,
     /// 32-bit unsigned integer: indices, comparison results (0 or 1), class labels.
     U32,
+    /// 16-bit float (IEEE binary16), contiguous only: the operands of mixed-precision
+    /// products ([`Tensor::to_half`]), read only by `matmul`, `linear` and attention. Needs
+    /// the adapter's `SHADER_F16`.
+    F16,
+}
+
+impl DType {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F16 => 2,
+            DType::F32 | DType::U32 => 4,
+        }
+    }
 }
 
 /// A pooled GPU buffer; dropping the last tensor that views it returns it to the pool.
@@ -80,7 +94,8 @@ impl Tensor {
         shape: &[usize],
         dtype: DType,
     ) -> Result<Tensor> {
-        let bytes = numel(shape) as u64 * 4;
+        // Whole 32-bit words, as a storage binding's size must be.
+        let bytes = (numel(shape) * dtype.size()).next_multiple_of(4) as u64;
         let (buffer, class) = device.alloc(op, shape, bytes)?;
         Ok(Tensor {
             storage: Arc::new(Storage {
@@ -257,6 +272,9 @@ impl Tensor {
     /// [`Error::DType`] for a `U32` tensor; [`Error::Index`] when a kernel recorded since the
     /// last read-back met an out-of-range index; [`Error::Device`] on device loss.
     pub fn to_vec(&self) -> Result<Vec<f32>> {
+        if self.dtype == DType::F16 {
+            return self.to_single()?.to_vec();
+        }
         self.expect_dtype("to_vec", DType::F32)?;
         Ok(bytemuck::pod_collect_to_vec(&self.read_words()?))
     }

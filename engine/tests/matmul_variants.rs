@@ -2,13 +2,16 @@
 //! variant, with split-K) against the CPU reference over awkward shapes: every size of
 //! 1, 3, 5, 17, 31 to 33, 63 to 65, 127 to 129 and 197 in each of m, n and k, both
 //! transposes, bias, batches broadcast, and operands at an offset into their buffer. Then
-//! again with workgroup memory poisoned with NaN, which turns a missing barrier into NaN.
+//! again with workgroup memory poisoned with NaN, which turns a missing barrier into NaN,
+//! and again with f16 operands (the mixed-precision builds) against the reference on the
+//! operands rounded to f16.
 
 mod common;
 use common::*;
 use engine::reference;
 use engine::tune::{MatmulKernel, Tile};
 use engine::{Device, DeviceOptions, Tensor};
+use half::f16;
 
 const SIZES: [usize; 14] = [1, 3, 5, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 197];
 const ALIGNED: [usize; 7] = [4, 8, 32, 64, 68, 128, 196];
@@ -23,11 +26,12 @@ struct Case {
 }
 
 /// A `rows x cols` operand, stored transposed when `trans` (a `t()` view), at an offset
-/// into a larger buffer when `offset` (a `narrow` view), with `batch` leading copies.
+/// into a larger buffer when `offset` (a `narrow` view), with `batch` leading copies; in
+/// f16 when `half` (the host values rounded as the GPU rounds them).
 fn operand(
     dev: &Device,
     (rows, cols): (usize, usize),
-    (trans, offset): (bool, bool),
+    (trans, offset, half): (bool, bool, bool),
     batch: usize,
     seed: u64,
 ) -> (Tensor, Vec<f32>) {
@@ -37,8 +41,12 @@ fn operand(
     } else {
         (rows + skip, cols)
     };
-    let host = data(batch * sr * sc, seed);
-    let full = Tensor::from_slice(dev, &host, &[batch, sr, sc]).unwrap();
+    let mut host = data(batch * sr * sc, seed);
+    let mut full = Tensor::from_slice(dev, &host, &[batch, sr, sc]).unwrap();
+    if half {
+        full = full.to_half().unwrap();
+        host = host.iter().map(|&v| f16::from_f32(v).to_f32()).collect();
+    }
     // The viewed (rows, cols) matrix, past `skip` stored rows (columns when transposed).
     let view = if trans {
         full.narrow(2, skip, rows).unwrap().transpose(1, 2).unwrap()
@@ -57,7 +65,7 @@ fn operand(
     (view, values)
 }
 
-fn case(dev: &Device, i: usize, (m, n, k): (usize, usize, usize)) -> Case {
+fn case(dev: &Device, i: usize, (m, n, k): (usize, usize, usize), half: bool) -> Case {
     let (ta, tb, with_bias) = (i % 2 == 1, (i / 2) % 2 == 1, i.is_multiple_of(3));
     // Batches: none, two on both sides, three with B broadcast, an offset A.
     let (batch, b_batch, offset) = match i % 4 {
@@ -66,8 +74,8 @@ fn case(dev: &Device, i: usize, (m, n, k): (usize, usize, usize)) -> Case {
         2 => (3, 1, false),
         _ => (1, 1, true),
     };
-    let (a, ha) = operand(dev, (m, k), (ta, offset), batch, 1000 + i as u64);
-    let (b, hb) = operand(dev, (k, n), (tb, false), b_batch, 2000 + i as u64);
+    let (a, ha) = operand(dev, (m, k), (ta, offset, half), batch, 1000 + i as u64);
+    let (b, hb) = operand(dev, (k, n), (tb, false, half), b_batch, 2000 + i as u64);
     let (a, b) = match (batch, b_batch) {
         (1, _) => (a.squeeze(0).unwrap(), b.squeeze(0).unwrap()),
         (_, 1) => (a, b.squeeze(0).unwrap()),
@@ -97,7 +105,7 @@ fn case(dev: &Device, i: usize, (m, n, k): (usize, usize, usize)) -> Case {
     }
     Case {
         what: format!(
-            "{m}x{n}x{k} ta={ta} tb={tb} bias={with_bias} batch={batch}/{b_batch} offset={offset}"
+            "{m}x{n}x{k} ta={ta} tb={tb} bias={with_bias} batch={batch}/{b_batch} offset={offset} f16={half}"
         ),
         a,
         b,
@@ -107,7 +115,7 @@ fn case(dev: &Device, i: usize, (m, n, k): (usize, usize, usize)) -> Case {
 }
 
 /// Every size appears as m, n and k; aligned problems exercise the vec4 loaders.
-fn cases(dev: &Device) -> Vec<Case> {
+fn cases(dev: &Device, half: bool) -> Vec<Case> {
     let s = |i: usize| SIZES[i % SIZES.len()];
     let mut shapes: Vec<(usize, usize, usize)> = (0..SIZES.len())
         .map(|i| (s(i), s(i * 5 + 3), s(i * 3 + 7)))
@@ -117,7 +125,7 @@ fn cases(dev: &Device) -> Vec<Case> {
     shapes
         .into_iter()
         .enumerate()
-        .map(|(i, shape)| case(dev, i, shape))
+        .map(|(i, shape)| case(dev, i, shape, half))
         .collect()
 }
 
@@ -160,7 +168,7 @@ fn check_all(dev: &Device, cases: &[Case]) -> usize {
 #[test]
 fn every_kernel_matches_the_reference_on_awkward_shapes() {
     let dev = dev();
-    let cases = cases(&dev);
+    let cases = cases(&dev, false);
     let checked = check_all(&dev, &cases);
     let variants = kernels(&dev).len();
     assert!(variants > 10, "only {variants} kernels fit this adapter");
@@ -181,7 +189,24 @@ fn no_kernel_reads_workgroup_memory_before_it_is_written() {
     let cases: Vec<Case> = [(33, 65, 129), (64, 32, 68), (5, 3, 197)]
         .into_iter()
         .enumerate()
-        .map(|(i, shape)| case(&dev, i, shape))
+        .map(|(i, shape)| case(&dev, i, shape, false))
         .collect();
     check_all(&dev, &cases);
+}
+
+/// The f16-operand builds read half-width operands and still accumulate in f32: the same
+/// tolerance as above against the f32 reference on the rounded operands.
+#[test]
+fn every_kernel_with_f16_operands_matches_the_reference() {
+    let dev = dev();
+    if !dev.info().features.shader_f16 {
+        eprintln!("skipped: the adapter has no SHADER_F16");
+        return;
+    }
+    let cases = cases(&dev, true);
+    let checked = check_all(&dev, &cases);
+    assert!(
+        checked > kernels(&dev).len() * SIZES.len(),
+        "{checked} products checked"
+    );
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use engine::kernels::{ALL_SHADERS, HELPER_FILES};
+use engine::kernels::{half_source, ALL_SHADERS, HALF_OPERAND_SHADERS, HELPER_FILES};
 use engine::params::ALL_UNIFORMS;
 
 /// Parse and validate as wgpu does; subgroup operations only in the row kernels' subgroup
@@ -11,17 +11,17 @@ use engine::params::ALL_UNIFORMS;
 fn parse(source: &str, file: &str) -> (naga::Module, naga::valid::ModuleInfo) {
     let module = naga::front::wgsl::parse_str(source)
         .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(source)));
-    let subgroups = source.contains(include_str!("../../shaders/rows_subgroup.wgsl"));
-    let info = naga::valid::Validator::new(
-        naga::valid::ValidationFlags::all(),
-        if subgroups {
-            naga::valid::Capabilities::SUBGROUP
-        } else {
-            naga::valid::Capabilities::default()
-        },
-    )
-    .validate(&module)
-    .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(source)));
+    let mut caps = naga::valid::Capabilities::default();
+    if source.contains(include_str!("../../shaders/rows_subgroup.wgsl")) {
+        caps |= naga::valid::Capabilities::SUBGROUP;
+    }
+    // f16 only in the builds that enable it, which need the adapter's SHADER_F16.
+    if source.contains("enable f16;") {
+        caps |= naga::valid::Capabilities::SHADER_FLOAT16;
+    }
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{file}: {}", e.emit_to_string(source)));
     (module, info)
 }
 
@@ -44,6 +44,9 @@ fn every_wgsl_file_is_registered_and_valid() {
     );
     for shader in ALL_SHADERS {
         parse(shader.source, shader.file);
+    }
+    for shader in HALF_OPERAND_SHADERS {
+        parse(&half_source(shader.source), shader.file);
     }
 }
 

@@ -5,8 +5,8 @@ use crate::autodiff::no_grad;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::kernels::{
-    generated, Access, Kernel, ATTENTION_BACKWARD_KV_K, ATTENTION_BACKWARD_Q_K, ATTENTION_K,
-    ATTENTION_TILED,
+    generated, half_operands, Access, Kernel, ATTENTION_BACKWARD_KV_K, ATTENTION_BACKWARD_Q_K,
+    ATTENTION_K, ATTENTION_TILED,
 };
 use crate::params::AttentionParams;
 use crate::tensor::{DType, Tensor};
@@ -60,8 +60,14 @@ impl Tensor {
             scale: (hd as f32).powf(-0.5),
             ..Default::default()
         };
-        let qkv = self.contiguous()?.detach();
-        let kernels = Kernels::of(kernel, hd);
+        // Under autocast_f16 the kernels read (and backward keeps) an f16 copy of q, k and v.
+        let half = crate::is_autocast_f16();
+        let qkv = if half {
+            self.to_half()?
+        } else {
+            self.contiguous()?.detach()
+        };
+        let kernels = Kernels::of(kernel, hd).with_half_operands(half);
         let (y, lse) = no_grad(|| attention_forward(&qkv, p, &kernels))?;
         let out = y.detach();
         Ok(y.record(op, &[self], move |g| {
@@ -123,6 +129,19 @@ impl Kernels {
     }
 
     /// The override values and workgroups for `p`'s rows.
+    /// These kernels, or their f16-operand builds.
+    fn with_half_operands(self, half: bool) -> Kernels {
+        if !half {
+            return self;
+        }
+        Kernels {
+            forward: half_operands(self.forward),
+            backward_q: half_operands(self.backward_q),
+            backward_kv: half_operands(self.backward_kv),
+            ..self
+        }
+    }
+
     fn launch(&self, dev: &Device, p: &AttentionParams) -> (Vec<u32>, [u32; 3]) {
         if self.tiled {
             let tiles = (p.tokens as usize).div_ceil(TILED_ROWS) as u32;

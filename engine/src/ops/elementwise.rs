@@ -2,7 +2,7 @@
 //! comparisons, `where` and dtype conversion.
 
 use super::{broadcast_strides, elementwise_grid, strided_params};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::{BINARY, COMPARE_K, COPY_K, SELECT_K, UNARY};
 use crate::shape::broadcast_shape;
 use crate::tensor::{DType, Tensor};
@@ -449,13 +449,17 @@ impl Tensor {
     }
 
     /// Convert to another element type: `F32 -> U32` truncates toward zero (negatives become
-    /// 0), `U32 -> F32` is exact below 2^24. The same dtype returns a shared view.
+    /// 0), `U32 -> F32` is exact below 2^24, `F32 <-> F16` as [`Tensor::to_half`] and
+    /// [`Tensor::to_single`]. The same dtype returns a shared view.
     ///
     /// # Errors
-    /// [`crate::Error::TooLarge`] only.
+    /// [`crate::Error::TooLarge`]; [`crate::Error::DType`] between `U32` and `F16`;
+    /// [`crate::Error::Unsupported`] for `F16` without `SHADER_F16`.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         let op = match (self.dtype(), dtype) {
             (a, b) if a == b => return Ok(self.clone()),
+            (DType::F32, DType::F16) => return self.to_half(),
+            (DType::F16, DType::F32) => return self.to_single(),
             (DType::F32, DType::U32) => 1,
             _ => 2,
         };
@@ -476,6 +480,17 @@ impl Tensor {
 
     /// Copy this tensor's elements into the (possibly strided) view `dst` of the same shape.
     pub(crate) fn copy_to(&self, name: &'static str, op: u32, dst: &Tensor) -> Result<()> {
+        // The copy kernel moves 32-bit words; f16 tensors are made contiguous by their cast.
+        for t in [self, dst] {
+            if t.dtype() == DType::F16 {
+                return Err(Error::DType {
+                    op: name,
+                    expected: DType::F32,
+                    got: DType::F16,
+                    shape: t.shape().to_vec(),
+                });
+            }
+        }
         let p = strided_params(
             name,
             self.shape(),

@@ -2,8 +2,9 @@
 
 use crate::autodiff::no_grad;
 use crate::error::{Error, Result};
-use crate::kernels::{MATMUL_K, MATMUL_VEC4_K, SPLITK_K};
+use crate::kernels::{half_operands, Kernel, MATMUL_K, MATMUL_VEC4_K, SPLITK_K};
 use crate::ops::elementwise_grid;
+use crate::ops::is_autocast_f16;
 use crate::params::{MatmulParams, SplitKParams};
 use crate::shape::{broadcast_shape, numel};
 use crate::tensor::{DType, Tensor};
@@ -75,16 +76,22 @@ impl Tensor {
     /// [`Error::Shape`] for rank below 2, mismatched inner sizes or batch axes that do not
     /// broadcast, or more rows than one dispatch can cover; [`Error::DType`] for `U32`.
     pub fn matmul(&self, other: &Tensor) -> Result<Tensor> {
-        let y = no_grad(|| self.matmul_untracked(other))?;
-        let (a, b) = (self.detach(), other.detach());
+        let half = is_autocast_f16();
+        let (a, b) = (operand_copy(self, half)?, operand_copy(other, half)?);
+        let y = no_grad(|| a.matmul_untracked(&b))?;
+        let (shape_a, shape_b) = (self.shape().to_vec(), other.shape().to_vec());
         let need = (self.requires_grad, other.requires_grad);
         Ok(y.record("matmul", &[self, other], move |g| {
-            // dA = dY B^T and dB = A^T dY, summed over batch axes that were broadcast.
+            // dA = dY B^T and dB = A^T dY, summed over batch axes that were broadcast; with
+            // f16 operands, from dY in f16 too.
+            let g = &operand_copy(g, half)?;
             Ok(vec![
                 need.0
-                    .then(|| g.matmul(&b.t()?)?.sum_to(a.shape()))
+                    .then(|| g.matmul_untracked(&b.t()?)?.sum_to(&shape_a))
                     .transpose()?,
-                need.1.then(|| matmul_rhs_grad(&a, &b, g)).transpose()?,
+                need.1
+                    .then(|| matmul_rhs_grad(&a, &shape_b, g))
+                    .transpose()?,
             ])
         }))
     }
@@ -124,8 +131,9 @@ impl Tensor {
         }
         let rows = numel(lead);
         let x = self.reshape(&[rows, in_dim])?;
-        let y = no_grad(|| x.product(&weight.t()?, bias))?;
-        let (xd, wd) = (x.detach(), weight.detach());
+        let half = is_autocast_f16();
+        let (xd, wd) = (operand_copy(&x, half)?, operand_copy(weight, half)?);
+        let y = no_grad(|| xd.product(&wd.t()?, bias))?;
         let need = [
             x.requires_grad,
             weight.requires_grad,
@@ -135,9 +143,10 @@ impl Tensor {
         let mut inputs = vec![&x, weight];
         inputs.extend(bias);
         let y = y.record(op, &inputs, move |g| {
+            let gh = operand_copy(g, half)?;
             let mut grads = vec![
-                need[0].then(|| g.matmul(&wd)).transpose()?,
-                need[1].then(|| g.t()?.matmul(&xd)).transpose()?,
+                need[0].then(|| gh.matmul_untracked(&wd)).transpose()?,
+                need[1].then(|| gh.t()?.matmul_untracked(&xd)).transpose()?,
             ];
             if has_bias {
                 grads.push(need[2].then(|| g.sum(0, false)).transpose()?);
@@ -147,7 +156,7 @@ impl Tensor {
         y.reshape(&[lead, &[out_dim]].concat())
     }
 
-    fn matmul_untracked(&self, other: &Tensor) -> Result<Tensor> {
+    pub(crate) fn matmul_untracked(&self, other: &Tensor) -> Result<Tensor> {
         self.product(other, None)
     }
 
@@ -218,8 +227,14 @@ struct Problem {
 impl Problem {
     fn new(x: &Tensor, y: &Tensor, bias: Option<&Tensor>) -> Result<Problem> {
         let op = "matmul";
-        x.expect_dtype(op, DType::F32)?;
-        y.expect_dtype(op, DType::F32)?;
+        // Both operands f32, or both f16 (mixed precision); the product is f32 either way.
+        let dtype = if x.dtype() == DType::F16 {
+            DType::F16
+        } else {
+            DType::F32
+        };
+        x.expect_dtype(op, dtype)?;
+        y.expect_dtype(op, dtype)?;
         x.expect_same_device(op, y)?;
         if x.rank() < 2 || y.rank() < 2 {
             return Err(Error::shape(
@@ -288,15 +303,31 @@ impl Problem {
     }
 
     fn key(&self) -> MatmulKey {
-        MatmulKey::new(
-            (
-                self.a.trans,
-                self.b.trans,
-                self.bias.is_some(),
-                self.aligned,
-            ),
-            self.sizes(),
-        )
+        MatmulKey {
+            half: self.half(),
+            ..MatmulKey::new(
+                (
+                    self.a.trans,
+                    self.b.trans,
+                    self.bias.is_some(),
+                    self.aligned,
+                ),
+                self.sizes(),
+            )
+        }
+    }
+
+    fn half(&self) -> bool {
+        self.a.t.dtype() == DType::F16
+    }
+
+    /// `kernel`, or its f16-operand build for f16 operands.
+    fn build(&self, kernel: &'static Kernel) -> &'static Kernel {
+        if self.half() {
+            half_operands(kernel)
+        } else {
+            kernel
+        }
     }
 
     fn dev(&self) -> &crate::Device {
@@ -361,7 +392,7 @@ impl Problem {
         ])?;
         let out = Tensor::empty(dev, "matmul", &self.shape, DType::F32)?;
         dev.dispatch(
-            kernel,
+            self.build(kernel),
             &[a.trans as u32, b.trans as u32, self.bias.is_some() as u32],
             &p,
             &[
@@ -404,7 +435,7 @@ impl Problem {
         };
         let has_bias = self.bias.is_some();
         dev.dispatch(
-            tile.kernel(),
+            self.build(tile.kernel()),
             &[
                 a.trans as u32,
                 b.trans as u32,
@@ -449,11 +480,21 @@ impl Problem {
 /// batch axes `b` was broadcast along. A matrix shared by every batch (a weight) gets one
 /// product over all rows of `a` and `g`, never a per-batch stack summed afterwards, which
 /// would take batch times the weight's memory.
-fn matmul_rhs_grad(a: &Tensor, b: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let (k, n) = (b.shape()[0], b.shape()[b.rank() - 1]);
-    if b.rank() == 2 && a.rank() > 2 && k > 0 && n > 0 {
+fn matmul_rhs_grad(a: &Tensor, b_shape: &[usize], g: &Tensor) -> Result<Tensor> {
+    let (k, n) = (b_shape[0], b_shape[b_shape.len() - 1]);
+    if b_shape.len() == 2 && a.rank() > 2 && k > 0 && n > 0 {
         let rows = |t: &Tensor, cols: usize| t.reshape(&[t.numel() / cols, cols]);
-        return rows(a, k)?.t()?.matmul(&rows(g, n)?);
+        return rows(a, k)?.t()?.matmul_untracked(&rows(g, n)?);
     }
-    a.t()?.matmul(g)?.sum_to(b.shape())
+    a.t()?.matmul_untracked(g)?.sum_to(b_shape)
+}
+
+/// What a product reads of `t` and keeps for backward: `t` itself (detached), or under
+/// [`crate::autocast_f16`] its f16 copy.
+fn operand_copy(t: &Tensor, half: bool) -> Result<Tensor> {
+    if half {
+        t.to_half()
+    } else {
+        Ok(t.detach())
+    }
 }

@@ -4,6 +4,7 @@
 mod attention;
 mod create;
 mod elementwise;
+mod half;
 mod index;
 mod layout;
 mod matmul;
@@ -12,6 +13,7 @@ mod rowwise;
 
 pub use attention::{AttentionKernel, MAX_ATTENTION_HEAD_DIM};
 pub use elementwise::{BinaryOp, CompareOp, UnaryOp};
+pub use half::{autocast_f16, is_autocast_f16};
 
 use crate::device::Device;
 use crate::error::{Error, Result};

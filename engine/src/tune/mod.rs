@@ -107,6 +107,9 @@ pub struct MatmulKey {
     pub aligned: bool,
     /// `ceil(log2)` of m, n, k and the batch count.
     pub log2: [u32; 4],
+    /// The operands are f16 (mixed precision): half the bytes to load, so possibly another
+    /// best kernel.
+    pub half: bool,
 }
 
 impl MatmulKey {
@@ -122,15 +125,21 @@ impl MatmulKey {
             bias,
             aligned,
             log2: [log2(m), log2(n), log2(k), log2(batch)],
+            half: false,
         }
     }
 
-    /// The bucket as text, as the cache file keys it: `ta=0 tb=1 bias=1 aligned=1 m=2^8 ...`.
+    /// The bucket as text, as the cache file keys it: `ta=0 tb=1 bias=1 aligned=1 m=2^8 ...`,
+    /// with ` f16` last for f16 operands (so f32 keys read as before).
     pub fn text(&self) -> String {
         let [m, n, k, b] = self.log2;
         format!(
-            "ta={} tb={} bias={} aligned={} m=2^{m} n=2^{n} k=2^{k} batch=2^{b}",
-            self.trans_a as u8, self.trans_b as u8, self.bias as u8, self.aligned as u8
+            "ta={} tb={} bias={} aligned={} m=2^{m} n=2^{n} k=2^{k} batch=2^{b}{}",
+            self.trans_a as u8,
+            self.trans_b as u8,
+            self.bias as u8,
+            self.aligned as u8,
+            if self.half { " f16" } else { "" }
         )
     }
 }
