@@ -37,8 +37,30 @@ pub(crate) type BackwardFn = Box<dyn FnOnce(&Tensor) -> Result<Vec<Option<Tensor
 /// One recorded op: its inputs and its gradient rule (taken when backward runs it).
 pub(crate) struct Node {
     pub(crate) op: &'static str,
-    pub(crate) inputs: Vec<Tensor>,
+    pub(crate) inputs: Vec<Edge>,
     backward: Mutex<Option<BackwardFn>>,
+}
+
+/// What the graph keeps of a tensor: enough to walk it and check gradients, and not its
+/// buffer. An activation lives as long as a gradient rule saved it, not as long as the
+/// graph: the f32 input of an f16 product, say, is freed once its f16 copy is made.
+#[derive(Clone)]
+pub(crate) struct Edge {
+    id: TensorId,
+    requires_grad: bool,
+    shape: Vec<usize>,
+    node: Option<Arc<Node>>,
+}
+
+impl Edge {
+    fn of(t: &Tensor) -> Edge {
+        Edge {
+            id: t.id,
+            requires_grad: t.requires_grad,
+            shape: t.shape().to_vec(),
+            node: t.node.clone(),
+        }
+    }
 }
 
 thread_local! {
@@ -88,7 +110,7 @@ impl Tensor {
             self.requires_grad = true;
             self.node = Some(Arc::new(Node {
                 op,
-                inputs: inputs.iter().map(|t| (*t).clone()).collect(),
+                inputs: inputs.iter().map(|t| Edge::of(t)).collect(),
                 backward: Mutex::new(Some(Box::new(backward))),
             }));
         }
@@ -194,9 +216,9 @@ impl Tensor {
 
     fn run_backward(&self, grad: &Tensor, grads: &mut Gradients) -> Result<()> {
         // Reverse topological order of the nodes reachable from self (iterative DFS).
-        let mut order: Vec<Tensor> = Vec::new();
+        let mut order: Vec<Edge> = Vec::new();
         let mut seen: HashSet<TensorId> = HashSet::new();
-        let mut stack: Vec<(Tensor, bool)> = vec![(self.clone(), false)];
+        let mut stack: Vec<(Edge, bool)> = vec![(Edge::of(self), false)];
         while let Some((t, expanded)) = stack.pop() {
             if expanded {
                 order.push(t);
@@ -243,14 +265,14 @@ impl Tensor {
                 if !input.requires_grad {
                     continue;
                 }
-                let ig = if ig.shape() == input.shape() {
+                let ig = if ig.shape() == input.shape {
                     ig
                 } else {
                     return Err(Error::Autodiff(format!(
                         "backward of `{}` produced a gradient of shape {:?} for an input of shape {:?}",
                         node.op,
                         ig.shape(),
-                        input.shape()
+                        input.shape
                     )));
                 };
                 match pending.remove(&input.id) {

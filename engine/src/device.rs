@@ -63,7 +63,9 @@ pub struct DeviceOptions {
     /// Lower the storage-binding limit (the largest tensor) to this many bytes, as a
     /// smaller GPU's would be: the device enforces it.
     pub binding_limit: Option<u64>,
-    /// Leave these optional features off even when the adapter offers them.
+    /// Leave these optional features off even when the adapter offers them, as well as
+    /// those named in `ENGINE_WITHOUT` (comma-separated, as [`Features`] displays them, e.g.
+    /// `ENGINE_WITHOUT=shader-f16,subgroup`): how to run as on an adapter without them.
     pub without: Features,
     /// On a machine with several adapters of the preferred kind (several GPUs), take the
     /// one at this index, counting round: a data-parallel process passes its local rank.
@@ -162,22 +164,46 @@ impl Features {
     }
 }
 
-impl std::fmt::Display for Features {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = [
-            (self.timestamp_query, "timestamp-query"),
+impl Features {
+    /// Each feature's flag here and its name.
+    fn by_name(&mut self) -> [(&mut bool, &'static str); 5] {
+        [
+            (&mut self.timestamp_query, "timestamp-query"),
             (
-                self.timestamp_query_inside_passes,
+                &mut self.timestamp_query_inside_passes,
                 "timestamps-inside-passes",
             ),
-            (self.subgroup, "subgroup"),
-            (self.shader_f16, "shader-f16"),
-            (self.pipeline_cache, "pipeline-cache"),
+            (&mut self.subgroup, "subgroup"),
+            (&mut self.shader_f16, "shader-f16"),
+            (&mut self.pipeline_cache, "pipeline-cache"),
         ]
-        .iter()
-        .filter(|(on, _)| *on)
-        .map(|(_, name)| *name)
-        .collect();
+    }
+
+    /// The features named in a comma-separated `list` (`ENGINE_WITHOUT`).
+    fn named(list: &str) -> Result<Features> {
+        let mut features = Features::default();
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let Some((flag, _)) = features.by_name().into_iter().find(|(_, n)| *n == name) else {
+                return Err(Error::Device(format!(
+                    "ENGINE_WITHOUT: unknown feature {name:?}; expected some of {}",
+                    Features::all()
+                )));
+            };
+            *flag = true;
+        }
+        Ok(features)
+    }
+}
+
+impl std::fmt::Display for Features {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut copy = *self;
+        let names: Vec<&str> = copy
+            .by_name()
+            .into_iter()
+            .filter(|(on, _)| **on)
+            .map(|(_, name)| name)
+            .collect();
         if names.is_empty() {
             write!(f, "none")
         } else {
@@ -319,7 +345,10 @@ impl Device {
             limits.max_storage_buffer_binding_size =
                 limits.max_storage_buffer_binding_size.min(bytes);
         }
-        let features = Features::of(adapter.features()).without(options.without);
+        let off = Features::named(&std::env::var("ENGINE_WITHOUT").unwrap_or_default())?;
+        let features = Features::of(adapter.features())
+            .without(options.without)
+            .without(off);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("engine"),
             required_features: features.wgpu(),

@@ -19,7 +19,9 @@ use crate::classify::{classifier, encoder, evaluate, open_labelled, report, Outc
 use crate::data::{Augment, Dataset, Normalize, Rng, FASHION_MNIST};
 use crate::dist::Dist;
 use crate::pretrain::config_from;
-use crate::run::{self, Given, Invocation, Learner, Position, Resumed, Schedule, Step, Trainer};
+use crate::run::{
+    self, Given, Invocation, Learner, Position, Precision, Resumed, Schedule, Step, Trainer,
+};
 use crate::{Error, MaeConfig};
 
 /// Random stream of the new head's initialisation (see [`crate::data::Rng`]).
@@ -89,6 +91,10 @@ pub struct Settings {
     /// Checkpoint every N epochs, and after the last [ViT-B/L/H: 10].
     #[arg(long, default_value_t = 1)]
     pub save_every: usize,
+    /// Arithmetic of the products: fp32, or f16-mixed (as `pretrain --precision`).
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn one() -> usize {

@@ -24,7 +24,9 @@ use crate::hf::{
     load_pretrained, read_config, read_preprocessor, save_preprocessor, save_pretrained,
 };
 use crate::knn::Monitor;
-use crate::run::{self, Given, Invocation, Learner, Position, Resumed, Schedule, Step, Trainer};
+use crate::run::{
+    self, Given, Invocation, Learner, Position, Precision, Resumed, Schedule, Step, Trainer,
+};
 use crate::{visualize, Error, MaeConfig, MaskedAutoencoder};
 
 /// Random stream of a new model's initialisation (see [`crate::data::Rng`]).
@@ -98,6 +100,12 @@ pub struct Settings {
     #[arg(long, default_value_t = 1)]
     #[serde(default)]
     pub knn_every: usize,
+    /// Arithmetic of the products: fp32, or f16-mixed (matmuls and attention read f16
+    /// operands and accumulate in f32; weights, optimizer state, norms, softmax and the loss
+    /// stay f32; dynamic loss scaling). f16-mixed needs an adapter with SHADER_F16.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn one() -> usize {

@@ -372,9 +372,16 @@ impl Block {
             .collect();
         let inputs: Vec<&Tensor> = std::iter::once(x).chain(&params).collect();
         let (block, x, kept) = (self.clone(), x.detach(), params.clone());
+        // Backward runs outside the forward's autocast: recompute in the forward's precision.
+        let half = engine::is_autocast_f16();
         Ok(y.with_backward("checkpoint", &inputs, move |grad| {
             let x = x.requires_grad(true)?;
-            let y = engine::enable_grad(|| block.forward_kept(&x, &mut start.clone()))?;
+            let recompute = || engine::enable_grad(|| block.forward_kept(&x, &mut start.clone()));
+            let y = if half {
+                engine::autocast_f16(recompute)
+            } else {
+                recompute()
+            }?;
             let mut grads = engine::Gradients::default();
             y.backward_into(grad, &mut grads)?;
             let mut out = vec![grads.remove(&x)];

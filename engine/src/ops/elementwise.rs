@@ -182,9 +182,12 @@ impl Tensor {
     /// [`crate::Error::DType`] for a `U32` tensor.
     pub fn unary(&self, op: UnaryOp, s: f32) -> Result<Tensor> {
         let y = self.unary_kernel(op, s)?;
-        let (x, out) = (self.detach(), y.detach());
+        // Keep only what the gradient reads, so that an activation lives no longer than
+        // some rule needs it.
+        let (reads_x, reads_y) = op.reads();
+        let (x, out) = (reads_x.then(|| self.detach()), reads_y.then(|| y.detach()));
         Ok(y.record(op.name(), &[self], move |g| {
-            Ok(vec![Some(unary_backward(op, s, &x, &out, g)?)])
+            Ok(vec![Some(unary_backward(op, s, (x, out), g)?)])
         }))
     }
 
@@ -217,10 +220,17 @@ impl Tensor {
     /// `U32` operands.
     pub fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
         let y = self.binary_kernel(op, other)?;
-        let (a, b, out) = (self.detach(), other.detach(), y.detach());
         let need = (self.requires_grad, other.requires_grad);
+        // Keep only what the gradient reads (as in `unary`).
+        let reads = op.reads(need);
+        let kept = Kept {
+            a: reads.0.then(|| self.detach()),
+            b: reads.1.then(|| other.detach()),
+            y: reads.2.then(|| y.detach()),
+            shapes: (self.shape().to_vec(), other.shape().to_vec()),
+        };
         Ok(y.record(op.name(), &[self, other], move |g| {
-            binary_backward(op, &a, &b, &out, g, need)
+            binary_backward(op, &kept, g, need)
         }))
     }
 
@@ -508,25 +518,71 @@ impl Tensor {
     }
 }
 
-/// Gradient of a unary op from its input `x`, output `y` and output gradient `g`.
-fn unary_backward(op: UnaryOp, s: f32, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
+impl UnaryOp {
+    /// Whether the gradient reads the op's input and its output.
+    fn reads(self) -> (bool, bool) {
+        use UnaryOp::*;
+        match self {
+            Exp | Sqrt | Rsqrt | Tanh | Sigmoid => (false, true),
+            Log | Abs | Relu | Gelu | PowScalar | RdivScalar | MaxScalar | MinScalar => {
+                (true, false)
+            }
+            Neg | RsubScalar | AddScalar | MulScalar | Sign | Step | GeluGrad => (false, false),
+        }
+    }
+}
+
+impl BinaryOp {
+    /// Whether the gradients of the inputs that need one (`need`) read the first input,
+    /// the second, and the output.
+    fn reads(self, (need_a, need_b): (bool, bool)) -> (bool, bool, bool) {
+        match self {
+            BinaryOp::Add | BinaryOp::Sub => (false, false, false),
+            BinaryOp::Mul => (need_b, need_a, false),
+            BinaryOp::Div => (false, true, need_b),
+            BinaryOp::Pow => (true, true, need_b),
+            BinaryOp::Maximum | BinaryOp::Minimum => (true, true, false),
+        }
+    }
+}
+
+/// What a binary op's rule keeps: the tensors [`BinaryOp::reads`] names, and the inputs'
+/// shapes.
+struct Kept {
+    a: Option<Tensor>,
+    b: Option<Tensor>,
+    y: Option<Tensor>,
+    shapes: (Vec<usize>, Vec<usize>),
+}
+
+/// Gradient of a unary op from what it kept of its input `x` and output `y`
+/// ([`UnaryOp::reads`]), and the output gradient `g`.
+fn unary_backward(
+    op: UnaryOp,
+    s: f32,
+    (x, y): (Option<Tensor>, Option<Tensor>),
+    g: &Tensor,
+) -> Result<Tensor> {
+    let kept = "UnaryOp::reads keeps what the rule reads";
+    let x = || x.as_ref().expect(kept);
+    let y = || y.as_ref().expect(kept);
     match op {
         UnaryOp::Neg | UnaryOp::RsubScalar => g.neg(),
-        UnaryOp::Exp => g.mul(y),
-        UnaryOp::Log => g.div(x),
-        UnaryOp::Sqrt => g.mul(&y.rdiv_scalar(0.5)?),
-        UnaryOp::Rsqrt => g.mul(&y.pow_scalar(3.0)?.mul_scalar(-0.5)?),
-        UnaryOp::Abs => g.mul(&x.unary(UnaryOp::Sign, 0.0)?),
-        UnaryOp::Tanh => g.mul(&y.mul(y)?.rsub_scalar(1.0)?),
-        UnaryOp::Sigmoid => g.mul(&y.mul(&y.rsub_scalar(1.0)?)?),
-        UnaryOp::Relu => g.mul(&x.unary(UnaryOp::Step, 0.0)?),
-        UnaryOp::Gelu => g.mul(&x.unary(UnaryOp::GeluGrad, 0.0)?),
+        UnaryOp::Exp => g.mul(y()),
+        UnaryOp::Log => g.div(x()),
+        UnaryOp::Sqrt => g.mul(&y().rdiv_scalar(0.5)?),
+        UnaryOp::Rsqrt => g.mul(&y().pow_scalar(3.0)?.mul_scalar(-0.5)?),
+        UnaryOp::Abs => g.mul(&x().unary(UnaryOp::Sign, 0.0)?),
+        UnaryOp::Tanh => g.mul(&y().mul(y())?.rsub_scalar(1.0)?),
+        UnaryOp::Sigmoid => g.mul(&y().mul(&y().rsub_scalar(1.0)?)?),
+        UnaryOp::Relu => g.mul(&x().unary(UnaryOp::Step, 0.0)?),
+        UnaryOp::Gelu => g.mul(&x().unary(UnaryOp::GeluGrad, 0.0)?),
         UnaryOp::AddScalar => Ok(g.clone()),
         UnaryOp::MulScalar => g.mul_scalar(s),
-        UnaryOp::PowScalar => g.mul(&x.pow_scalar(s - 1.0)?.mul_scalar(s)?),
-        UnaryOp::RdivScalar => g.mul(&x.mul(x)?.rdiv_scalar(-s)?),
-        UnaryOp::MaxScalar => g.mul(&x.ge_scalar(s)?.to_dtype(F32)?),
-        UnaryOp::MinScalar => g.mul(&x.le_scalar(s)?.to_dtype(F32)?),
+        UnaryOp::PowScalar => g.mul(&x().pow_scalar(s - 1.0)?.mul_scalar(s)?),
+        UnaryOp::RdivScalar => g.mul(&x().mul(x())?.rdiv_scalar(-s)?),
+        UnaryOp::MaxScalar => g.mul(&x().ge_scalar(s)?.to_dtype(F32)?),
+        UnaryOp::MinScalar => g.mul(&x().le_scalar(s)?.to_dtype(F32)?),
         UnaryOp::Sign | UnaryOp::Step | UnaryOp::GeluGrad => g.mul_scalar(0.0),
     }
 }
@@ -534,34 +590,38 @@ fn unary_backward(op: UnaryOp, s: f32, x: &Tensor, y: &Tensor, g: &Tensor) -> Re
 /// Gradients of a binary op for the inputs that need one, summed over broadcast axes.
 fn binary_backward(
     op: BinaryOp,
-    a: &Tensor,
-    b: &Tensor,
-    y: &Tensor,
+    kept: &Kept,
     g: &Tensor,
     (need_a, need_b): (bool, bool),
 ) -> Result<Vec<Option<Tensor>>> {
+    let why = "BinaryOp::reads keeps what the rule reads";
+    let (a, b, y) = (
+        || kept.a.as_ref().expect(why),
+        || kept.b.as_ref().expect(why),
+        || kept.y.as_ref().expect(why),
+    );
     // Ties of maximum/minimum split the gradient in half, as PyTorch does.
     let pick = |first: CompareOp| -> Result<Tensor> {
-        let wins = a.compare(first, b)?.to_dtype(F32)?;
-        let ties = a.eq(b)?.to_dtype(F32)?.mul_scalar(0.5)?;
+        let wins = a().compare(first, b())?.to_dtype(F32)?;
+        let ties = a().eq(b())?.to_dtype(F32)?.mul_scalar(0.5)?;
         wins.add(&ties)
     };
     let (ga, gb) = match op {
         BinaryOp::Add => (Some(g.clone()), Some(g.clone())),
         BinaryOp::Sub => (Some(g.clone()), need_b.then(|| g.neg()).transpose()?),
         BinaryOp::Mul => (
-            need_a.then(|| g.mul(b)).transpose()?,
-            need_b.then(|| g.mul(a)).transpose()?,
+            need_a.then(|| g.mul(b())).transpose()?,
+            need_b.then(|| g.mul(a())).transpose()?,
         ),
         BinaryOp::Div => (
-            need_a.then(|| g.div(b)).transpose()?,
-            need_b.then(|| g.mul(y)?.div(b)?.neg()).transpose()?,
+            need_a.then(|| g.div(b())).transpose()?,
+            need_b.then(|| g.mul(y())?.div(b())?.neg()).transpose()?,
         ),
         BinaryOp::Pow => (
             need_a
-                .then(|| g.mul(b)?.mul(&a.pow(&b.sub_scalar(1.0)?)?))
+                .then(|| g.mul(b())?.mul(&a().pow(&b().sub_scalar(1.0)?)?))
                 .transpose()?,
-            need_b.then(|| g.mul(y)?.mul(&a.log()?)).transpose()?,
+            need_b.then(|| g.mul(y())?.mul(&a().log()?)).transpose()?,
         ),
         BinaryOp::Maximum => (
             need_a.then(|| g.mul(&pick(CompareOp::Gt)?)).transpose()?,
@@ -574,10 +634,10 @@ fn binary_backward(
     };
     Ok(vec![
         ga.filter(|_| need_a)
-            .map(|t| t.sum_to(a.shape()))
+            .map(|t| t.sum_to(&kept.shapes.0))
             .transpose()?,
         gb.filter(|_| need_b)
-            .map(|t| t.sum_to(b.shape()))
+            .map(|t| t.sum_to(&kept.shapes.1))
             .transpose()?,
     ])
 }

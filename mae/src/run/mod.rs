@@ -6,6 +6,7 @@
 //! training loop ([`Trainer`]).
 
 mod log;
+mod scaler;
 mod train;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use log::Log;
+pub use scaler::{LossScaler, Precision};
 pub use train::{Learner, Position, Schedule, Step, Trainer};
 
 use crate::dist::Dist;
@@ -203,6 +205,9 @@ pub struct TrainerState<S> {
     /// The epoch's figures (mean loss, top-1), for whoever reads the checkpoint.
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
+    /// The loss scaler of an f16-mixed run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<LossScaler>,
 }
 
 /// A checkpoint to continue from: its directory and state.

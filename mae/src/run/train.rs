@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{progress_bar, save_optimizer, weights_digest, write_dir_atomically, write_json};
-use super::{Invocation, Log, Resumed, TrainerState};
+use super::{Invocation, Log, LossScaler, Precision, Resumed, TrainerState};
 use crate::data::{Augment, Dataset, Loader, Rng, Skipped};
 use crate::dist::Dist;
 use crate::{plot, Error};
@@ -55,6 +55,9 @@ pub struct Schedule {
     pub seed: u64,
     /// Checkpoint every this many epochs (and after the last).
     pub save_every: usize,
+    /// The products' arithmetic (fp32 in runs saved before the option).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Schedule {
@@ -186,6 +189,8 @@ pub struct Trainer<'a> {
     pub skipped: Arc<Skipped>,
     /// The last checkpoint written or resumed from: the one a diverging run names.
     pub checkpoint: Option<PathBuf>,
+    /// The loss scaler, in an f16-mixed run.
+    scaler: Option<LossScaler>,
 }
 
 impl<'a> Trainer<'a> {
@@ -196,7 +201,8 @@ impl<'a> Trainer<'a> {
     ///
     /// # Errors
     /// [`Error::Setup`] when the processes disagree, the global batch does not split over
-    /// them or the data holds less than one batch; I/O failures.
+    /// them, the data holds less than one batch, or f16-mixed precision meets an adapter
+    /// without `SHADER_F16`; I/O failures.
     pub fn new<S: Serialize + std::fmt::Debug>(
         device: Device,
         dist: &'a Dist,
@@ -221,6 +227,22 @@ impl<'a> Trainer<'a> {
                 data.description
             )));
         }
+        let scaler = match schedule.precision {
+            Precision::Fp32 => None,
+            Precision::F16Mixed if !device.info().features.shader_f16 => {
+                return Err(Error::Setup(format!(
+                    "--precision f16-mixed needs an adapter with SHADER_F16, and {} does not \
+                     offer it; use --precision fp32",
+                    device.info().name
+                )))
+            }
+            Precision::F16Mixed => Some(
+                resumed
+                    .as_ref()
+                    .and_then(|r| r.state.loss_scaler)
+                    .unwrap_or_default(),
+            ),
+        };
         let at = resumed
             .as_ref()
             .map_or(Position::default(), Resumed::position);
@@ -252,6 +274,7 @@ impl<'a> Trainer<'a> {
             images_seen: 0,
             skipped: Arc::new(Skipped::default()),
             checkpoint: resumed.map(|r| r.dir),
+            scaler,
         })
     }
 
@@ -327,7 +350,6 @@ impl<'a> Trainer<'a> {
         let prefix = format!("epoch {}/{}", epoch + 1, self.schedule.epochs);
         let bar = progress_bar(self.progress, self.iters, prefix);
         let mut grads = Gradients::default();
-        let scale = Tensor::full(&self.device, &[], 1.0 / accum as f32)?;
         let mut total = 0.0;
         for (it, batch) in loader.enumerate() {
             let batch = batch?;
@@ -356,7 +378,10 @@ impl<'a> Trainer<'a> {
                 ),
                 checkpoint: self.checkpoint_activations,
             };
-            let loss = learner.loss(&step)?;
+            let loss = match self.scaler {
+                Some(_) => engine::autocast_f16(|| learner.loss(&step)),
+                None => learner.loss(&step),
+            }?;
             // The global batch's mean loss: the mean of the processes' equal batches, so
             // every process sees a NaN or infinity.
             let mut sum = [loss.item()? as f64];
@@ -370,17 +395,31 @@ impl<'a> Trainer<'a> {
                     self.checkpoint.as_deref(),
                 ));
             }
-            loss.backward_into(&scale, &mut grads)?;
+            let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
+            let seed = Tensor::full(&self.device, &[], (loss_scale / accum as f64) as f32)?;
+            loss.backward_into(&seed, &mut grads)?;
+            let mut skipped = false;
             if (it + 1) % accum == 0 {
                 let params: Vec<Tensor> =
                     opt.groups.iter().flat_map(|g| g.params.clone()).collect();
                 self.dist.average_gradients(&mut grads, &params)?;
-                opt.step(&grads)?;
+                let finite = match &mut self.scaler {
+                    Some(scaler) => {
+                        let finite = scaler.unscale(&mut grads, &params)?;
+                        scaler.update(finite);
+                        finite
+                    }
+                    None => true,
+                };
+                if finite {
+                    opt.step(&grads)?;
+                }
+                skipped = !finite;
                 grads.clear();
             }
             self.images_seen += batch.len * self.dist.size();
             total += value as f64;
-            self.log_step(it, value, opt, &bar)?;
+            self.log_step(it, value, (opt, loss_scale, skipped), &bar)?;
             self.at.step += 1;
         }
         // Iterations left over when an epoch is not a multiple of accum_iter are dropped, as
@@ -396,30 +435,49 @@ impl<'a> Trainer<'a> {
 
     /// A metrics line, skipped-file warnings, and the progress bar (or, without a terminal,
     /// a line every tenth of an epoch).
+    /// With f16-mixed precision, the loss scale of the step and whether it was skipped
+    /// for an overflow, in the log and (when skipped) on stderr.
     fn log_step(
         &mut self,
         it: usize,
         loss: f32,
-        opt: &AdamW,
+        (opt, loss_scale, overflow): (&AdamW, f64, bool),
         bar: &indicatif::ProgressBar,
     ) -> Result<(), Error> {
         let elapsed = self.started.elapsed().as_secs_f64();
         let img_per_s = self.images_per_second();
         let lr = opt.groups.last().map_or(0.0, |g| g.lr);
         let at = self.at;
+        let mixed = self.scaler.is_some();
         let Some(log) = &mut self.log else {
             return Ok(()); // only rank 0 reports
         };
+        let mut figures = vec![
+            ("loss", loss as f64),
+            ("lr", lr as f64),
+            ("img_per_s", img_per_s),
+            ("elapsed_s", elapsed),
+        ];
+        if mixed {
+            figures.extend([
+                ("loss_scale", loss_scale),
+                ("skipped", overflow as u8 as f64),
+            ]);
+        }
         log.line(
             "train",
             &[("step", at.step), ("epoch", at.epoch as u64)],
-            &[
-                ("loss", loss as f64),
-                ("lr", lr as f64),
-                ("img_per_s", img_per_s),
-                ("elapsed_s", elapsed),
-            ],
+            &figures,
         )?;
+        if overflow {
+            let line = format!(
+                "step {}: the gradients overflowed f16 at loss scale {loss_scale}; step skipped, \
+                 scale lowered to {}",
+                at.step,
+                loss_scale * super::scaler::BACKOFF
+            );
+            bar.suspend(|| eprintln!("{line}"));
+        }
         for warning in self.skipped.take_new() {
             bar.suspend(|| eprintln!("{warning}"));
         }
@@ -482,6 +540,7 @@ impl<'a> Trainer<'a> {
                 optimizer_step: save_optimizer(opt, dir)?,
                 settings: &self.settings,
                 metrics,
+                loss_scaler: self.scaler,
             };
             write_json(&dir.join("trainer_state.json"), &state)
         })?;
