@@ -54,6 +54,11 @@ pub struct DeviceInfo {
     /// The optional features the adapter offered and the device enabled; kernels that use
     /// one have a path without it.
     pub features: Features,
+    /// The adapter's device-local memory in bytes, where the backend reports it (Vulkan).
+    pub memory_bytes: Option<u64>,
+    /// What the buffer pool may hold: a discrete GPU's memory, or the lower
+    /// [`DeviceOptions::memory_limit`] / `ENGINE_MEMORY_LIMIT`. `None` when neither applies.
+    pub memory_budget: Option<u64>,
 }
 
 /// How [`Device::with_options`] departs from what the adapter offers and the environment
@@ -63,6 +68,10 @@ pub struct DeviceOptions {
     /// Lower the storage-binding limit (the largest tensor) to this many bytes, as a
     /// smaller GPU's would be: the device enforces it.
     pub binding_limit: Option<u64>,
+    /// Let the buffer pool hold at most this many bytes, as a GPU with that much memory
+    /// would (also `ENGINE_MEMORY_LIMIT`, e.g. `8GB`); an allocation past it fails with
+    /// [`Error::OutOfMemory`].
+    pub memory_limit: Option<u64>,
     /// Leave these optional features off even when the adapter offers them, as well as
     /// those named in `ENGINE_WITHOUT` (comma-separated, as [`Features`] displays them, e.g.
     /// `ENGINE_WITHOUT=shader-f16,subgroup`): how to run as on an adapter without them.
@@ -359,6 +368,20 @@ impl Device {
         }))
         .map_err(|e| Error::Device(e.to_string()))?;
         let a = adapter.get_info();
+        let memory_bytes = crate::memory::adapter_memory(&adapter);
+        let limit = match (options.memory_limit, std::env::var("ENGINE_MEMORY_LIMIT")) {
+            (Some(bytes), _) => Some(bytes),
+            (None, Ok(text)) => Some(crate::memory::parse_bytes(&text)?),
+            (None, Err(_)) => None,
+        };
+        // Only a discrete GPU's device-local memory is a hard limit: a software adapter (its
+        // heap is nominal; lavapipe reports 2 GB and runs 9 GB steps) and an integrated GPU
+        // (which also uses system memory) go past theirs.
+        let hard = memory_bytes.filter(|_| a.device_type == wgpu::DeviceType::DiscreteGpu);
+        let memory_budget = match (hard, limit) {
+            (Some(m), Some(l)) => Some(m.min(l)),
+            (m, l) => m.or(l),
+        };
         let info = DeviceInfo {
             name: a.name,
             backend: format!("{:?}", a.backend),
@@ -374,6 +397,8 @@ impl Device {
             max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
             subgroup_sizes: (a.subgroup_min_size, a.subgroup_max_size),
             features,
+            memory_bytes,
+            memory_budget,
         };
         let autotune = match options.autotune {
             Some(mode) => mode,
@@ -640,6 +665,27 @@ impl Device {
                 bytes,
                 limit,
             });
+        }
+        if let Some(budget) = self.inner.info.memory_budget {
+            let class = crate::pool::size_class(bytes, limit);
+            let stats = self.pool_stats();
+            if stats.live_bytes + class > budget {
+                return Err(Error::OutOfMemory {
+                    op,
+                    shape: shape.to_vec(),
+                    bytes,
+                    live_bytes: stats.live_bytes,
+                    message: format!(
+                        "past the memory budget of {}",
+                        crate::memory::human_bytes(budget)
+                    ),
+                });
+            }
+            if stats.live_bytes + stats.cached_bytes + class > budget {
+                // Cached buffers count against the memory too: free them first.
+                self.trim_pool();
+                self.synchronize()?;
+            }
         }
         let take = || lock(&self.inner.pool).take(&self.inner.device, bytes, limit);
         let out_of_memory = |message| Error::OutOfMemory {

@@ -26,6 +26,7 @@ mod error;
 pub mod gradcheck;
 #[doc(hidden)]
 pub mod kernels;
+mod memory;
 mod ops;
 pub mod optim;
 #[doc(hidden)]
@@ -41,6 +42,7 @@ pub use autodiff::{enable_grad, is_grad_enabled, no_grad, Gradients, TensorId};
 pub use device::{Device, DeviceInfo, DeviceOptions, Features, DISPATCHES_PER_BATCH};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, GradMismatch, GradcheckOptions, GradcheckReport};
+pub use memory::human_bytes;
 pub use ops::{
     autocast_f16, is_autocast_f16, AttentionKernel, BinaryOp, CompareOp, UnaryOp,
     MAX_ATTENTION_HEAD_DIM,

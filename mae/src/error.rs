@@ -37,7 +37,7 @@ pub enum Error {
         source: image::ImageError,
     },
     /// What the engine reports: no adapter, a lost device, memory, a failed kernel.
-    #[error(transparent)]
+    #[error("{0}{hint}", hint = memory_hint(.0))]
     Engine(#[from] engine::Error),
     /// The loss became NaN or infinite. The run stopped before the update; the checkpoints
     /// written before are intact.
@@ -50,6 +50,17 @@ pub enum Error {
         /// Which checkpoint is the last good one.
         checkpoint: String,
     },
+}
+
+/// What to try when the adapter's memory is what failed.
+fn memory_hint(e: &engine::Error) -> &'static str {
+    match e {
+        engine::Error::OutOfMemory { .. } | engine::Error::TooLarge { .. } => {
+            ". `--dry-run` measures one step; --checkpoint-activations, --precision f16-mixed \
+             or a smaller --batch-size need less"
+        }
+        _ => "",
+    }
 }
 
 impl Error {
@@ -87,7 +98,11 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Engine(e) | Error::Checkpoint(CheckpointError::Engine(e)) => match e {
-                engine::Error::NoAdapter(_) => 2,
+                // The adapter cannot hold or run what was asked: a setup the user changes.
+                engine::Error::NoAdapter(_)
+                | engine::Error::OutOfMemory { .. }
+                | engine::Error::TooLarge { .. }
+                | engine::Error::Unsupported { .. } => 2,
                 _ => 1,
             },
             Error::Setup(_)

@@ -188,6 +188,9 @@ pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
     let recipe = |p: &Settings| Ok(p.clone().scaled(&config_from(&p.model)?));
     let resume = args.resume.as_deref();
     let (settings, resumed) = given.settle(&args.settings, resume, recipe, dist)?;
+    if args.dry_run {
+        return dry_run(&settings, resumed, &args.invocation(), dist);
+    }
     let summary = pretrain(settings, resumed, &args.invocation(), dist)?;
     if !dist.is_main() {
         return Ok(());
@@ -289,6 +292,45 @@ pub fn pretrain(
         skipped: trainer.skipped.count(),
         checkpoint: trainer.checkpoint.unwrap_or_default(),
     })
+}
+
+/// `--dry-run`: one step of the run's model at its batch, precision and checkpointing, on
+/// random images, measured and printed (see [`run::dry_run`]).
+fn dry_run(
+    settings: &Settings,
+    resumed: Option<Resumed<Settings>>,
+    run: &Invocation,
+    dist: &Dist,
+) -> Result<(), Error> {
+    let device = run::device(dist)?;
+    let model = match &resumed {
+        Some(r) => load_pretrained(&r.dir, &device)?,
+        None => new_model(settings, &device)?,
+    };
+    let mut opt = adamw(&model, settings.lr() as f32, settings.weight_decay as f32)?;
+    let c = &model.config;
+    let shape = [settings.batch_size, c.channels, c.image_size, c.image_size];
+    let what = format!(
+        "{} at batch {}, {}, activation checkpointing {}",
+        describe(c),
+        settings.batch_size,
+        clap::ValueEnum::to_possible_value(&settings.precision)
+            .expect("no skipped variants")
+            .get_name(),
+        if run.checkpoint_activations {
+            "on"
+        } else {
+            "off"
+        }
+    );
+    let measured = run::dry_run::measure(&device, &mut opt, settings.precision, || {
+        let imgs = Tensor::randn(&device, &shape, settings.seed)?;
+        let ctx = &mut nn::Ctx::train(settings.seed).checkpointing(run.checkpoint_activations);
+        Ok(model
+            .forward_seeded(&imgs, settings.mask_ratio, settings.seed, ctx)?
+            .loss)
+    });
+    run::dry_run::report(&device, &what, measured)
 }
 
 /// The MAE as the training loop's [`Learner`]: its loss on masked images, and after each

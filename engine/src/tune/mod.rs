@@ -388,6 +388,8 @@ mod tests {
             max_compute_workgroups_per_dimension: 65535,
             subgroup_sizes: (32, 32),
             features: Features::default(),
+            memory_bytes: None,
+            memory_budget: None,
         }
     }
 

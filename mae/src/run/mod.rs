@@ -5,6 +5,7 @@
 //! ([`Log`]: `metrics.jsonl` and TensorBoard), progress, the per-kernel profile, and the
 //! training loop ([`Trainer`]).
 
+pub mod dry_run;
 mod log;
 mod scaler;
 mod train;
@@ -44,6 +45,11 @@ pub struct Args<S: clap::Args> {
     /// gradients, so a run may turn it on or off when it resumes.
     #[arg(long)]
     pub checkpoint_activations: bool,
+    /// Measure one training step of this model, batch and options on random images, print
+    /// its memory beside the adapter's, and exit (2 when it does not fit). No data is read
+    /// and nothing is written.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl<S: clap::Args> Args<S> {
