@@ -205,6 +205,9 @@ pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
     };
     let resume = args.resume.as_deref();
     let (settings, resumed) = given.settle(&args.settings, resume, recipe, dist)?;
+    if args.dry_run {
+        return dry_run(&settings, resumed, &args.invocation(), dist);
+    }
     let outcome = finetune(settings, resumed, &args.invocation(), dist)?;
     if dist.is_main() {
         println!("{}", outcome.line);
@@ -230,22 +233,9 @@ pub fn finetune(
     let model = s.model.as_deref().unwrap_or_default();
     let device = run::device(dist)?;
     let data = open_labelled(&s.data)?;
-    let enc = encoder(model, s.init, s.seed, &device)?;
-    let channels = enc.mae.config.channels;
-    let normalize = enc
-        .normalize
-        .clone()
-        .unwrap_or_else(|| data.train.normalize(channels));
-    let mut init = Init::new(&device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
-    let mut vit = classifier(enc.mae, data.classes, Pool::Avg, s.drop_path, &mut init)?;
-    if let Some(r) = &resumed {
-        load_safetensors(&r.dir.join("model.safetensors"), &mut vit)?;
-    }
-    let (groups, scales) = param_groups_lrd(&vit, s.weight_decay as f32, s.layer_decay);
-    let mut opt = AdamW::new(groups, (0.9, 0.999), 1e-8)?;
-    if let Some(r) = &resumed {
-        r.load_optimizer(&mut opt)?;
-    }
+    let (vit, mut opt, scales, normalize) =
+        classifier_and_optimizer(&s, &resumed, data.classes, &device)?;
+    let normalize = normalize.unwrap_or_else(|| data.train.normalize(vit.config.channels));
     let c = vit.config.clone();
     let augment = Augment::pretrain(c.image_size, normalize.clone());
     let train = (data.train, augment, c.channels);
@@ -285,6 +275,73 @@ pub fn finetune(
         });
     }
     report(&trainer.output, "finetune", s.init, top1, s.epochs)
+}
+
+/// The classifier of settings `s` for `classes` classes (with `resumed`'s weights), its
+/// AdamW with layer-wise lr decay (and `resumed`'s state), the groups' lr scales, and the
+/// encoder's normalisation when its directory has one.
+fn classifier_and_optimizer(
+    s: &Settings,
+    resumed: &Option<Resumed<Settings>>,
+    classes: usize,
+    device: &engine::Device,
+) -> Result<(VisionTransformer, AdamW, Vec<f64>, Option<Normalize>), Error> {
+    let enc = encoder(
+        s.model.as_deref().unwrap_or_default(),
+        s.init,
+        s.seed,
+        device,
+    )?;
+    let mut init = Init::new(device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
+    let mut vit = classifier(enc.mae, classes, Pool::Avg, s.drop_path, &mut init)?;
+    if let Some(r) = resumed {
+        load_safetensors(&r.dir.join("model.safetensors"), &mut vit)?;
+    }
+    let (groups, scales) = param_groups_lrd(&vit, s.weight_decay as f32, s.layer_decay);
+    let mut opt = AdamW::new(groups, (0.9, 0.999), 1e-8)?;
+    if let Some(r) = resumed {
+        r.load_optimizer(&mut opt)?;
+    }
+    Ok((vit, opt, scales, enc.normalize))
+}
+
+/// `--dry-run`: one step of the run's classifier at its batch, precision and checkpointing,
+/// on random images and labels, measured and printed (see [`run::dry_run`]). Reads only
+/// the data's class count.
+fn dry_run(
+    s: &Settings,
+    resumed: Option<Resumed<Settings>>,
+    run: &Invocation,
+    dist: &Dist,
+) -> Result<(), Error> {
+    s.check()?;
+    let device = run::device(dist)?;
+    let classes = open_labelled(&s.data)?.classes;
+    let (vit, mut opt, _, _) = classifier_and_optimizer(s, &resumed, classes, &device)?;
+    let c = &vit.config;
+    let shape = [s.batch_size, c.channels, c.image_size, c.image_size];
+    let what = format!(
+        "a {}x{} ViT ({} blocks of {}) classifying {classes} classes at batch {}, {}",
+        c.image_size,
+        c.image_size,
+        c.depth,
+        c.dim,
+        s.batch_size,
+        run::dry_run::options(s.precision, run.checkpoint_activations)
+    );
+    let measured = run::dry_run::measure(&device, &mut opt, s.precision, || {
+        let imgs = Tensor::randn(&device, &shape, s.seed)?;
+        let labels: Vec<u32> = (0..s.batch_size as u32)
+            .map(|i| i % classes as u32)
+            .collect();
+        let y = Tensor::from_slice_u32(&device, &labels, &[labels.len()])?;
+        let ctx = &mut nn::Ctx::train(s.seed).checkpointing(run.checkpoint_activations);
+        Ok(vit
+            .forward(&imgs, ctx)?
+            .cross_entropy(&y, s.smoothing)?
+            .mean_all()?)
+    });
+    run::dry_run::report(&device, &what, measured)
 }
 
 /// The classifier as the training loop's [`Learner`]: label-smoothed cross-entropy, and

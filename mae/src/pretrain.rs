@@ -311,17 +311,10 @@ fn dry_run(
     let c = &model.config;
     let shape = [settings.batch_size, c.channels, c.image_size, c.image_size];
     let what = format!(
-        "{} at batch {}, {}, activation checkpointing {}",
+        "{} at batch {}, {}",
         describe(c),
         settings.batch_size,
-        clap::ValueEnum::to_possible_value(&settings.precision)
-            .expect("no skipped variants")
-            .get_name(),
-        if run.checkpoint_activations {
-            "on"
-        } else {
-            "off"
-        }
+        run::dry_run::options(settings.precision, run.checkpoint_activations)
     );
     let measured = run::dry_run::measure(&device, &mut opt, settings.precision, || {
         let imgs = Tensor::randn(&device, &shape, settings.seed)?;

@@ -218,6 +218,27 @@ fn finetune_end_to_end() {
     assert_eq!(epochs.len(), 2);
     assert_eq!(epochs[1]["top1"], line["top1"]);
 
+    // A dry run measures one step of the same classifier (f16-mixed here) and writes
+    // nothing.
+    let dry = dir.join("dry");
+    let flags = [
+        "--batch-size",
+        "16",
+        "--precision",
+        "f16-mixed",
+        "--dry-run",
+    ];
+    let o = mae_with(&run_args("finetune", &checkpoint, &data, &dry, &flags));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        report.starts_with("dry run: a 28x28 ViT (2 blocks of 32) classifying 2 classes")
+            && report.contains("f16-mixed")
+            && report.contains("one step's peak"),
+        "{report}"
+    );
+    assert!(!dry.exists());
+
     // Resuming from the first epoch's checkpoint gives the same second epoch, to the byte.
     let resumed = dir.join("resumed");
     let o = mae(&[

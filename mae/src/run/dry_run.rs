@@ -61,6 +61,16 @@ pub fn measure(
     })
 }
 
+/// The options that change a step's memory, as a report names them.
+pub fn options(precision: Precision, checkpoint_activations: bool) -> String {
+    let precision = clap::ValueEnum::to_possible_value(&precision).expect("no skipped variants");
+    format!(
+        "{}, activation checkpointing {}",
+        precision.get_name(),
+        if checkpoint_activations { "on" } else { "off" }
+    )
+}
+
 /// Print what `measured` found for `what` beside the adapter's memory.
 ///
 /// # Errors
