@@ -147,6 +147,32 @@ fn two_ranks_train_as_one_process_with_twice_the_batch() {
     }
 }
 
+/// With f16-mixed precision too: the loss scaler sees the gradients summed over the ranks,
+/// so every rank skips or takes the same steps.
+#[test]
+fn two_ranks_train_f16_mixed_as_one_process_with_twice_the_batch() {
+    let dir = tmp("equivalence-f16");
+    let (data, config) = shapes_and_tiny_config(&dir);
+    let (one, two) = (dir.join("one"), dir.join("two"));
+    let f16 = |mut args: Vec<String>| {
+        args.extend(["--precision", "f16-mixed"].map(String::from));
+        args
+    };
+    let o = launch(
+        1,
+        &[mae_bin()],
+        &f16(pretrain_args(&config, &data, &one, 16, 2)),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = launch(
+        2,
+        &[mae_bin()],
+        &f16(pretrain_args(&config, &data, &two, 8, 2)),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_close_runs(&one, &two, "f16-mixed, 2 ranks at 8 against 1 at 16");
+}
+
 #[test]
 fn a_diverging_loss_stops_every_rank_before_the_update() {
     let dir = tmp("nan");
