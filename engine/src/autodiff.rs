@@ -84,15 +84,23 @@ pub fn enable_grad<T>(f: impl FnOnce() -> T) -> T {
 }
 
 fn with_grad_mode<T>(on: bool, f: impl FnOnce() -> T) -> T {
-    let before = GRAD_ENABLED.with(|g| g.replace(on));
-    // Restore even if `f` panics, so a caught panic does not leave recording off.
-    struct Restore(bool);
+    with_flag(&GRAD_ENABLED, on, f)
+}
+
+/// Run `f` with the thread's mode `flag` set to `on`, restored afterwards even if `f`
+/// panics, so a caught panic does not leave a mode behind.
+pub(crate) fn with_flag<T>(
+    flag: &'static std::thread::LocalKey<Cell<bool>>,
+    on: bool,
+    f: impl FnOnce() -> T,
+) -> T {
+    struct Restore(&'static std::thread::LocalKey<Cell<bool>>, bool);
     impl Drop for Restore {
         fn drop(&mut self) {
-            GRAD_ENABLED.with(|g| g.set(self.0));
+            self.0.with(|c| c.set(self.1));
         }
     }
-    let _restore = Restore(before);
+    let _restore = Restore(flag, flag.with(|c| c.replace(on)));
     f()
 }
 

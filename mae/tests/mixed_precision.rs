@@ -9,51 +9,10 @@ use common::{assert_one_line_error, mae_with, run_args, stderr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use engine::{Device, Gradients, Tensor};
+use common::step::{step, worst};
+use engine::Device;
 use mae::{MaeConfig, MaskedAutoencoder};
-use nn::{named_parameters, Ctx, Init};
-
-type Grads = Vec<(String, Vec<f32>)>;
-
-/// One training step's loss, every parameter's gradient by name, and the pool's peak.
-fn step(model: &MaskedAutoencoder, half: bool, checkpoint: bool) -> (f32, Grads, u64) {
-    let device = model.cls_token.device();
-    let imgs = Tensor::randn(device, &[32, 1, 28, 28], 11).unwrap();
-    device.synchronize().unwrap();
-    device.reset_peak();
-    let ctx = &mut Ctx::train(5).checkpointing(checkpoint);
-    let mut forward = || model.forward_seeded(&imgs, 0.75, 3, ctx);
-    let out = if half {
-        engine::autocast_f16(forward)
-    } else {
-        forward()
-    }
-    .unwrap();
-    let mut grads = Gradients::default();
-    let one = Tensor::full(device, &[], 1.0).unwrap();
-    out.loss.backward_into(&one, &mut grads).unwrap();
-    device.synchronize().unwrap();
-    let peak = device.pool_stats().peak_bytes;
-    let by_name = named_parameters(model)
-        .into_iter()
-        .map(|(name, t)| (name, grads.expect(&t).unwrap().to_vec().unwrap()))
-        .collect();
-    (out.loss.item().unwrap(), by_name, peak)
-}
-
-/// The largest relative (L2) difference between two sets of gradients, and its name.
-fn worst(a: &Grads, b: &Grads) -> (f64, String) {
-    let mut worst = (0.0, String::new());
-    for ((name, x), (_, y)) in a.iter().zip(b) {
-        let diff: f64 = x.iter().zip(y).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
-        let norm: f64 = x.iter().map(|p| (*p as f64).powi(2)).sum();
-        let rel = (diff / norm.max(1e-30)).sqrt();
-        if rel > worst.0 {
-            worst = (rel, name.clone());
-        }
-    }
-    worst
-}
+use nn::Init;
 
 #[test]
 fn an_f16_mixed_step_agrees_with_fp32_and_keeps_less() {
@@ -70,9 +29,9 @@ fn an_f16_mixed_step_agrees_with_fp32_and_keeps_less() {
     for (i, block) in model.blocks.iter_mut().enumerate() {
         block.drop_path = 0.1 * (i + 1) as f32;
     }
-    let (loss32, g32, peak32) = step(&model, false, false);
-    let (loss16, g16, peak16) = step(&model, true, false);
-    let (loss16c, g16c, _) = step(&model, true, true);
+    let (loss32, g32, peak32) = step(&model, 32, (false, false));
+    let (loss16, g16, peak16) = step(&model, 32, (true, false));
+    let (loss16c, g16c, _) = step(&model, 32, (true, true));
     let (rel, name) = worst(&g32, &g16);
     eprintln!(
         "loss {loss32} fp32, {loss16} f16-mixed; worst gradient difference {rel:e} ({name}); \

@@ -29,15 +29,7 @@ pub fn is_autocast_f16() -> bool {
 /// Run `f` with f16-operand products (see the module docs), as `torch.autocast`; backward
 /// follows the mode each op was recorded in, wherever it runs.
 pub fn autocast_f16<T>(f: impl FnOnce() -> T) -> T {
-    let before = AUTOCAST_F16.with(|c| c.replace(true));
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            AUTOCAST_F16.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(before);
-    f()
+    crate::autodiff::with_flag(&AUTOCAST_F16, true, f)
 }
 
 impl Tensor {

@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 pub mod events;
+pub mod step;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
