@@ -46,8 +46,8 @@ pub struct Args<S: clap::Args> {
     #[arg(long)]
     pub checkpoint_activations: bool,
     /// Measure one training step of this model, batch and options on random images, print
-    /// its memory beside the adapter's, and exit (2 when it does not fit). No data is read
-    /// and nothing is written.
+    /// its memory beside the adapter's, and exit (2 when it does not fit). No images are
+    /// read (fine-tuning reads the data's class count) and nothing is written.
     #[arg(long)]
     pub dry_run: bool,
 }
