@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 
 # Engine tests that compare every op with its CPU reference on whatever adapter they find,
 # and the transformers parity of the model (its fixtures are found where they were built).
-TESTS="elementwise reduce_matmul rows_index grad matmul_variants row_workgroup runtime optim errors autotune parity"
+TESTS="elementwise reduce_matmul rows_index grad matmul_variants row_workgroup runtime optim errors autotune half parity"
 
 for d in /.gl/ /.gpu/; do
     grep -qxF "$d" .git/info/exclude 2>/dev/null || echo "$d" >>.git/info/exclude

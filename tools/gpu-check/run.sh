@@ -42,7 +42,7 @@ if ! timeout 240 "$bin/bench" --gpu ${QUICK:+--quick} | tee -a "$log"; then
 fi
 
 echo "== MAE pretraining step"
-timeout 120 "$bin/speed" "${SPEED_PRESET:-mae_vit_base_patch16}" "${SPEED_BATCH:-64}" | tee -a "$log"
+timeout 180 "$bin/speed" "${SPEED_PRESET:-mae_vit_base_patch16}" "${SPEED_BATCH:-64}" | tee -a "$log"
 
 echo "== tests on this adapter"
 status=0
