@@ -232,7 +232,8 @@ fn finetune_end_to_end() {
     assert!(o.status.success(), "{}", stderr(&o));
     let report = String::from_utf8_lossy(&o.stdout);
     assert!(
-        report.starts_with("dry run: a 28x28 ViT (2 blocks of 32) classifying 2 classes")
+        report.starts_with("dry run on ")
+            && report.contains(": a 28x28 ViT (2 blocks of 32) classifying 2 classes")
             && report.contains("f16-mixed")
             && report.contains("one step's peak"),
         "{report}"

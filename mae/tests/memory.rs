@@ -65,7 +65,7 @@ fn a_dry_run_measures_one_step_and_writes_nothing() {
     let plain = dry_run(&config, &out, &[]);
     assert!(plain.status.success(), "{}", stderr(&plain));
     let report = String::from_utf8_lossy(&plain.stdout).to_string();
-    assert!(report.starts_with("dry run: "), "{report}");
+    assert!(report.starts_with("dry run on "), "{report}");
     let (weights, state) = (
         figure(&report, "parameters"),
         figure(&report, "AdamW state"),

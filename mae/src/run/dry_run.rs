@@ -101,7 +101,7 @@ pub fn report(
         }
         Err(e) => return Err(e),
     };
-    println!("dry run: {what} on {}", info.name);
+    println!("dry run on {}: {what}", info.name);
     println!(
         "  parameters        {:>10}  ({:.1} M)",
         human_bytes(m.weights),
