@@ -190,7 +190,7 @@ pub fn half_source(source: &str) -> String {
     )
 }
 
-/// The shaders that have f16-operand builds ([`half_operands`]), for the validation test.
+/// The shaders that have f16-operand builds (`half_operands`), for the validation test.
 pub static HALF_OPERAND_SHADERS: &[&Shader] =
     &[&MATMUL, &MATMUL_TILED, &ATTENTION, &ATTENTION_TILED];
 
