@@ -490,9 +490,9 @@ fn matmul_rhs_grad(a: &Tensor, b_shape: &[usize], g: &Tensor) -> Result<Tensor> 
 }
 
 /// What a product reads of `t` and keeps for backward: `t` itself (detached), or under
-/// [`crate::autocast_f16`] its f16 copy.
+/// [`crate::autocast_f16`] its f16 copy (an f16 tensor is its own).
 fn operand_copy(t: &Tensor, half: bool) -> Result<Tensor> {
-    if half {
+    if half && t.dtype() == DType::F32 {
         t.to_half()
     } else {
         Ok(t.detach())
