@@ -50,7 +50,7 @@ fn an_f16_mixed_step_agrees_with_fp32_and_keeps_less() {
         "checkpointed {name}: relative difference {rel:e}"
     );
     assert!(
-        (peak16 as f64) < 0.92 * peak32 as f64,
+        (peak16 as f64) < 0.88 * peak32 as f64,
         "peak {peak16} f16-mixed against {peak32} fp32"
     );
 }

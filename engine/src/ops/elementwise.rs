@@ -185,7 +185,14 @@ impl Tensor {
         // Keep only what the gradient reads, so that an activation lives no longer than
         // some rule needs it.
         let (reads_x, reads_y) = op.reads();
-        let (x, out) = (reads_x.then(|| self.detach()), reads_y.then(|| y.detach()));
+        // Under autocast GELU keeps an f16 copy of its input, the product before it: what
+        // PyTorch keeps there, whose f16 product output GELU takes.
+        let keep = |t: &Tensor| match op {
+            UnaryOp::Gelu if crate::is_autocast_f16() => t.to_half(),
+            _ => Ok(t.detach()),
+        };
+        let x = reads_x.then(|| keep(self)).transpose()?;
+        let out = reads_y.then(|| y.detach());
         Ok(y.record(op.name(), &[self], move |g| {
             Ok(vec![Some(unary_backward(op, s, (x, out), g)?)])
         }))
@@ -576,7 +583,7 @@ fn unary_backward(
         UnaryOp::Tanh => g.mul(&y().mul(y())?.rsub_scalar(1.0)?),
         UnaryOp::Sigmoid => g.mul(&y().mul(&y().rsub_scalar(1.0)?)?),
         UnaryOp::Relu => g.mul(&x().unary(UnaryOp::Step, 0.0)?),
-        UnaryOp::Gelu => g.mul(&x().unary(UnaryOp::GeluGrad, 0.0)?),
+        UnaryOp::Gelu => g.mul(&x().to_dtype(F32)?.unary(UnaryOp::GeluGrad, 0.0)?),
         UnaryOp::AddScalar => Ok(g.clone()),
         UnaryOp::MulScalar => g.mul_scalar(s),
         UnaryOp::PowScalar => g.mul(&x().pow_scalar(s - 1.0)?.mul_scalar(s)?),

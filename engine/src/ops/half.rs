@@ -5,9 +5,11 @@
 //! and accumulate in f32, as `torch.autocast(dtype=torch.float16)` runs those ops in f16 on
 //! tensor cores with f32 accumulation. They keep the f16 copies for backward, which is
 //! where the memory goes, and round the incoming gradient to f16 there too, so a gradient
-//! past f16's range becomes an infinity, the overflow a loss scaler looks for. Everything
-//! else (layer norm, softmax inside attention, GELU, the loss, reductions, the optimizer)
-//! stays f32, and parameters stay f32: the f16 copy of a weight is made per use.
+//! past f16's range becomes an infinity, the overflow a loss scaler looks for. GELU, which
+//! follows a product in every MLP, keeps an f16 copy of its input for its gradient, as
+//! PyTorch (whose product hands it f16) does. Everything else (layer norm, softmax inside
+//! attention, the loss, reductions, the optimizer) computes and keeps f32, and parameters
+//! stay f32: the f16 copy of a weight is made per use.
 
 use std::cell::Cell;
 
