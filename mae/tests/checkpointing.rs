@@ -2,24 +2,14 @@
 //! plain step's loss and gradients, drop-path masks included, for less memory.
 
 mod common;
-use common::step::{step, worst};
+use common::step::{step, tiny_model, worst};
 
 use engine::Device;
-use mae::{MaeConfig, MaskedAutoencoder};
-use nn::Init;
 
 #[test]
 fn checkpointed_blocks_give_the_same_gradients_for_less_memory() {
     let device = Device::new().unwrap();
-    let config = MaeConfig {
-        depth: 4,
-        ..MaeConfig::mae_tiny_28_patch4()
-    };
-    let mut model = MaskedAutoencoder::new(config, &mut Init::new(&device, 0)).unwrap();
-    // Drop path draws masks: the recomputation must draw the same ones.
-    for (i, block) in model.blocks.iter_mut().enumerate() {
-        block.drop_path = 0.1 * (i + 1) as f32;
-    }
+    let model = tiny_model(&device);
     let (loss, plain, plain_peak) = step(&model, 8, (false, false));
     let (loss_ckpt, ckpt, ckpt_peak) = step(&model, 8, (false, true));
     assert_eq!(loss, loss_ckpt);

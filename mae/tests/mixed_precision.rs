@@ -9,10 +9,8 @@ use common::{assert_one_line_error, mae_with, run_args, stderr};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::step::{step, worst};
+use common::step::{step, tiny_model, worst};
 use engine::Device;
-use mae::{MaeConfig, MaskedAutoencoder};
-use nn::Init;
 
 #[test]
 fn an_f16_mixed_step_agrees_with_fp32_and_keeps_less() {
@@ -21,14 +19,7 @@ fn an_f16_mixed_step_agrees_with_fp32_and_keeps_less() {
         eprintln!("skipped: the adapter has no SHADER_F16");
         return;
     }
-    let config = MaeConfig {
-        depth: 4,
-        ..MaeConfig::mae_tiny_28_patch4()
-    };
-    let mut model = MaskedAutoencoder::new(config, &mut Init::new(&device, 0)).unwrap();
-    for (i, block) in model.blocks.iter_mut().enumerate() {
-        block.drop_path = 0.1 * (i + 1) as f32;
-    }
+    let model = tiny_model(&device);
     let (loss32, g32, peak32) = step(&model, 32, (false, false));
     let (loss16, g16, peak16) = step(&model, 32, (true, false));
     let (loss16c, g16c, _) = step(&model, 32, (true, true));

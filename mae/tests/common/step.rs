@@ -1,9 +1,23 @@
 //! One MAE training step measured in-process: how the checkpointing and mixed-precision
 //! tests compare a variant of the step with the plain one.
 
-use engine::{Gradients, Tensor};
-use mae::MaskedAutoencoder;
-use nn::{named_parameters, Ctx};
+use engine::{Device, Gradients, Tensor};
+use mae::{MaeConfig, MaskedAutoencoder};
+use nn::{named_parameters, Ctx, Init};
+
+/// `mae_tiny_28_patch4` with 4 blocks and drop path 0.1 to 0.4: drop path draws masks, so a
+/// recomputed or differently computed step must draw the same ones.
+pub fn tiny_model(device: &Device) -> MaskedAutoencoder {
+    let config = MaeConfig {
+        depth: 4,
+        ..MaeConfig::mae_tiny_28_patch4()
+    };
+    let mut model = MaskedAutoencoder::new(config, &mut Init::new(device, 0)).unwrap();
+    for (i, block) in model.blocks.iter_mut().enumerate() {
+        block.drop_path = 0.1 * (i + 1) as f32;
+    }
+    model
+}
 
 /// Every parameter's gradient, by name.
 pub type Grads = Vec<(String, Vec<f32>)>;
