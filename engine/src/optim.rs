@@ -414,15 +414,7 @@ impl Gradients {
             ));
         }
         no_grad(|| {
-            let mut total: Option<Tensor> = None;
-            for g in self.values() {
-                let sq = g.mul(g)?.sum_all()?;
-                total = Some(match total {
-                    Some(t) => t.add(&sq)?,
-                    None => sq,
-                });
-            }
-            let Some(total) = total else {
+            let Some(total) = self.total(|g| g.mul(g)?.sum_all())? else {
                 return Err(Error::Autodiff("clip_norm: no gradients to clip".into()));
             };
             let norm = total.sqrt()?;
@@ -434,6 +426,37 @@ impl Gradients {
             self.map_values(|g| g.mul(&coef))?;
             Ok(norm)
         })
+    }
+
+    /// Multiply every gradient by `k`: how a loss scale is taken back out.
+    ///
+    /// # Errors
+    /// Engine failures only.
+    pub fn scale(&mut self, k: f32) -> Result<()> {
+        no_grad(|| self.map_values(|g| g.mul_scalar(k)))
+    }
+
+    /// Whether every gradient is finite, with one read-back: the sum of all magnitudes is
+    /// finite exactly when every element is (short of 3e38 in all).
+    ///
+    /// # Errors
+    /// Engine failures only.
+    pub fn all_finite(&self) -> Result<bool> {
+        let total = no_grad(|| self.total(|g| g.abs()?.sum_all()))?;
+        Ok(total.map_or(Ok(0.0), |t| t.item())?.is_finite())
+    }
+
+    /// `per` of every gradient summed on the device (a rank-0 tensor), `None` when empty.
+    fn total(&self, per: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for g in self.values() {
+            let part = per(g)?;
+            total = Some(match total {
+                Some(t) => t.add(&part)?,
+                None => part,
+            });
+        }
+        Ok(total)
     }
 }
 

@@ -293,3 +293,28 @@ fn a_parameter_without_a_gradient_stops_the_step_and_changes_nothing() {
     assert_eq!(w.to_vec().unwrap(), [1.0, 2.0], "nothing updated");
     assert_eq!(b.to_vec().unwrap(), [3.0]);
 }
+
+#[test]
+fn gradients_scale_and_report_a_non_finite_element() {
+    let dev = dev();
+    let p = Tensor::from_slice(&dev, &[0.0; 3], &[3]).unwrap();
+    let q = Tensor::from_slice(&dev, &[0.0; 2], &[2]).unwrap();
+    let mut grads = Gradients::default();
+    grads
+        .insert(
+            &p,
+            Tensor::from_slice(&dev, &[2.0, -4.0, 8.0], &[3]).unwrap(),
+        )
+        .unwrap();
+    grads
+        .insert(&q, Tensor::from_slice(&dev, &[1e30, 6.0], &[2]).unwrap())
+        .unwrap();
+    grads.scale(0.5).unwrap();
+    assert_eq!(grads.get(&p).unwrap().to_vec().unwrap(), [1.0, -2.0, 4.0]);
+    assert!(grads.all_finite().unwrap());
+    for bad in [f32::INFINITY, f32::NAN] {
+        let g = Tensor::from_slice(&dev, &[1.0, bad], &[2]).unwrap();
+        grads.insert(&q, g).unwrap();
+        assert!(!grads.all_finite().unwrap(), "{bad}");
+    }
+}

@@ -8,7 +8,7 @@
 //! [`GROWTH_INTERVAL`] finite steps in a row it doubles. The constants are `GradScaler`'s
 //! defaults.
 
-use engine::{Gradients, Tensor};
+use engine::Gradients;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -53,25 +53,14 @@ impl Default for LossScaler {
 }
 
 impl LossScaler {
-    /// Divide the gradients of `params` by the scale, in `grads`; returns whether every
-    /// one is finite (one read-back).
+    /// Divide the gradients by the scale, in `grads`; returns whether every one is finite
+    /// (one read-back).
     ///
     /// # Errors
-    /// Engine failures, or a parameter without a gradient.
-    pub fn unscale(&self, grads: &mut Gradients, params: &[Tensor]) -> Result<bool, Error> {
-        let inv = (1.0 / self.scale) as f32;
-        let mut total: Option<Tensor> = None;
-        for p in params {
-            let g = grads.expect(p)?.mul_scalar(inv)?;
-            // A sum of magnitudes is finite exactly when every element is (short of 1e38).
-            let size = g.abs()?.sum_all()?;
-            total = Some(match total {
-                Some(t) => t.add(&size)?,
-                None => size,
-            });
-            grads.insert(p, g)?;
-        }
-        Ok(total.map_or(Ok(0.0), |t| t.item())?.is_finite())
+    /// Engine failures.
+    pub fn unscale(&self, grads: &mut Gradients) -> Result<bool, Error> {
+        grads.scale((1.0 / self.scale) as f32)?;
+        Ok(grads.all_finite()?)
     }
 
     /// After a step with finite gradients or one skipped for an overflow.

@@ -405,7 +405,7 @@ impl<'a> Trainer<'a> {
                 self.dist.average_gradients(&mut grads, &params)?;
                 let finite = match &mut self.scaler {
                     Some(scaler) => {
-                        let finite = scaler.unscale(&mut grads, &params)?;
+                        let finite = scaler.unscale(&mut grads)?;
                         scaler.update(finite);
                         finite
                     }
