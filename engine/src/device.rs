@@ -193,10 +193,14 @@ impl Features {
         let mut features = Features::default();
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             let Some((flag, _)) = features.by_name().into_iter().find(|(_, n)| *n == name) else {
-                return Err(Error::Device(format!(
-                    "ENGINE_WITHOUT: unknown feature {name:?}; expected some of {}",
-                    Features::all()
-                )));
+                return Err(Error::setting(
+                    "ENGINE_WITHOUT",
+                    list,
+                    format!(
+                        "unknown feature {name:?}; expected some of {}",
+                        Features::all()
+                    ),
+                ));
             };
             *flag = true;
         }
@@ -276,6 +280,9 @@ pub(crate) struct Inner {
     attention: AttentionKernel,
     /// Row kernels reduce with subgroup operations.
     subgroup_reductions: bool,
+    /// An error met where no caller could take it (a kernel that did not build, wgpu's
+    /// uncaptured errors, a lost device), returned by the next synchronisation or read-back.
+    failure: Arc<Mutex<Option<Error>>>,
 }
 
 /// Commands recorded but not yet submitted.
@@ -341,9 +348,11 @@ impl Device {
             (Some(v), _) | (None, Some(v)) => match v.parse() {
                 Ok(n @ (8 | 16 | 32 | 64)) => n,
                 _ => {
-                    return Err(Error::Device(format!(
-                        "ENGINE_ROW_WORKGROUP={v:?}: expected 8, 16, 32 or 64"
-                    )))
+                    return Err(Error::setting(
+                        "ENGINE_ROW_WORKGROUP",
+                        v,
+                        "expected 8, 16, 32 or 64",
+                    ))
                 }
             },
             (None, None) if adapter.get_info().device_type == wgpu::DeviceType::Cpu => 8,
@@ -367,6 +376,8 @@ impl Device {
             trace: wgpu::Trace::Off,
         }))
         .map_err(|e| Error::Device(e.to_string()))?;
+        let failure = Arc::new(Mutex::new(None));
+        report_wgpu_failures(&device, &failure);
         let a = adapter.get_info();
         let memory_bytes = crate::memory::adapter_memory(&adapter);
         let limit = match (options.memory_limit, std::env::var("ENGINE_MEMORY_LIMIT")) {
@@ -413,9 +424,11 @@ impl Device {
             (None, Ok("rows")) => AttentionKernel::Rows,
             (None, Ok("tiled")) => AttentionKernel::Tiled,
             (None, Ok(other)) => {
-                return Err(Error::Device(format!(
-                    "ENGINE_ATTENTION={other:?}: expected rows or tiled"
-                )))
+                return Err(Error::setting(
+                    "ENGINE_ATTENTION",
+                    other,
+                    "expected rows or tiled",
+                ))
             }
             (None, Err(_)) if info.is_software() => AttentionKernel::Rows,
             (None, Err(_)) => AttentionKernel::Tiled,
@@ -430,8 +443,7 @@ impl Device {
             Some(on) => on,
             None => info.features.subgroup && !info.is_software(),
         };
-        let poison = options.poison_workgroup_memory
-            || std::env::var_os("ENGINE_POISON_WORKGROUP").is_some_and(|v| v != "0");
+        let poison = options.poison_workgroup_memory || env_switch("ENGINE_POISON_WORKGROUP")?;
         assert!(limits.min_uniform_buffer_offset_alignment as u64 <= PARAM_SLOT);
         let arena = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("uniform arena"),
@@ -470,6 +482,7 @@ impl Device {
                 poison,
                 attention,
                 subgroup_reductions,
+                failure,
             }),
         })
     }
@@ -727,7 +740,11 @@ impl Device {
         if groups.contains(&0) {
             return;
         }
-        let pipeline = lock(&self.inner.pipelines).get(&self.inner.device, kernel, overrides);
+        let built = lock(&self.inner.pipelines).get(&self.inner.device, kernel, overrides);
+        let pipeline = match built {
+            Ok(p) => p,
+            Err(e) => return fail(&self.inner.failure, e),
+        };
         let mut rec = lock(&self.inner.recorder);
         let offset = rec.params.len();
         rec.params.extend_from_slice(bytemuck::bytes_of(params));
@@ -769,10 +786,7 @@ impl Device {
             }
             return;
         };
-        let mut name = format!("{}::{}", kernel.shader.file, kernel.entry);
-        for (k, v) in kernel.overrides.iter().zip(overrides) {
-            name += &format!(" {k}={v}");
-        }
+        let name = kernel.name(overrides);
         rec.pass = None;
         let timestamp_writes = profiler.stamp(name.clone());
         let stamped = timestamp_writes.is_some();
@@ -818,12 +832,18 @@ impl Device {
     /// Read `len` bytes at `offset` of a buffer back to the host, after everything recorded
     /// so far. This is a synchronisation point; it also reports a bad index any kernel met.
     pub(crate) fn read(&self, buffer: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let staging = self.inner.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read-back"),
-            size: len + 16,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let staging = crate::pool::create(
+            &self.inner.device,
+            len + 16,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )
+        .map_err(|message| Error::OutOfMemory {
+            op: "read-back",
+            shape: vec![len as usize / 4],
+            bytes: len + 16,
+            live_bytes: self.pool_stats().live_bytes,
+            message,
+        })?;
         let index = {
             let mut rec = lock(&self.inner.recorder);
             rec.pass = None;
@@ -912,6 +932,8 @@ impl Device {
         Some(index)
     }
 
+    /// Wait for submission `index` (everything submitted, with `None`), then report what
+    /// went wrong since the last wait where no caller could take it.
     fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
         self.inner
             .device
@@ -919,8 +941,47 @@ impl Device {
                 submission_index: index,
                 timeout: None,
             })
-            .map(|_| ())
-            .map_err(|e| Error::Device(e.to_string()))
+            .map_err(|e| Error::Device(e.to_string()))?;
+        match lock(&self.inner.failure).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Keep the first of the failures met where no caller can take them.
+fn fail(slot: &Mutex<Option<Error>>, e: Error) {
+    lock(slot).get_or_insert(e);
+}
+
+/// Send wgpu's uncaptured errors and a lost device to `slot` instead of wgpu's default
+/// handler, which panics.
+fn report_wgpu_failures(device: &wgpu::Device, slot: &Arc<Mutex<Option<Error>>>) {
+    let errors = slot.clone();
+    device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+        let message = crate::error::one_line(&e.to_string());
+        fail(&errors, Error::Device(message));
+    }));
+    let lost = slot.clone();
+    device.set_device_lost_callback(move |reason, message| {
+        if reason != wgpu::DeviceLostReason::Destroyed {
+            fail(
+                &lost,
+                Error::Device(format!("the device was lost: {message}")),
+            );
+        }
+    });
+}
+
+/// An on/off environment variable: unset, empty or `0` is off, `1` is on.
+///
+/// # Errors
+/// [`Error::Setting`] for another value.
+pub fn env_switch(name: &'static str) -> Result<bool> {
+    match std::env::var(name).as_deref() {
+        Err(_) | Ok("" | "0") => Ok(false),
+        Ok("1") => Ok(true),
+        Ok(other) => Err(Error::setting(name, other, "expected 0 or 1")),
     }
 }
 
@@ -989,9 +1050,66 @@ mod tests {
     fn a_buffer_the_driver_refuses_is_an_error_not_a_panic() {
         let d = Device::shared().unwrap();
         let too_big = d.info().max_buffer_size + 4;
-        let e = crate::pool::create(&d.inner.device, too_big).unwrap_err();
-        assert!(!e.is_empty());
+        let usage = crate::pool::TENSOR_USAGE;
+        let e = crate::pool::create(&d.inner.device, too_big, usage).unwrap_err();
+        assert!(!e.is_empty() && !e.contains('\n'), "{e}");
         // The device goes on working.
-        assert!(crate::pool::create(&d.inner.device, 1024).is_ok());
+        assert!(crate::pool::create(&d.inner.device, 1024, usage).is_ok());
+    }
+
+    /// A kernel the adapter's compiler refuses is an error at the next synchronisation,
+    /// naming the kernel, and the device goes on working.
+    #[test]
+    fn a_kernel_that_does_not_build_is_an_error_not_a_panic() {
+        use crate::kernels::{Access, Kernel, Shader};
+        static BROKEN: Shader = Shader {
+            file: "broken.wgsl",
+            source: "@compute @workgroup_size(8) fn main() { let x: u32 = 1.5; }",
+        };
+        static KERNEL: Kernel = Kernel {
+            shader: &BROKEN,
+            entry: "main",
+            storage: &[Access::ReadWrite],
+            overrides: &[],
+        };
+        let d = Device::new().unwrap();
+        let t = crate::Tensor::zeros(&d, &[4]).unwrap();
+        d.dispatch(&KERNEL, &[], &[0u32; 4], &[t.buffer()], [1, 1, 1]);
+        let e = d.synchronize().unwrap_err();
+        assert!(
+            matches!(&e, crate::Error::Kernel { kernel, .. } if kernel == "broken.wgsl::main"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains('\n'), "{e}");
+        d.synchronize().unwrap();
+        assert_eq!(t.to_vec().unwrap(), [0.0; 4]);
+    }
+
+    /// What wgpu reports outside a captured call (here an invalid buffer) is an error at the
+    /// next synchronisation, not wgpu's default handler's panic.
+    #[test]
+    fn uncaptured_wgpu_errors_are_errors_not_panics() {
+        let d = Device::new().unwrap();
+        let _ = d.inner.device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::MAP_WRITE,
+            mapped_at_creation: false,
+        });
+        let e = d.synchronize().unwrap_err();
+        assert!(matches!(e, crate::Error::Device(_)), "{e}");
+        d.synchronize().unwrap();
+    }
+
+    #[test]
+    fn switches_are_0_or_1() {
+        // A name no other test sets.
+        std::env::set_var("ENGINE_TEST_SWITCH", "yes");
+        let e = super::env_switch("ENGINE_TEST_SWITCH").unwrap_err();
+        assert_eq!(e.to_string(), "ENGINE_TEST_SWITCH=\"yes\": expected 0 or 1");
+        std::env::set_var("ENGINE_TEST_SWITCH", "1");
+        assert!(super::env_switch("ENGINE_TEST_SWITCH").unwrap());
+        std::env::remove_var("ENGINE_TEST_SWITCH");
+        assert!(!super::env_switch("ENGINE_TEST_SWITCH").unwrap());
     }
 }

@@ -10,9 +10,30 @@ pub enum Error {
     /// No adapter at all: the message says what to install.
     #[error("no GPU adapter found ({0}). On Linux without a GPU install Mesa's software Vulkan driver: `apt-get install mesa-vulkan-drivers`")]
     NoAdapter(String),
-    /// The device could not be created or was lost.
+    /// The device could not be created or was lost, or wgpu reported an error outside the
+    /// calls that capture their own (an invalid command, a failed mapping).
     #[error("GPU device error: {0}")]
     Device(String),
+    /// A setting of the engine (an `ENGINE_*` environment variable or a
+    /// [`crate::DeviceOptions`] field) that cannot be used.
+    #[error("{name}={value:?}: {expected}")]
+    Setting {
+        /// The variable or option.
+        name: &'static str,
+        /// The value given.
+        value: String,
+        /// What it must be.
+        expected: String,
+    },
+    /// A kernel the adapter's shader compiler or pipeline creation refused. Found when the
+    /// kernel is first dispatched and reported at the next synchronisation or read-back.
+    #[error("kernel {kernel} could not be built on this adapter: {message}")]
+    Kernel {
+        /// `file::entry` and its override values.
+        kernel: String,
+        /// What wgpu said.
+        message: String,
+    },
     /// Operand shapes that do not fit the op.
     #[error("{op}: {msg}")]
     Shape {
@@ -95,10 +116,32 @@ pub enum Error {
 }
 
 impl Error {
+    pub(crate) fn setting(
+        name: &'static str,
+        value: impl Into<String>,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::Setting {
+            name,
+            value: value.into(),
+            expected: expected.into(),
+        }
+    }
+
     pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
         Error::Shape {
             op,
             msg: msg.into(),
         }
     }
+}
+
+/// A wgpu error's report (a heading, then indented causes on their own lines) as one line.
+pub(crate) fn one_line(report: &str) -> String {
+    let parts: Vec<&str> = report
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "Caused by:")
+        .collect();
+    parts.join(": ")
 }

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::error::{Error, Result};
+
 /// One WGSL file from `shaders/`, possibly prefixed by shared helper files.
 pub struct Shader {
     /// The file name under `shaders/`.
@@ -110,6 +112,17 @@ pub(crate) struct Kernel {
     pub entry: &'static str,
     pub storage: &'static [Access],
     pub overrides: &'static [&'static str],
+}
+
+impl Kernel {
+    /// `file::entry` and the override values of a dispatch, as profiles and errors name it.
+    pub(crate) fn name(&self, values: &[u32]) -> String {
+        let mut name = format!("{}::{}", self.shader.file, self.entry);
+        for (k, v) in self.overrides.iter().zip(values) {
+            name += &format!(" {k}={v}");
+        }
+        name
+    }
 }
 
 macro_rules! kernel {
@@ -264,12 +277,17 @@ pub(crate) struct PipelineCache {
 }
 
 impl PipelineCache {
+    /// The pipeline of `kernel` with override `values`, built on first use.
+    ///
+    /// # Errors
+    /// [`Error::Kernel`] when the adapter's compiler or pipeline creation refuses it (wgpu's
+    /// validation errors are captured, not left to its default handler, which panics).
     pub(crate) fn get(
         &mut self,
         device: &wgpu::Device,
         kernel: &'static Kernel,
         values: &[u32],
-    ) -> Arc<Pipeline> {
+    ) -> Result<Arc<Pipeline>> {
         assert_eq!(
             values.len(),
             kernel.overrides.len(),
@@ -281,8 +299,14 @@ impl PipelineCache {
         key_values[..values.len()].copy_from_slice(values);
         let key = (kernel as *const Kernel as usize, key_values);
         if let Some(p) = self.pipelines.get(&key) {
-            return p.clone();
+            return Ok(p.clone());
         }
+        let scopes = [
+            wgpu::ErrorFilter::Internal,
+            wgpu::ErrorFilter::OutOfMemory,
+            wgpu::ErrorFilter::Validation,
+        ]
+        .map(|filter| device.push_error_scope(filter));
         let shader = kernel.shader as *const Shader as usize;
         let module = self.modules.entry(shader).or_insert_with(|| {
             device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -290,9 +314,24 @@ impl PipelineCache {
                 source: wgpu::ShaderSource::Wgsl(kernel.shader.source.into()),
             })
         });
-        let pipeline = Arc::new(build_pipeline(device, module, kernel, values));
+        let pipeline = build_pipeline(device, module, kernel, values);
+        // Scopes pop in reverse order of their pushing.
+        let errors: Vec<String> = scopes
+            .into_iter()
+            .rev()
+            .filter_map(|scope| pollster::block_on(scope.pop()))
+            .map(|e| e.to_string())
+            .collect();
+        if let Some(message) = errors.first() {
+            self.modules.remove(&shader);
+            return Err(Error::Kernel {
+                kernel: kernel.name(values),
+                message: crate::error::one_line(message),
+            });
+        }
+        let pipeline = Arc::new(pipeline);
         self.pipelines.insert(key, pipeline.clone());
-        pipeline
+        Ok(pipeline)
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -39,7 +39,7 @@ mod tensor;
 pub mod tune;
 
 pub use autodiff::{enable_grad, is_grad_enabled, no_grad, Gradients, TensorId};
-pub use device::{Device, DeviceInfo, DeviceOptions, Features, DISPATCHES_PER_BATCH};
+pub use device::{env_switch, Device, DeviceInfo, DeviceOptions, Features, DISPATCHES_PER_BATCH};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, GradMismatch, GradcheckOptions, GradcheckReport};
 pub use memory::human_bytes;

@@ -56,9 +56,11 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64> {
     };
     match number.parse::<f64>() {
         Ok(n) if (n * scale).is_finite() && n > 0.0 => Ok((n * scale) as u64),
-        _ => Err(Error::Device(format!(
-            "ENGINE_MEMORY_LIMIT={text:?}: expected a size such as 8GB or 512MiB"
-        ))),
+        _ => Err(Error::setting(
+            "ENGINE_MEMORY_LIMIT",
+            text,
+            "expected a size such as 8GB or 512MiB",
+        )),
     }
 }
 

@@ -123,32 +123,54 @@ impl Slots {
                 for name in names {
                     let key = format!("{g}.{i}.{name}");
                     match by_name.get(key.as_str()) {
-                        Some((shape, values)) if shape.as_slice() == p.shape() => {
+                        Some((shape, _)) if shape.as_slice() != p.shape() => problems.push(
+                            format!("{key}: shape {shape:?}, parameter has {:?}", p.shape()),
+                        ),
+                        Some((_, values)) if !values.iter().all(|v| v.is_finite()) => {
+                            problems.push(format!("{key}: values that are not finite"))
+                        }
+                        // A second moment is a mean of squares.
+                        Some((_, values))
+                            if name.ends_with("_sq") && values.iter().any(|v| *v < 0.0) =>
+                        {
+                            problems.push(format!("{key}: negative values"))
+                        }
+                        Some((shape, values)) => {
                             bufs.push(Tensor::from_slice(p.device(), values, shape)?);
                             used += 1;
                         }
-                        Some((shape, _)) => problems.push(format!(
-                            "{key}: shape {shape:?}, parameter has {:?}",
-                            p.shape()
-                        )),
                         None => {}
                     }
                 }
+                // Every step updates every parameter, so after one step each has its state.
                 if bufs.len() == names.len() {
                     buffers.insert(p.id(), bufs);
-                } else if !bufs.is_empty() {
-                    problems.push(format!("{g}.{i}: incomplete state"));
+                } else if !bufs.is_empty() || state.step > 0 {
+                    problems.push(format!(
+                        "{g}.{i}: {} of its {} state tensors after {} steps",
+                        bufs.len(),
+                        names.len(),
+                        state.step
+                    ));
                 }
             }
         }
         if used != state.tensors.len() {
-            problems.push(format!(
-                "{} state tensors match no parameter",
-                state.tensors.len() - used
-            ));
+            problems.insert(
+                0,
+                format!(
+                    "{} state tensors match no parameter",
+                    state.tensors.len() - used
+                ),
+            );
         }
         if !problems.is_empty() {
-            return Err(Error::shape("load_state", problems.join("; ")));
+            let more = match problems.len() {
+                n if n > 3 => format!("; and {} more", n - 3),
+                _ => String::new(),
+            };
+            problems.truncate(3);
+            return Err(Error::shape("load_state", problems.join("; ") + &more));
         }
         self.buffers = buffers;
         Ok(())

@@ -69,7 +69,7 @@ impl Pool {
                 buffer
             }
             None => {
-                let buffer = create(device, class)?;
+                let buffer = create(device, class, TENSOR_USAGE)?;
                 self.stats.allocations += 1;
                 buffer
             }
@@ -102,25 +102,33 @@ impl Pool {
     }
 }
 
-/// A storage buffer of `size` bytes, or the driver's reason (out of memory, over a limit).
-pub(crate) fn create(device: &wgpu::Device, size: u64) -> Result<wgpu::Buffer, String> {
+/// A buffer of `size` bytes for `usage`, or the driver's reason (out of memory, over a
+/// limit).
+pub(crate) fn create(
+    device: &wgpu::Device,
+    size: u64,
+    usage: wgpu::BufferUsages,
+) -> Result<wgpu::Buffer, String> {
     let memory = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("tensor"),
+        label: None,
         size,
-        usage: wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_SRC
-            | wgpu::BufferUsages::COPY_DST,
+        usage,
         mapped_at_creation: false,
     });
     let invalid = pollster::block_on(validation.pop());
     let out_of_memory = pollster::block_on(memory.pop());
     match out_of_memory.or(invalid) {
         None => Ok(buffer),
-        Some(e) => Err(e.to_string()),
+        Some(e) => Err(crate::error::one_line(&e.to_string())),
     }
 }
+
+/// What a tensor's buffer is used for: kernels' storage, and copies both ways.
+pub(crate) const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
+    .union(wgpu::BufferUsages::COPY_SRC)
+    .union(wgpu::BufferUsages::COPY_DST);
 
 #[cfg(test)]
 mod tests {

@@ -40,15 +40,17 @@ impl Autotune {
     /// cost seconds per shape.
     ///
     /// # Errors
-    /// [`Error::Device`] for another value.
+    /// [`Error::Setting`] for another value.
     pub fn from_env(info: &DeviceInfo) -> Result<Autotune> {
         match std::env::var("ENGINE_AUTOTUNE").as_deref() {
             Ok("off") => Ok(Autotune::Off),
             Ok("cache") => Ok(Autotune::Cache),
             Ok("on") => Ok(Autotune::On),
-            Ok(other) => Err(Error::Device(format!(
-                "ENGINE_AUTOTUNE={other:?}: expected off, cache or on"
-            ))),
+            Ok(other) => Err(Error::setting(
+                "ENGINE_AUTOTUNE",
+                other,
+                "expected off, cache or on",
+            )),
             Err(_) if info.is_software() => Ok(Autotune::Off),
             Err(_) => Ok(Autotune::On),
         }
