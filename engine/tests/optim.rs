@@ -177,19 +177,19 @@ fn saved_state_resumes_the_same_trajectory() {
     );
     // Moments missing after steps, not finite, or a negative second moment are refused,
     // not replaced by fresh ones.
-    let mut edit = |f: &dyn Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>)| {
+    let mut edit = |f: &dyn Fn(&mut engine::OptimizerState)| {
         let mut s = state.clone();
-        f(&mut s.tensors);
+        f(&mut s);
         resumed.load_state(&s).unwrap_err().to_string()
     };
-    let e = edit(&|t| t.retain(|(n, _, _)| !n.starts_with("1.0.")));
+    let e = edit(&|s| s.tensors.retain(|(n, _, _)| !n.starts_with("1.0.")));
     assert!(
         e.contains("1.0: 0 of its 2 state tensors after 10 steps"),
         "{e}"
     );
-    let e = edit(&|t| t[0].2[1] = f32::NAN);
+    let e = edit(&|s| s.tensors[0].2[1] = f32::NAN);
     assert!(e.contains("0.0.exp_avg: values that are not finite"), "{e}");
-    let e = edit(&|t| t[1].2[0] = -1.0);
+    let e = edit(&|s| s.tensors[1].2[0] = -1.0);
     assert!(e.contains("0.0.exp_avg_sq: negative values"), "{e}");
 }
 
