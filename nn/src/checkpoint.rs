@@ -1,15 +1,17 @@
 //! Checkpoints in safetensors, the format of the PyTorch and Hugging Face world.
 //!
 //! Loading is strict: one error lists every missing, unexpected and mis-shaped tensor.
-//! Files are validated by the `safetensors` crate before any tensor is read (header length,
-//! offsets, sizes), so a truncated, corrupt or hostile file gives an error, never a panic
-//! or a huge allocation. `f16` and `bf16` tensors are converted to `f32`. Saving writes a
-//! temporary file beside the target, syncs it and renames it over the target: a process
-//! killed mid-save leaves the previous checkpoint intact.
+//! A file is read only as far as its header promises, and the file must hold exactly that;
+//! it is then validated by the `safetensors` crate before any tensor is read (header
+//! length, offsets, sizes), so a truncated, corrupt or hostile file gives an error, never a
+//! panic or a huge allocation. `f16` and `bf16` tensors are converted to `f32`. Saving writes a
+//! temporary file beside the target, syncs it and renames it over the target
+//! ([`crate::files::write_atomically`]): a process killed mid-save leaves the previous
+//! checkpoint intact.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::io::Write;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use engine::Tensor;
@@ -148,26 +150,54 @@ pub fn save_host_safetensors(
         .collect();
     let bytes = safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), metadata)
         .map_err(|e| CheckpointError::Format(path.to_path_buf(), e.to_string()))?;
+    crate::files::write_atomically(path, &bytes)
+        .map_err(|e| CheckpointError::Io(path.to_path_buf(), e))
+}
+
+/// The largest header the `safetensors` crate reads.
+const HEADER_LIMIT: u64 = 100_000_000;
+
+/// The bytes of a safetensors file, read only as far as its header promises: the header's
+/// length (at most [`HEADER_LIMIT`]), then the header, whose tensors' offsets say how much
+/// data follows; the file must hold exactly that.
+fn read_promised(path: &Path) -> Result<Vec<u8>, CheckpointError> {
     let io = |e| CheckpointError::Io(path.to_path_buf(), e);
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io(std::io::Error::other("no file name")))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(e));
+    let format = |why: String| CheckpointError::Format(path.to_path_buf(), why);
+    // Asked before opening: opening a FIFO waits for a writer, forever.
+    if !std::fs::metadata(path).map_err(io)?.is_file() {
+        return Err(format("not a regular file".into()));
     }
-    Ok(())
+    let mut head = [0u8; 8];
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    file.read_exact(&mut head)
+        .map_err(|_| format(format!("{len} bytes, too short for a header")))?;
+    let n = u64::from_le_bytes(head);
+    if n > HEADER_LIMIT || 8 + n > len {
+        return Err(format(format!(
+            "a header of {n} bytes in a file of {len} bytes"
+        )));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| format(format!("the header is not JSON: {e}")))?;
+    let data = header
+        .as_object()
+        .ok_or_else(|| format("the header is not a JSON object".into()))?
+        .iter()
+        .filter(|(name, _)| *name != "__metadata__")
+        .filter_map(|(_, t)| t.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    let promised = 8 + n + data;
+    if promised != len {
+        return Err(format(format!(
+            "the header describes {promised} bytes, the file has {len}{}",
+            if promised > len { " (truncated)" } else { "" }
+        )));
+    }
+    crate::files::read_bounded(path, promised).map_err(io)
 }
 
 /// Read every tensor of a safetensors file as f32 (converting f16 and bf16), by name.
@@ -176,7 +206,7 @@ pub fn save_host_safetensors(
 /// [`CheckpointError::Io`]; [`CheckpointError::Format`] for an invalid file or an
 /// unsupported dtype.
 pub fn read_safetensors(path: &Path) -> Result<TensorMap, CheckpointError> {
-    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io(path.to_path_buf(), e))?;
+    let bytes = read_promised(path)?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| CheckpointError::Format(path.to_path_buf(), e.to_string()))?;
     let mut out = BTreeMap::new();

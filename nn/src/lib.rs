@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod checkpoint;
+pub mod files;
 pub mod init;
 pub mod layers;
 mod module;

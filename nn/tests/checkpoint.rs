@@ -176,6 +176,22 @@ fn corrupt_and_hostile_files_are_errors() {
     }
     let e = read_safetensors(&tmp("does-not-exist.safetensors")).unwrap_err();
     assert!(matches!(e, CheckpointError::Io(..)), "{e}");
+    // A FIFO is refused, not waited on for a writer that never comes.
+    let fifo = tmp("fifo.safetensors");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tx.send(
+            read_safetensors(&fifo)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        )
+    });
+    let read = rx.recv_timeout(std::time::Duration::from_secs(10));
+    let e = read.expect("a FIFO is refused at once").unwrap_err();
+    assert!(e.ends_with("not a regular file"), "{e}");
 }
 
 /// Child side of the kill test: save large checkpoints to the given path forever.
