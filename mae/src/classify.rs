@@ -113,8 +113,8 @@ pub fn open_labelled(path: &Path) -> Result<Labelled, Error> {
 pub struct Encoder {
     /// The model (its decoder is unused).
     pub mae: MaskedAutoencoder,
-    /// `preprocessor_config.json`'s mean and std for a pretrained model; none for a random
-    /// one (the dataset's own are used).
+    /// `preprocessor_config.json`'s mean and std for a pretrained model that has one; none
+    /// for a random one (the dataset's own are used, ImageNet's for RGB).
     pub normalize: Option<Normalize>,
     /// What identifies the weights: the weights file, or the config and seed.
     pub identity: String,
@@ -138,11 +138,11 @@ pub fn encoder(model: &str, start: Start, seed: u64, device: &Device) -> Result<
                 )));
             }
             let mae = load_pretrained(dir, device)?;
-            let normalize = read_preprocessor(dir)?;
+            let normalize = read_preprocessor(dir, mae.config.channels)?;
             let identity = format!("weights {} {:?}", file_digest(&weights)?, mae.config);
             Ok(Encoder {
                 mae,
-                normalize: Some(normalize),
+                normalize,
                 identity,
             })
         }

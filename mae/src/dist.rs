@@ -126,8 +126,10 @@ impl Dist {
         if let Some(m) = &self.mpi {
             use mpi::collective::{CommunicatorCollectives, SystemOperation};
             let send = values.to_vec();
-            m.world
-                .all_reduce_into(&send[..], values, SystemOperation::sum());
+            crate::run::watchdog::waiting(|| {
+                m.world
+                    .all_reduce_into(&send[..], values, SystemOperation::sum())
+            });
         }
     }
 
@@ -148,12 +150,11 @@ impl Dist {
         #[cfg(feature = "distributed")]
         if let Some(m) = &self.mpi {
             use mpi::collective::CommunicatorCollectives;
-            // FNV-1a of the text: equal texts, equal hashes on every machine.
-            let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-            });
+            let mut hash = Fnv::new();
+            hash.add(text.as_bytes());
+            let hash = hash.finish();
             let mut all = vec![0u64; self.size];
-            m.world.all_gather_into(&hash, &mut all[..]);
+            crate::run::watchdog::waiting(|| m.world.all_gather_into(&hash, &mut all[..]));
             let differ: Vec<String> = (1..self.size)
                 .filter(|&r| all[r] != all[0])
                 .map(|r| r.to_string())
@@ -172,13 +173,8 @@ impl Dist {
     /// read, an I/O error): the others would otherwise wait for it forever. Prints `error`
     /// with this rank's number and ends the whole job with `code`.
     pub fn abort(&self, error: &Error) -> ! {
-        say(&format!("error: rank {}: {error}", self.rank));
-        #[cfg(feature = "distributed")]
-        if let Some(m) = &self.mpi {
-            use mpi::topology::Communicator;
-            m.world.abort(error.exit_code() as i32);
-        }
-        std::process::exit(error.exit_code() as i32)
+        let line = format!("error: rank {}: {error}", self.rank);
+        abort_job(&line, error.exit_code() as i32)
     }
 
     /// Replace the gradient of each of `params` by its mean over the ranks: gathered on the
@@ -232,8 +228,10 @@ impl Dist {
         if let Some(m) = &self.mpi {
             use mpi::collective::{CommunicatorCollectives, SystemOperation};
             let mut out = vec![0f32; values.len()];
-            m.world
-                .all_reduce_into(values, &mut out[..], SystemOperation::sum());
+            crate::run::watchdog::waiting(|| {
+                m.world
+                    .all_reduce_into(values, &mut out[..], SystemOperation::sum())
+            });
             return out;
         }
         values.to_vec()
@@ -263,6 +261,47 @@ impl Dist {
                 self.rank, self.size, self.local_rank
             )
         })
+    }
+}
+
+/// Print `line` and end the job with `code`: under MPI every process of it (MPI's abort),
+/// else this process. Callable from any thread, a panic hook's included.
+pub fn abort_job(line: &str, code: i32) -> ! {
+    say(line);
+    #[cfg(feature = "distributed")]
+    if mpi::environment::is_initialized() && !mpi::environment::is_finalized() {
+        use mpi::topology::Communicator;
+        mpi::topology::SimpleCommunicator::world().abort(code);
+    }
+    std::process::exit(code)
+}
+
+/// FNV-1a, 64 bits: equal bytes, equal digests on every machine. Not cryptographic; it
+/// tells apart what the processes of a run hold.
+pub struct Fnv(u64);
+
+impl Fnv {
+    /// The empty digest.
+    pub fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    /// Add `bytes`.
+    pub fn add(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// The digest of what was added.
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv::new()
     }
 }
 

@@ -1,6 +1,7 @@
 //! How a `mae` command fails: one line for the user, and an exit code that depends only on
 //! the kind of failure, the same for every command: 2 for bad input or setup, 3 for a
-//! diverged run, 1 otherwise.
+//! diverged run, 4 for a run a signal stopped after its checkpoint, 1 otherwise (a failure
+//! of the program or the machine).
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +40,19 @@ pub enum Error {
     /// What the engine reports: no adapter, a lost device, memory, a failed kernel.
     #[error("{0}{hint}", hint = memory_hint(.0))]
     Engine(#[from] engine::Error),
+    /// A signal asked the run to stop, and it did, at a step boundary, after writing the
+    /// checkpoint of that step.
+    #[error("stopped by {signal} at {at}; checkpoint {} written; continue with --resume {}", checkpoint.display(), output.display())]
+    Stopped {
+        /// The signal's name.
+        signal: &'static str,
+        /// Where in the run: `step 12 (epoch 1)`.
+        at: String,
+        /// The checkpoint written.
+        checkpoint: PathBuf,
+        /// The run's directory.
+        output: PathBuf,
+    },
     /// The loss became NaN or infinite. The run stopped before the update; the checkpoints
     /// written before are intact.
     #[error("the loss is {loss} {at}; training stopped. {checkpoint}")]
@@ -93,18 +107,21 @@ impl Error {
         }
     }
 
-    /// The process exit code: 2 for bad input or setup (a machine without an adapter
-    /// included), 3 for a diverged run, 1 for anything else.
+    /// The process exit code: 2 for bad input or setup (a machine without an adapter and
+    /// a bad `ENGINE_*` variable included), 3 for a diverged run, 4 for a run a signal
+    /// stopped (its checkpoint written), 1 for anything else.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Engine(e) | Error::Checkpoint(CheckpointError::Engine(e)) => match e {
                 // The adapter cannot hold or run what was asked: a setup the user changes.
                 engine::Error::NoAdapter(_)
+                | engine::Error::Setting { .. }
                 | engine::Error::OutOfMemory { .. }
                 | engine::Error::TooLarge { .. }
                 | engine::Error::Unsupported { .. } => 2,
                 _ => 1,
             },
+            Error::Stopped { .. } => crate::run::stop::STOPPED,
             Error::Setup(_)
             | Error::Data(_)
             | Error::Checkpoint(_)
@@ -135,6 +152,30 @@ mod tests {
             (Error::Engine(shape()), 1),
             (Error::Checkpoint(CheckpointError::Engine(shape())), 1),
             (Error::non_finite(f32::NAN, "at step 3".into(), None), 3),
+            (
+                Error::Engine(engine::Error::Setting {
+                    name: "ENGINE_ATTENTION",
+                    value: "fast".into(),
+                    expected: "rows or tiled".into(),
+                }),
+                2,
+            ),
+            (
+                Error::Engine(engine::Error::Kernel {
+                    kernel: "k.wgsl::main".into(),
+                    message: "no".into(),
+                }),
+                1,
+            ),
+            (
+                Error::Stopped {
+                    signal: "SIGTERM",
+                    at: "step 3 (epoch 1)".into(),
+                    checkpoint: "out/checkpoint-step-3".into(),
+                    output: "out".into(),
+                },
+                4,
+            ),
         ];
         for (e, code) in cases {
             assert_eq!(e.exit_code(), code, "{e}");

@@ -11,16 +11,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use engine::{AdamW, ParamGroup, Tensor};
-use nn::{load_safetensors, named_parameters, save_safetensors, Init, Module, VisionTransformer};
+use nn::{
+    load_safetensors, named_parameters, save_safetensors, Init, Module, VisionTransformer,
+    VitConfig,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::classify::{classifier, encoder, evaluate, open_labelled, report, Outcome, Pool, Start};
 use crate::data::{Augment, Dataset, Normalize, Rng, FASHION_MNIST};
 use crate::dist::Dist;
+use crate::hf::{read_preprocessor, save_preprocessor};
 use crate::pretrain::config_from;
 use crate::run::{
-    self, Given, Invocation, Learner, Position, Precision, Resumed, Schedule, Step, Trainer,
+    self, Given, Invocation, Learner, Output, Position, Precision, Resumed, Schedule, Step, Trainer,
 };
 use crate::{Error, MaeConfig};
 
@@ -64,26 +67,26 @@ pub struct Settings {
     #[arg(long, default_value_t = 1)]
     pub accum_iter: usize,
     /// Base learning rate; lr = blr * effective batch / 256 [ViT-B: 5e-4; ViT-L/H: 1e-3].
-    #[arg(long, default_value_t = 4e-3)]
+    #[arg(long, value_parser = run::finite, default_value_t = 4e-3)]
     pub blr: f64,
     /// Layer-wise lr decay: layer `i` of `depth + 1` gets `lr * layer_decay^(depth + 1 -
     /// i)` [ViT-B: 0.65].
-    #[arg(long, default_value_t = 0.75)]
+    #[arg(long, value_parser = run::finite, default_value_t = 0.75)]
     pub layer_decay: f64,
     /// AdamW weight decay on weight matrices.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, value_parser = run::finite, default_value_t = 0.05)]
     pub weight_decay: f64,
     /// Drop-path rate of the last block [ViT-L: 0.2; ViT-H: 0.3].
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, value_parser = run::finite_f32, default_value_t = 0.1)]
     pub drop_path: f32,
     /// Label smoothing of the cross-entropy.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, value_parser = run::finite_f32, default_value_t = 0.1)]
     pub smoothing: f32,
     /// Linear warmup in epochs (fractions allowed) [ViT-B/L/H: 5].
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(long, value_parser = run::finite, default_value_t = 0.2)]
     pub warmup_epochs: f64,
     /// Learning rate at the end of the cosine.
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, value_parser = run::finite, default_value_t = 1e-6)]
     pub min_lr: f64,
     /// Seed of a random encoder, the head, order, augmentation and drop path.
     #[arg(long, default_value_t = 0)]
@@ -142,6 +145,10 @@ impl Settings {
             (
                 !(0.0..1.0).contains(&self.smoothing),
                 "--smoothing must be in [0, 1)",
+            ),
+            (
+                !(self.weight_decay >= 0.0),
+                "--weight-decay must be a number, not negative",
             ),
         ];
         match problems.iter().find(|b| b.0) {
@@ -203,12 +210,15 @@ pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
         Ok(p.clone()
             .scaled(&config_from(p.model.as_deref().unwrap_or_default())?))
     };
-    let resume = args.resume.as_deref();
-    let (settings, resumed) = given.settle(&args.settings, resume, recipe, dist)?;
     if args.dry_run {
+        let resume = args.resume.as_deref().map(run::newest_in).transpose()?;
+        let (settings, resumed) = given.settle(&args.settings, resume.as_deref(), recipe, dist)?;
         return dry_run(&settings, resumed, &args.invocation(), dist);
     }
-    let outcome = finetune(settings, resumed, &args.invocation(), dist)?;
+    let output = args.claim("finetune", dist)?;
+    let (settings, resumed) =
+        given.settle(&args.settings, output.resume.as_deref(), recipe, dist)?;
+    let outcome = finetune(settings, resumed, (&args.invocation(), &output), dist)?;
     if dist.is_main() {
         println!("{}", outcome.line);
     }
@@ -226,7 +236,7 @@ pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
 pub fn finetune(
     s: Settings,
     resumed: Option<Resumed<Settings>>,
-    run: &Invocation,
+    (run, output): (&Invocation, &Output),
     dist: &Dist,
 ) -> Result<Outcome, Error> {
     s.check()?;
@@ -239,7 +249,7 @@ pub fn finetune(
     let c = vit.config.clone();
     let augment = Augment::pretrain(c.image_size, normalize.clone());
     let train = (data.train, augment, c.channels);
-    let mut trainer = Trainer::new(device, dist, (run, "finetune"), &s, train, resumed)?;
+    let mut trainer = Trainer::new(device, dist, (run, output), &s, train, resumed)?;
     if dist.is_main() {
         eprintln!(
             "fine-tuning a {} encoder ({model}) on {} images of {}, {} classes, lr {:.2e}, layer decay {}, \
@@ -277,32 +287,136 @@ pub fn finetune(
     report(&trainer.output, "finetune", s.init, top1, s.epochs)
 }
 
-/// The classifier of settings `s` for `classes` classes (with `resumed`'s weights), its
-/// AdamW with layer-wise lr decay (and `resumed`'s state), the groups' lr scales, and the
-/// encoder's normalisation when its directory has one.
+/// The classifier of settings `s` for `classes` classes, its AdamW with layer-wise lr
+/// decay, the groups' lr scales, and the normalisation of its images when known: a new
+/// head on the encoder `s.model` names, or, resuming, the checkpoint's own classifier,
+/// normalisation and optimizer state (the pretrained directory is not needed then).
 fn classifier_and_optimizer(
     s: &Settings,
     resumed: &Option<Resumed<Settings>>,
     classes: usize,
     device: &engine::Device,
 ) -> Result<(VisionTransformer, AdamW, Vec<f64>, Option<Normalize>), Error> {
-    let enc = encoder(
-        s.model.as_deref().unwrap_or_default(),
-        s.init,
-        s.seed,
-        device,
-    )?;
-    let mut init = Init::new(device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
-    let mut vit = classifier(enc.mae, classes, Pool::Avg, s.drop_path, &mut init)?;
-    if let Some(r) = resumed {
-        load_safetensors(&r.dir.join("model.safetensors"), &mut vit)?;
-    }
+    let (vit, normalize) = match resumed {
+        Some(r) => resumed_classifier(&r.dir, classes, device)?,
+        None => {
+            let model = s.model.as_deref().unwrap_or_default();
+            let enc = encoder(model, s.init, s.seed, device)?;
+            let mut init = Init::new(device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
+            let vit = classifier(enc.mae, classes, Pool::Avg, s.drop_path, &mut init)?;
+            (vit, enc.normalize)
+        }
+    };
     let (groups, scales) = param_groups_lrd(&vit, s.weight_decay as f32, s.layer_decay);
     let mut opt = AdamW::new(groups, (0.9, 0.999), 1e-8)?;
     if let Some(r) = resumed {
         r.load_optimizer(&mut opt)?;
     }
-    Ok((vit, opt, scales, enc.normalize))
+    Ok((vit, opt, scales, normalize))
+}
+
+/// The classifier a fine-tuning checkpoint in `dir` holds (`config.json`,
+/// `model.safetensors`, `preprocessor_config.json`), for data of `classes` classes.
+fn resumed_classifier(
+    dir: &Path,
+    classes: usize,
+    device: &engine::Device,
+) -> Result<(VisionTransformer, Option<Normalize>), Error> {
+    let path = dir.join("config.json");
+    let config = read_classifier_config(&path)?;
+    if config.classes != classes {
+        return Err(Error::Setup(format!(
+            "{}: a classifier of {} classes, and the data has {classes}",
+            path.display(),
+            config.classes
+        )));
+    }
+    let channels = config.channels;
+    let mut vit = VisionTransformer::new(config, &mut Init::new(device, 0))?;
+    load_safetensors(&dir.join("model.safetensors"), &mut vit)?;
+    Ok((vit, read_preprocessor(dir, channels)?))
+}
+
+/// The `config.json` [`FineTuning::save`] writes, checked as a model's config is.
+fn read_classifier_config(path: &Path) -> Result<VitConfig, Error> {
+    let bad = |why: String| Error::Checkpoint(nn::CheckpointError::Config(path.into(), why));
+    let text =
+        nn::files::read_text_bounded(path, nn::files::JSON_LIMIT).map_err(Error::io(path))?;
+    let c: ClassifierConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let mae = MaeConfig {
+        image_size: c.image_size,
+        patch_size: c.patch_size,
+        channels: c.num_channels,
+        dim: c.hidden_size,
+        depth: c.num_hidden_layers,
+        heads: c.num_attention_heads,
+        decoder_dim: c.hidden_size,
+        decoder_depth: 0,
+        decoder_heads: c.num_attention_heads,
+        mlp_ratio: c.mlp_ratio,
+        mask_ratio: 0.0,
+        norm_pix_loss: false,
+        eps: c.layer_norm_eps,
+        qkv_bias: c.qkv_bias,
+    };
+    mae.validate().map_err(bad)?;
+    if !(1..=1 << 20).contains(&c.num_classes) || !(0.0..1.0).contains(&c.drop_path) {
+        return Err(bad(format!(
+            "num_classes {} must be in 1..=2^20 and drop_path {} in [0, 1)",
+            c.num_classes, c.drop_path
+        )));
+    }
+    Ok(VitConfig {
+        image_size: c.image_size,
+        patch_size: c.patch_size,
+        channels: c.num_channels,
+        dim: c.hidden_size,
+        depth: c.num_hidden_layers,
+        heads: c.num_attention_heads,
+        mlp_ratio: c.mlp_ratio,
+        qkv_bias: c.qkv_bias,
+        eps: c.layer_norm_eps,
+        classes: c.num_classes,
+        global_pool: c.global_pool,
+        drop_path: c.drop_path,
+    })
+}
+
+/// A fine-tuned classifier's `config.json`: the encoder's fields under transformers' names,
+/// and the head's.
+#[derive(Serialize, Deserialize)]
+struct ClassifierConfig {
+    image_size: usize,
+    patch_size: usize,
+    num_channels: usize,
+    hidden_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    mlp_ratio: f32,
+    qkv_bias: bool,
+    layer_norm_eps: f32,
+    num_classes: usize,
+    global_pool: bool,
+    drop_path: f32,
+}
+
+impl ClassifierConfig {
+    fn of(c: &VitConfig) -> ClassifierConfig {
+        ClassifierConfig {
+            image_size: c.image_size,
+            patch_size: c.patch_size,
+            num_channels: c.channels,
+            hidden_size: c.dim,
+            num_hidden_layers: c.depth,
+            num_attention_heads: c.heads,
+            mlp_ratio: c.mlp_ratio,
+            qkv_bias: c.qkv_bias,
+            layer_norm_eps: c.eps,
+            num_classes: c.classes,
+            global_pool: c.global_pool,
+            drop_path: c.drop_path,
+        }
+    }
 }
 
 /// `--dry-run`: one step of the run's classifier at its batch, precision and checkpointing,
@@ -370,7 +484,8 @@ impl Learner for FineTuning {
         &self.vit
     }
 
-    /// `model.safetensors` (timm's names) and `config.json` (the classifier's shape).
+    /// `model.safetensors` (timm's names), `config.json` (the classifier's shape) and
+    /// `preprocessor_config.json` (its images' normalisation): all a resumed run needs.
     fn save(&self, dir: &Path) -> Result<(), Error> {
         save_safetensors(
             &dir.join("model.safetensors"),
@@ -378,13 +493,8 @@ impl Learner for FineTuning {
             None,
         )?;
         let c = &self.vit.config;
-        let config = json!({
-            "image_size": c.image_size, "patch_size": c.patch_size, "num_channels": c.channels,
-            "hidden_size": c.dim, "num_hidden_layers": c.depth, "num_attention_heads": c.heads,
-            "mlp_ratio": c.mlp_ratio, "qkv_bias": c.qkv_bias, "layer_norm_eps": c.eps,
-            "num_classes": c.classes, "global_pool": c.global_pool, "drop_path": c.drop_path,
-        });
-        run::write_json(&dir.join("config.json"), &config)
+        save_preprocessor(dir, c.image_size, &self.normalize)?;
+        run::write_json(&dir.join("config.json"), &ClassifierConfig::of(c))
     }
 
     fn evaluate(&mut self, trainer: &mut Trainer, _: Position) -> Result<Option<f64>, Error> {

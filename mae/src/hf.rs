@@ -151,14 +151,14 @@ fn to_ours(hf: TensorMap) -> TensorMap {
     }
     for (name, [q, k, v]) in parts {
         match (q, k, v) {
-            (Some(q), Some(k), Some(v)) if q.0 == k.0 && k.0 == v.0 => {
+            (Some(q), Some(k), Some(v)) if q.0 == k.0 && k.0 == v.0 && !q.0.is_empty() => {
                 let mut shape = q.0.clone();
                 shape[0] *= 3;
                 out.insert(name, (shape, [q.1, k.1, v.1].concat()));
             }
             _ => {
                 out.insert(
-                    format!("{name} (q, k and v incomplete or of different shapes)"),
+                    format!("{name} (q, k and v incomplete, scalars or of different shapes)"),
                     (vec![], vec![]),
                 );
             }
@@ -172,8 +172,8 @@ fn to_ours(hf: TensorMap) -> TensorMap {
 /// # Errors
 /// [`CheckpointError`] naming the file: unreadable, not JSON, or an unsupported config.
 pub fn read_config(path: &Path) -> Result<MaeConfig, CheckpointError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| CheckpointError::Io(path.to_path_buf(), e))?;
+    let text = nn::files::read_text_bounded(path, nn::files::JSON_LIMIT)
+        .map_err(|e| CheckpointError::Io(path.to_path_buf(), e))?;
     let json: Value = serde_json::from_str(&text)
         .map_err(|e| CheckpointError::Config(path.to_path_buf(), format!("not JSON: {e}")))?;
     config_from_json(&json).map_err(|e| CheckpointError::Config(path.to_path_buf(), e))
@@ -240,13 +240,13 @@ fn check_against_weights(c: &MaeConfig, file: &TensorMap) -> Result<(), String> 
 /// [`CheckpointError::Io`] naming the file.
 pub fn save_preprocessor(
     dir: &Path,
-    c: &MaeConfig,
+    image_size: usize,
     norm: &Normalize,
 ) -> Result<(), CheckpointError> {
     let json = json!({
         "image_processor_type": "ViTImageProcessor",
         "do_resize": true,
-        "size": {"height": c.image_size, "width": c.image_size},
+        "size": {"height": image_size, "width": image_size},
         "resample": 3,
         "do_rescale": true,
         "rescale_factor": 1.0 / 255.0,
@@ -255,35 +255,59 @@ pub fn save_preprocessor(
         "image_std": norm.std,
     });
     let path = dir.join("preprocessor_config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&json).expect("JSON"))
-        .map_err(|e| CheckpointError::Io(path, e))
+    let text = serde_json::to_string_pretty(&json).expect("JSON");
+    nn::files::write_atomically(&path, text.as_bytes()).map_err(|e| CheckpointError::Io(path, e))
 }
 
-/// The normalisation a model directory was trained with: its `preprocessor_config.json`, or
-/// ImageNet's when it has none.
+/// The normalisation a model of `channels` channels in `dir` was trained with: its
+/// `preprocessor_config.json`, or `None` when it has none. `image_mean` and `image_std`
+/// are lists of one number per channel (or one number for all, as transformers allows),
+/// the deviations positive.
 ///
 /// # Errors
-/// [`CheckpointError`] for a preprocessor config that cannot be read or parsed.
-pub fn read_preprocessor(dir: &Path) -> Result<Normalize, CheckpointError> {
+/// [`CheckpointError::Config`] naming the file and the value that cannot be used.
+pub fn read_preprocessor(
+    dir: &Path,
+    channels: usize,
+) -> Result<Option<Normalize>, CheckpointError> {
     let path = dir.join("preprocessor_config.json");
-    if !path.is_file() {
-        return Ok(Normalize::imagenet());
+    if !path.exists() {
+        return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| CheckpointError::Io(path.clone(), e))?;
-    let json: Value = serde_json::from_str(&text)
-        .map_err(|e| CheckpointError::Config(path.clone(), format!("not JSON: {e}")))?;
-    let list = |k: &str| -> Option<Vec<f32>> {
-        match json.get(k)? {
-            Value::Array(a) => a.iter().map(|v| v.as_f64().map(|f| f as f32)).collect(),
-            v => Some(vec![v.as_f64()? as f32]),
+    let bad = |why: String| CheckpointError::Config(path.clone(), why);
+    let text = nn::files::read_text_bounded(&path, nn::files::JSON_LIMIT)
+        .map_err(|e| CheckpointError::Io(path.clone(), e))?;
+    let json: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    let list = |k: &str| -> Result<Vec<f32>, CheckpointError> {
+        let values = match json.get(k) {
+            Some(Value::Array(a)) => a.iter().map(Value::as_f64).collect(),
+            Some(v) => v.as_f64().map(|f| vec![f; channels]),
+            None => None,
+        };
+        let values: Vec<f32> = values
+            .filter(|v: &Vec<f64>| v.iter().all(|f| f.is_finite()))
+            .ok_or_else(|| {
+                bad(format!(
+                    "{k} must be numbers, got {}",
+                    json.get(k).unwrap_or(&Value::Null)
+                ))
+            })?
+            .into_iter()
+            .map(|f| f as f32)
+            .collect();
+        if values.len() != channels {
+            return Err(bad(format!(
+                "{k} has {} values for a model of {channels} channels",
+                values.len()
+            )));
         }
+        Ok(values)
     };
-    match (list("image_mean"), list("image_std")) {
-        (Some(mean), Some(std)) if !mean.is_empty() && mean.len() == std.len() => {
-            Ok(Normalize { mean, std })
-        }
-        _ => Ok(Normalize::imagenet()),
+    let (mean, std) = (list("image_mean")?, list("image_std")?);
+    if let Some(s) = std.iter().find(|s| !(**s > 0.0 && s.is_finite())) {
+        return Err(bad(format!("image_std {s} must be positive")));
     }
+    Ok(Some(Normalize { mean, std }))
 }
 
 /// Load a transformers `ViTMAEForPreTraining` directory: `config.json` and
@@ -434,7 +458,8 @@ pub fn save_pretrained(model: &MaskedAutoencoder, dir: &Path) -> Result<(), Chec
     let config_path = dir.join("config.json");
     let text = serde_json::to_string_pretty(&config_to_json(&model.config))
         .expect("a JSON value serialises");
-    std::fs::write(&config_path, text).map_err(|e| CheckpointError::Io(config_path, e))?;
+    nn::files::write_atomically(&config_path, text.as_bytes())
+        .map_err(|e| CheckpointError::Io(config_path, e))?;
     let metadata = [("format".to_string(), "pt".to_string())]
         .into_iter()
         .collect();

@@ -22,7 +22,8 @@ use crate::classify::{
     Start,
 };
 use crate::data::{Dataset, Normalize, Rng, FASHION_MNIST};
-use crate::run::{print_profile, profiling, progress_bar, Invocation, Log, Position};
+use crate::dist::Dist;
+use crate::run::{self, print_profile, profiling, progress_bar, Invocation, Log, Output, Position};
 use crate::Error;
 
 const ORDER_STREAM: u64 = 1;
@@ -71,13 +72,13 @@ pub struct Settings {
     #[arg(long, default_value_t = 256)]
     pub batch_size: usize,
     /// Base learning rate; lr = blr * batch_size / 256.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, value_parser = run::finite, default_value_t = 0.1)]
     pub blr: f64,
     /// Linear warmup in epochs.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, value_parser = run::finite, default_value_t = 10.0)]
     pub warmup_epochs: f64,
     /// Learning rate at the end of the cosine.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_parser = run::finite, default_value_t = 0.0)]
     pub min_lr: f64,
     /// Seed of a random encoder, the head and the order.
     #[arg(long, default_value_t = 0)]
@@ -132,11 +133,19 @@ pub fn linprobe(args: &Args) -> Result<Outcome, Error> {
                 .into(),
         ));
     }
+    let output = Output::claim(
+        "linprobe",
+        run.output.as_deref(),
+        None,
+        run.overwrite,
+        &Dist::single(),
+    )?;
     let device = Device::new()?;
-    profiling(&device);
+    profiling(&device)?;
     let data = open_labelled(&s.data)?;
     let enc = encoder(&s.model, s.init, s.seed, &device)?;
     let channels = enc.mae.config.channels;
+    data.train.check_channels(channels)?;
     let normalize = enc
         .normalize
         .clone()
@@ -144,8 +153,6 @@ pub fn linprobe(args: &Args) -> Result<Outcome, Error> {
     let identity = enc.identity.clone();
     let mut init = Init::new(&device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
     let vit = classifier(enc.mae, data.classes, Pool::Cls, 0.0, &mut init)?;
-    let output = run.output("linprobe");
-    std::fs::create_dir_all(&output).map_err(Error::io(&output))?;
     eprintln!(
         "linear probe of a {} encoder ({}) on {}, {} features, {} classes, on {}",
         s.init.name(),
@@ -175,7 +182,7 @@ pub fn linprobe(args: &Args) -> Result<Outcome, Error> {
             normalize.mean,
             normalize.std
         );
-        cached_features(&key, &args.cache, || {
+        cached_features(&key, &args.cache, (vit.config.dim, data.classes), || {
             features(&vit, d, n, &normalize, run, split)
         })
     };
@@ -187,7 +194,7 @@ pub fn linprobe(args: &Args) -> Result<Outcome, Error> {
     let mut sgd = Sgd::new(vec![group], 0.9, 0.0, false)?;
     let test_x = Tensor::from_slice(&device, test.rows(s.pool), &[test.len(), test.dim])?;
 
-    let mut metrics = Log::open(&output, Position::default())?;
+    let mut metrics = Log::open(&output.dir, Position::default(), None)?;
     let started = Instant::now();
     let bar = progress_bar(run.progress, s.epochs, "probe epochs".into());
     let mut top1 = 0.0;
@@ -225,8 +232,8 @@ pub fn linprobe(args: &Args) -> Result<Outcome, Error> {
     }
     bar.finish_and_clear();
     print_profile(&device);
-    probe.save(&output.join("head.safetensors"))?;
-    report(&output, "linprobe", s.init, top1, s.epochs)
+    probe.save(&output.dir.join("head.safetensors"))?;
+    report(&output.dir, "linprobe", s.init, top1, s.epochs)
 }
 
 /// The reference's probe head: `[BatchNorm1d(D, affine=False), Linear(D, classes)]`.
@@ -318,19 +325,29 @@ fn gather(f: &Features, pool: Pool, rows: &[usize]) -> (Vec<f32>, Vec<u32>) {
     (x, rows.iter().map(|&r| f.labels[r]).collect())
 }
 
-/// The features cached under `key` in `cache`, or computed by `compute` and cached.
+/// The features cached under `key` in `cache`, or computed by `compute` and cached. A
+/// cache file that cannot be used (unreadable, or not features of `dim` values and
+/// `classes` classes) is named in a warning and computed again.
 fn cached_features(
     key: &str,
     cache: &Path,
+    (dim, classes): (usize, usize),
     compute: impl FnOnce() -> Result<Features, Error>,
 ) -> Result<Features, Error> {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
     key.hash(&mut h);
     let path = cache.join(format!("{:016x}.safetensors", h.finish()));
-    if let Some(f) = read_features(&path, key) {
-        eprintln!("features from {}", path.display());
-        return Ok(f);
+    match read_features(&path, key, (dim, classes)) {
+        Ok(Some(f)) => {
+            eprintln!("features from {}", path.display());
+            return Ok(f);
+        }
+        Ok(None) => {}
+        Err(why) => eprintln!(
+            "warning: {}: {why}; computing the features again",
+            path.display()
+        ),
     }
     let f = compute()?;
     std::fs::create_dir_all(cache).map_err(Error::io(cache))?;
@@ -346,23 +363,58 @@ fn cached_features(
     Ok(f)
 }
 
-/// Cached features when `path` holds them for exactly `key`.
-fn read_features(path: &Path, key: &str) -> Option<Features> {
-    let bytes = std::fs::read(path).ok()?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
-    if meta.metadata().as_ref()?.get("key")? != key {
-        return None;
+/// Cached features when `path` holds them for exactly `key`; `None` when it holds none
+/// (no file, or another key's).
+///
+/// # Errors
+/// Why a file for `key` cannot be used: unreadable, or not `(n, dim)` features of both
+/// pools with `n` labels below `classes`.
+fn read_features(
+    path: &Path,
+    key: &str,
+    (dim, classes): (usize, usize),
+) -> Result<Option<Features>, String> {
+    if !path.exists() {
+        return Ok(None);
     }
-    let mut t = read_safetensors(path).ok()?;
-    let (shape, cls) = t.remove("cls")?;
-    let (_, avg) = t.remove("avg")?;
-    let (_, labels) = t.remove("labels")?;
-    Some(Features {
+    let header = std::fs::File::open(path).and_then(|mut f| {
+        let mut len = [0u8; 8];
+        std::io::Read::read_exact(&mut f, &mut len)?;
+        let n = u64::from_le_bytes(len).min(nn::files::JSON_LIMIT);
+        let mut header = vec![0u8; n as usize];
+        std::io::Read::read_exact(&mut f, &mut header)?;
+        Ok(header)
+    });
+    let holds_key = header.is_ok_and(|h| {
+        serde_json::from_slice::<serde_json::Value>(&h)
+            .is_ok_and(|v| v["__metadata__"]["key"].as_str() == Some(key))
+    });
+    if !holds_key {
+        return Ok(None);
+    }
+    let mut t = read_safetensors(path).map_err(|e| e.to_string())?;
+    let mut take = |name: &str| t.remove(name).ok_or(format!("no {name} tensor"));
+    let ((cls_shape, cls), (avg_shape, avg), (labels_shape, labels)) =
+        (take("cls")?, take("avg")?, take("labels")?);
+    let n = labels.len();
+    let want = vec![n, dim];
+    if cls_shape != want || avg_shape != want || labels_shape != [n] {
+        return Err(format!(
+            "shapes {cls_shape:?}, {avg_shape:?} and {labels_shape:?}, not {want:?} twice and [{n}]"
+        ));
+    }
+    if let Some(l) = labels
+        .iter()
+        .find(|&&l| !(l >= 0.0 && l < classes as f32 && l.fract() == 0.0))
+    {
+        return Err(format!("a label {l} that is not a class of 0..{classes}"));
+    }
+    Ok(Some(Features {
         cls,
         avg,
         labels: labels.iter().map(|&l| l as u32).collect(),
-        dim: *shape.get(1)?,
-    })
+        dim,
+    }))
 }
 
 /// Both pools' features of the first `n` images of `data`, on their evaluation view, with

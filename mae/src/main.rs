@@ -46,6 +46,23 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The last line of defence: a bug is one line and exit code 1, and under mpirun it
+    // ends every process of the job rather than leave the others waiting.
+    std::panic::set_hook(Box::new(|info| {
+        let what = match (
+            info.payload().downcast_ref::<&str>(),
+            info.payload().downcast_ref::<String>(),
+        ) {
+            (Some(s), _) => s.to_string(),
+            (_, Some(s)) => s.clone(),
+            _ => "a panic".into(),
+        };
+        let at = info
+            .location()
+            .map_or(String::new(), |l| format!(" at {l}"));
+        let line = format!("error: internal error (a bug; please report it): {what}{at}");
+        mae::dist::abort_job(&line.replace('\n', " "), 1)
+    }));
     let matches = Cli::command().get_matches();
     let given = Given::of(matches.subcommand().expect("a subcommand").1);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -62,10 +79,13 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        // Every process sees a diverging loss (it is reduced across them): one line.
-        Err(e @ Error::NonFinite { .. }) if !dist.is_main() => ExitCode::from(e.exit_code()),
+        // Every process sees a diverging loss (it is reduced across them), and every
+        // process stops at a signal's request at the same step: one line, from rank 0.
+        Err(e @ (Error::NonFinite { .. } | Error::Stopped { .. })) if !dist.is_main() => {
+            ExitCode::from(e.exit_code())
+        }
+        Err(e @ (Error::NonFinite { .. } | Error::Stopped { .. })) => fail(&e),
         // A failure of one process: stop them all rather than leave them waiting.
-        Err(e @ Error::NonFinite { .. }) => fail(&e),
         Err(e) if dist.size() > 1 => dist.abort(&e),
         Err(e) => fail(&e),
     }

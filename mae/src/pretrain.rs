@@ -25,7 +25,7 @@ use crate::hf::{
 };
 use crate::knn::Monitor;
 use crate::run::{
-    self, Given, Invocation, Learner, Position, Precision, Resumed, Schedule, Step, Trainer,
+    self, Given, Invocation, Learner, Output, Position, Precision, Resumed, Schedule, Step, Trainer,
 };
 use crate::{visualize, Error, MaeConfig, MaskedAutoencoder};
 
@@ -69,19 +69,19 @@ pub struct Settings {
     #[arg(long, default_value_t = 1)]
     pub accum_iter: usize,
     /// Base learning rate; lr = blr * effective batch / 256 [ViT-B/L/H: 1.5e-4].
-    #[arg(long, default_value_t = 8e-3)]
+    #[arg(long, value_parser = run::finite, default_value_t = 8e-3)]
     pub blr: f64,
     /// Linear warmup in epochs (fractions allowed) [ViT-B/L/H: 40].
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, value_parser = run::finite, default_value_t = 0.05)]
     pub warmup_epochs: f64,
     /// Learning rate at the end of the cosine.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, value_parser = run::finite, default_value_t = 0.0)]
     pub min_lr: f64,
     /// AdamW weight decay on weight matrices (not on biases and norms).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, value_parser = run::finite, default_value_t = 0.05)]
     pub weight_decay: f64,
     /// Fraction of patches masked [default: the model's].
-    #[arg(long, default_value_t = 0.75, hide_default_value = true)]
+    #[arg(long, value_parser = run::finite, default_value_t = 0.75, hide_default_value = true)]
     pub mask_ratio: f64,
     /// Predict per-patch normalised pixels; `--norm-pix-loss false` turns it off [default:
     /// the model's, off for the small presets; ViT-B/L/H: on, as in the paper].
@@ -155,6 +155,20 @@ impl Settings {
     pub fn lr(&self) -> f64 {
         Schedule::of(self).lr()
     }
+
+    /// Refuse settings no run can follow, naming the option.
+    ///
+    /// # Errors
+    /// [`Error::Setup`] with one line.
+    pub fn check(&self) -> Result<(), Error> {
+        Schedule::of(self).check()?;
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(Error::Setup(
+                "--weight-decay must be a number, not negative".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The images the k-NN monitor encodes, half of them the memory bank and half queries, for
@@ -186,12 +200,15 @@ pub struct Summary {
 /// See [`pretrain`].
 pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
     let recipe = |p: &Settings| Ok(p.clone().scaled(&config_from(&p.model)?));
-    let resume = args.resume.as_deref();
-    let (settings, resumed) = given.settle(&args.settings, resume, recipe, dist)?;
     if args.dry_run {
+        let resume = args.resume.as_deref().map(run::newest_in).transpose()?;
+        let (settings, resumed) = given.settle(&args.settings, resume.as_deref(), recipe, dist)?;
         return dry_run(&settings, resumed, &args.invocation(), dist);
     }
-    let summary = pretrain(settings, resumed, &args.invocation(), dist)?;
+    let output = args.claim("pretrain", dist)?;
+    let (settings, resumed) =
+        given.settle(&args.settings, output.resume.as_deref(), recipe, dist)?;
+    let summary = pretrain(settings, resumed, (&args.invocation(), &output), dist)?;
     if !dist.is_main() {
         return Ok(());
     }
@@ -207,7 +224,7 @@ pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
         summary.last_epoch_loss,
         summary.img_per_s,
         summary.checkpoint.display(),
-        args.run.output("pretrain").display()
+        output.dir.display()
     );
     Ok(())
 }
@@ -221,17 +238,19 @@ pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
 pub fn pretrain(
     settings: Settings,
     resumed: Option<Resumed<Settings>>,
-    run: &Invocation,
+    (run, output): (&Invocation, &Output),
     dist: &Dist,
 ) -> Result<Summary, Error> {
-    Schedule::of(&settings).check()?;
+    settings.check()?;
     let device = run::device(dist)?;
     let train = Arc::new(Dataset::open(&settings.data, Split::Train)?);
     let (model, normalize) = match &resumed {
-        Some(r) => (
-            load_pretrained(&r.dir, &device)?,
-            read_preprocessor(&r.dir)?,
-        ),
+        Some(r) => {
+            let model = load_pretrained(&r.dir, &device)?;
+            let normalize = read_preprocessor(&r.dir, model.config.channels)?
+                .unwrap_or_else(|| train.normalize(model.config.channels));
+            (model, normalize)
+        }
         None => {
             let model = new_model(&settings, &device)?;
             let normalize = train.normalize(model.config.channels);
@@ -245,7 +264,7 @@ pub fn pretrain(
     let c = model.config.clone();
     let augment = Augment::pretrain(c.image_size, normalize.clone());
     let train = (train, augment, c.channels);
-    let mut trainer = Trainer::new(device, dist, (run, "pretrain"), &settings, train, resumed)?;
+    let mut trainer = Trainer::new(device, dist, (run, output), &settings, train, resumed)?;
     let mut learner = Pretraining {
         model,
         normalize,
@@ -271,13 +290,13 @@ pub fn pretrain(
         learner.held_out = held_out_images(&settings.data, c.channels)?;
         learner.monitor = learner.monitor(trainer.images);
     }
-    if trainer.at.epoch == 0 {
+    if trainer.at.step == 0 {
         let at = trainer.at;
         learner.knn(&mut trainer, at)?; // the random encoder's figure, the curve's start
     }
     let last_epoch_loss = trainer.fit(&mut learner, (&mut opt, &[1.0, 1.0]))?;
     run::print_profile(&trainer.device);
-    if dist.is_main() {
+    if dist.is_main() && !learner.held_out.is_empty() {
         let picture = match learner.picture.take() {
             Some(p) => p,
             None => learner.reconstructions()?,
@@ -359,13 +378,19 @@ impl Learner for Pretraining {
 
     fn save(&self, dir: &Path) -> Result<(), Error> {
         save_pretrained(&self.model, dir)?;
-        Ok(save_preprocessor(dir, &self.model.config, &self.normalize)?)
+        Ok(save_preprocessor(
+            dir,
+            self.model.config.image_size,
+            &self.normalize,
+        )?)
     }
 
     fn evaluate(&mut self, trainer: &mut Trainer, at: Position) -> Result<Option<f64>, Error> {
-        if let Some(log) = &mut trainer.log {
+        if let (Some(log), false) = (&mut trainer.log, self.held_out.is_empty()) {
             let picture = self.reconstructions()?;
-            log.image("reconstruction", at.step, &picture)?;
+            // At the epoch's last step: a run resumed from this epoch's checkpoint tells
+            // TensorBoard to drop what was logged from the next step on.
+            log.image("reconstruction", at.step - 1, &picture)?;
             self.picture = Some(picture);
         }
         let every = self.settings.knn_every.max(1);
@@ -500,8 +525,15 @@ pub fn adamw(model: &MaskedAutoencoder, lr: f32, weight_decay: f32) -> engine::R
 /// pictures.
 fn held_out_images(data: &Path, channels: usize) -> Result<Vec<Image>, Error> {
     let data = Dataset::open(data, Split::Test).or_else(|_| Dataset::open(data, Split::Train))?;
-    Ok((0..data.len())
+    let images: Vec<Image> = (0..data.len().min(64))
         .filter_map(|i| data.get(i, channels).ok())
         .take(8)
-        .collect())
+        .collect();
+    if images.is_empty() {
+        eprintln!(
+            "warning: none of the first 64 images of {} decodes: no reconstruction pictures",
+            data.description
+        );
+    }
+    Ok(images)
 }

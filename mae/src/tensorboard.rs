@@ -155,6 +155,15 @@ impl EventWriter {
         self.record(&event(step, &summary(tag, &v)))
     }
 
+    /// Flush the file to the disk.
+    ///
+    /// # Errors
+    /// The I/O error of writing.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        self.file.get_ref().sync_all()
+    }
+
     /// Write what is buffered, so TensorBoard sees it.
     ///
     /// # Errors

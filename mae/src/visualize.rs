@@ -10,7 +10,7 @@ use nn::Ctx;
 
 use crate::data::{decode, resize_bicubic, Dataset, Image, Normalize, Split};
 use crate::hf::{load_pretrained, read_preprocessor};
-use crate::{Error, MaskedAutoencoder};
+use crate::{run, Error, MaskedAutoencoder};
 
 /// `mae visualize`'s options.
 #[derive(Clone, Debug, clap::Args)]
@@ -31,7 +31,7 @@ pub struct Args {
     #[arg(long)]
     pub out: PathBuf,
     /// Fraction of patches masked [default: the model's].
-    #[arg(long)]
+    #[arg(long, value_parser = run::finite)]
     pub mask_ratio: Option<f64>,
     /// Seed of the mask.
     #[arg(long, default_value_t = 0)]
@@ -45,8 +45,21 @@ pub struct Args {
 pub fn command(args: &Args) -> Result<(), Error> {
     let device = Device::new()?;
     let model = load_pretrained(&args.model, &device)?;
-    let normalize = read_preprocessor(&args.model)?;
     let ch = model.config.channels;
+    let normalize = match read_preprocessor(&args.model, ch)? {
+        Some(n) => n,
+        None if ch == 3 => Normalize::imagenet(),
+        None => {
+            return Err(Error::Setup(format!(
+                "{}: no preprocessor_config.json, so the normalisation of this {ch}-channel \
+                 model is unknown",
+                args.model.display()
+            )))
+        }
+    };
+    if !(0.0..1.0).contains(&ratio_of(args, &model)) {
+        return Err(Error::Setup("--mask-ratio must be in [0, 1)".into()));
+    }
     let images = match &args.data {
         Some(path) => {
             let d = Dataset::open(path, Split::Test)?;
@@ -61,11 +74,15 @@ pub fn command(args: &Args) -> Result<(), Error> {
             .map(|f| decode(f, ch))
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let ratio = args.mask_ratio.unwrap_or(model.config.mask_ratio);
+    let ratio = ratio_of(args, &model);
     let picture = reconstruction_grid(&model, &images, &normalize, ratio, args.seed)?;
     picture.save(&args.out).map_err(Error::image(&args.out))?;
     eprintln!("wrote {} ({} images)", args.out.display(), images.len());
     Ok(())
+}
+
+fn ratio_of(args: &Args, model: &MaskedAutoencoder) -> f64 {
+    args.mask_ratio.unwrap_or(model.config.mask_ratio)
 }
 
 /// Gap between panels, in pixels.

@@ -1,7 +1,7 @@
 //! Batches decoded and augmented on CPU worker threads into a bounded queue, so the next
 //! batches are ready while the GPU runs the current step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -54,7 +54,7 @@ pub struct Batch {
 /// An epoch's batches, in order, from worker threads.
 pub struct Loader {
     queues: Vec<Receiver<Result<Batch, DataError>>>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Vec<Option<JoinHandle<()>>>,
     next: usize,
     batches: usize,
 }
@@ -62,6 +62,8 @@ pub struct Loader {
 /// What each worker needs to build batches.
 #[derive(Clone)]
 struct Job {
+    /// Images of this epoch that did not decode: each is tried once, then passed over.
+    bad: Arc<Mutex<HashSet<usize>>>,
     data: Arc<Dataset>,
     augment: Arc<Augment>,
     random: bool,
@@ -97,6 +99,7 @@ impl Loader {
             order.len().div_ceil(batch)
         };
         let job = Job {
+            bad: Arc::default(),
             data,
             augment,
             random,
@@ -114,13 +117,13 @@ impl Loader {
             let (tx, rx) = sync_channel(2);
             let job = job.clone();
             queues.push(rx);
-            handles.push(std::thread::spawn(move || {
+            handles.push(Some(std::thread::spawn(move || {
                 for b in (w..batches).step_by(workers) {
                     if tx.send(job.batch(b)).is_err() {
                         return; // the loader was dropped
                     }
                 }
-            }));
+            })));
         }
         Loader {
             queues,
@@ -169,11 +172,21 @@ impl Job {
     /// Image `i`, or the next one that decodes.
     fn readable(&self, i: usize) -> Result<(usize, super::Image), DataError> {
         let n = self.data.len();
-        for k in 0..n {
-            let j = (i + k) % n;
+        let bad = |j| {
+            self.bad
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&j)
+        };
+        for j in (0..n).map(|k| (i + k) % n).filter(|&j| !bad(j)) {
             match self.data.get(j, self.channels) {
                 Ok(img) => return Ok((j, img)),
-                Err(e) => self.skipped.add(self.data.name(j), e.to_string()),
+                // Not the file's fault: a setting no file of this data can meet.
+                Err(e @ DataError::Channels(_)) => return Err(e),
+                Err(e) => {
+                    self.skipped.add(self.data.name(j), e.to_string());
+                    self.bad.lock().unwrap_or_else(|e| e.into_inner()).insert(j);
+                }
             }
         }
         Err(DataError::Empty(format!(
@@ -190,17 +203,38 @@ impl Iterator for Loader {
         if self.next >= self.batches {
             return None;
         }
-        let queue = &self.queues[self.next % self.queues.len()];
+        let w = self.next % self.queues.len();
         self.next += 1;
-        queue.recv().ok()
+        match self.queues[w].recv() {
+            Ok(batch) => Some(batch),
+            // The worker ended before its last batch: it panicked. The epoch is not cut
+            // short without a word.
+            Err(_) => {
+                let why = match self.workers[w].take().map(JoinHandle::join) {
+                    Some(Err(panic)) => panic_message(&*panic),
+                    _ => "it ended before its last batch".into(),
+                };
+                self.batches = self.next; // no batch after an error
+                Some(Err(DataError::Worker(why)))
+            }
+        }
     }
 }
 
 impl Drop for Loader {
     fn drop(&mut self) {
         self.queues.clear(); // unblocks workers waiting to send
-        for w in self.workers.drain(..) {
+        for w in self.workers.drain(..).flatten() {
             let _ = w.join();
         }
+    }
+}
+
+/// What a panic said, when it said it with text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "it panicked".into(),
     }
 }

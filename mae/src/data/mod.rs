@@ -31,6 +31,12 @@ pub enum DataError {
     /// A source with nothing usable in it, or that does not exist.
     #[error("{0}")]
     Empty(String),
+    /// A channel count the images cannot supply.
+    #[error("{0}")]
+    Channels(String),
+    /// A loader thread that stopped without a batch.
+    #[error("a data loader thread stopped: {0}")]
+    Worker(String),
 }
 
 /// One image, channels first, values in `[0, 1]`.
@@ -59,8 +65,8 @@ pub enum Split {
 enum Source {
     /// Decoded in memory: `n` images of `h x w` unsigned bytes, one channel.
     Idx { pixels: Vec<u8>, h: usize, w: usize },
-    /// Files, decoded when asked for.
-    Files(Vec<PathBuf>),
+    /// Files below `root`, decoded when asked for.
+    Files { root: PathBuf, paths: Vec<PathBuf> },
 }
 
 /// A set of images, with class labels when the source has them.
@@ -115,7 +121,7 @@ impl Dataset {
         let (labels, classes) = labels.map_or((None, Vec::new()), |(l, c)| (Some(l), c));
         Ok(Dataset {
             description: format!("{} ({} images)", root.display(), paths.len()),
-            source: Source::Files(paths),
+            source: Source::Files { root, paths },
             labels,
             classes,
         })
@@ -132,6 +138,12 @@ impl Dataset {
         };
         if n == 0 {
             return Err(DataError::Empty(format!("{}: no images", images.display())));
+        }
+        if h == 0 || w == 0 {
+            return Err(DataError::Corrupt(
+                images.display().to_string(),
+                format!("images of {h}x{w} pixels"),
+            ));
         }
         let name = images.file_name().map(|f| f.to_string_lossy().into_owned());
         let labels_path = name.filter(|f| f.contains("images-idx3")).and_then(|f| {
@@ -160,7 +172,7 @@ impl Dataset {
     pub fn len(&self) -> usize {
         match &self.source {
             Source::Idx { pixels, h, w } => pixels.len() / (h * w),
-            Source::Files(paths) => paths.len(),
+            Source::Files { paths, .. } => paths.len(),
         }
     }
 
@@ -173,15 +185,46 @@ impl Dataset {
     pub fn native_channels(&self) -> usize {
         match self.source {
             Source::Idx { .. } => 1,
-            Source::Files(_) => 3,
+            Source::Files { .. } => 3,
         }
+    }
+
+    /// Refuse a channel count this data cannot supply: image files decode to gray (1) or
+    /// RGB (3), and IDX images are gray (repeated for RGB).
+    ///
+    /// # Errors
+    /// [`DataError::Channels`] naming the data and the counts it supplies.
+    pub fn check_channels(&self, channels: usize) -> Result<(), DataError> {
+        check_channels(&self.description, channels)
+    }
+
+    /// What the processes of a data-parallel run compare to know they read the same
+    /// images: the count, and a digest of the file names below the root (or of an IDX
+    /// file's sizes and bytes).
+    pub fn digest(&self) -> String {
+        let mut hash = crate::dist::Fnv::new();
+        match &self.source {
+            Source::Idx { pixels, h, w } => {
+                hash.add(&(*h as u64).to_le_bytes());
+                hash.add(&(*w as u64).to_le_bytes());
+                hash.add(pixels);
+            }
+            Source::Files { root, paths } => {
+                for p in paths {
+                    let name = p.strip_prefix(root).unwrap_or(p);
+                    hash.add(name.to_string_lossy().as_bytes());
+                    hash.add(&[0]);
+                }
+            }
+        }
+        format!("{} images, digest {:016x}", self.len(), hash.finish())
     }
 
     /// A name for image `i` in messages: its path, or its index in the IDX file.
     pub fn name(&self, i: usize) -> String {
         match &self.source {
             Source::Idx { .. } => format!("image {i}"),
-            Source::Files(paths) => paths[i].display().to_string(),
+            Source::Files { paths, .. } => paths[i].display().to_string(),
         }
     }
 
@@ -193,6 +236,7 @@ impl Dataset {
     pub fn get(&self, i: usize, channels: usize) -> Result<Image, DataError> {
         match &self.source {
             Source::Idx { pixels, h, w } => {
+                check_channels(&self.description, channels)?;
                 let plane: Vec<f32> = pixels[i * h * w..(i + 1) * h * w]
                     .iter()
                     .map(|&v| v as f32 / 255.0)
@@ -204,7 +248,7 @@ impl Dataset {
                     data: plane.repeat(channels),
                 })
             }
-            Source::Files(paths) => folder::decode(&paths[i], channels),
+            Source::Files { paths, .. } => folder::decode(&paths[i], channels),
         }
     }
 
@@ -223,7 +267,7 @@ impl Dataset {
         };
         match &self.source {
             Source::Idx { pixels, .. } => pixels.iter().for_each(|&v| add(v as f64 / 255.0)),
-            Source::Files(_) => (0..self.len().min(256))
+            Source::Files { .. } => (0..self.len().min(256))
                 .filter_map(|i| self.get(i, 1).ok())
                 .for_each(|img| img.data.iter().for_each(|&v| add(v as f64))),
         }
@@ -237,6 +281,18 @@ impl Dataset {
             mean: vec![mean as f32],
             std: vec![(std as f32).max(1e-3)],
         }
+    }
+}
+
+/// The channel counts images are read with: gray and RGB.
+pub const CHANNELS: [usize; 2] = [1, 3];
+
+fn check_channels(data: &str, channels: usize) -> Result<(), DataError> {
+    match CHANNELS.contains(&channels) {
+        true => Ok(()),
+        false => Err(DataError::Channels(format!(
+            "{data}: the model takes {channels} channels; these images give 1 (gray) or 3 (RGB)"
+        ))),
     }
 }
 

@@ -19,32 +19,35 @@ pub struct Log {
 }
 
 impl Log {
-    /// Open the log of a run that starts `at` a position: lines an earlier run logged from
-    /// that epoch on are dropped, and TensorBoard is told to drop its events from that step
-    /// on; the start of a run starts afresh.
+    /// Open the log of a run that starts `at` a position. A run that continues its own
+    /// directory passes the length `metrics.jsonl` had when its checkpoint was written
+    /// (`continued`): the lines logged after it, by a run that did not reach its next
+    /// checkpoint, are dropped, and TensorBoard is told to drop that run's events from the
+    /// resumed step on. Otherwise the log starts afresh.
     ///
     /// # Errors
     /// [`Error::Io`] naming the file that cannot be written.
-    pub fn open(output: &Path, at: Position) -> Result<Log, Error> {
+    pub fn open(output: &Path, at: Position, continued: Option<u64>) -> Result<Log, Error> {
         let path = output.join("metrics.jsonl");
-        let kept: String = match std::fs::read_to_string(&path) {
-            Ok(text) if at.epoch > 0 => text
-                .lines()
-                .filter(|l| {
-                    serde_json::from_str::<Value>(l)
-                        .ok()
-                        .and_then(|v| v.get("epoch")?.as_u64())
-                        .is_some_and(|e| e < at.epoch as u64)
-                })
-                .map(|l| format!("{l}\n"))
-                .collect(),
-            _ => String::new(),
-        };
-        std::fs::write(&path, kept).map_err(Error::io(&path))?;
         let jsonl = std::fs::OpenOptions::new()
+            .create(true)
             .append(true)
             .open(&path)
             .map_err(Error::io(&path))?;
+        let len = jsonl.metadata().map_err(Error::io(&path))?.len();
+        let keep = match continued {
+            Some(bytes) if bytes > len => {
+                crate::dist::say(&format!(
+                    "warning: {} has {len} bytes, fewer than the {bytes} it had at the \
+                     checkpoint; the log goes on after what is there",
+                    path.display()
+                ));
+                len
+            }
+            Some(bytes) => bytes,
+            None => 0,
+        };
+        jsonl.set_len(keep).map_err(Error::io(&path))?;
         let events = EventWriter::create(output, at.step).map_err(Error::io(output))?;
         Ok(Log {
             jsonl,
@@ -76,14 +79,19 @@ impl Log {
         for (k, v) in values {
             line.insert(k.to_string(), (*v).into());
         }
-        writeln!(self.jsonl, "{}", Value::Object(line)).map_err(Error::io(&self.path))?;
+        // One write: a process killed mid-line leaves a line whole or not at all.
+        let line = format!("{}\n", Value::Object(line));
+        self.jsonl
+            .write_all(line.as_bytes())
+            .map_err(Error::io(&self.path))?;
         let step = index.first().map_or(0, |(_, s)| *s);
         for (k, v) in values {
             self.events
                 .scalar(&format!("{group}/{k}"), step, *v)
                 .map_err(Error::io(self.events.path()))?;
         }
-        Ok(())
+        // Readers (and a crash) see every event logged.
+        self.events.flush().map_err(Error::io(self.events.path()))
     }
 
     /// A picture at `step` in TensorBoard.
@@ -109,5 +117,18 @@ impl Log {
     pub fn flush(&mut self) -> Result<(), Error> {
         self.jsonl.flush().map_err(Error::io(&self.path))?;
         self.events.flush().map_err(Error::io(self.events.path()))
+    }
+
+    /// Flush both files to the disk, before a checkpoint records the log's length;
+    /// returns the length of `metrics.jsonl`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] naming the file that cannot be written.
+    pub fn sync(&mut self) -> Result<u64, Error> {
+        self.flush()?;
+        self.events.sync().map_err(Error::io(self.events.path()))?;
+        self.jsonl.sync_all().map_err(Error::io(&self.path))?;
+        let meta = self.jsonl.metadata().map_err(Error::io(&self.path))?;
+        Ok(meta.len())
     }
 }

@@ -1,26 +1,35 @@
 //! What every command that trains shares, as the reference's `util/misc.py` and
 //! `engine_*.py`: the options of an invocation ([`Invocation`]), the settings of a run
-//! ([`Given`]: the recipe with the options given, or a checkpoint's saved settings),
-//! checkpoint directories written whole or not at all, `trainer_state.json`, the log
-//! ([`Log`]: `metrics.jsonl` and TensorBoard), progress, the per-kernel profile, and the
-//! training loop ([`Trainer`]).
+//! ([`Given`]: the recipe with the options given, or a checkpoint's saved settings), the
+//! output directory a run owns ([`Output`]), checkpoint directories complete or not there
+//! (`checkpoint`), the log ([`Log`]: `metrics.jsonl` and TensorBoard), stopping on a
+//! signal ([`stop`]), the watchdog ([`watchdog`]), progress, the per-kernel profile, and
+//! the training loop ([`Trainer`]).
 
+mod checkpoint;
 pub mod dry_run;
 mod log;
+mod output;
 mod scaler;
+pub mod stop;
 mod train;
+pub mod watchdog;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use clap::parser::ValueSource;
-use engine::{AdamW, Device, DeviceOptions, OptimizerState};
-use nn::{named_parameters, read_safetensors, save_host_safetensors, CheckpointError};
+use engine::{Device, DeviceOptions};
+use nn::named_parameters;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
+pub use checkpoint::{
+    newest, save_optimizer, verify, write_checkpoint, write_json, Resumed, TrainerState, MANIFEST,
+};
 pub use log::Log;
+pub use output::{newest_in, Output};
 pub use scaler::{LossScaler, Precision};
 pub use train::{Learner, Position, Schedule, Step, Trainer};
 
@@ -50,6 +59,10 @@ pub struct Args<S: clap::Args> {
     /// read (fine-tuning reads the data's class count) and nothing is written.
     #[arg(long)]
     pub dry_run: bool,
+    /// End the run (every process of it) when no training or evaluation step has finished
+    /// for this many seconds: a stalled run stops wasting the machines. 0 turns it off.
+    #[arg(long, default_value_t = 1800, value_name = "SECONDS")]
+    pub stall_timeout: u64,
 }
 
 impl<S: clap::Args> Args<S> {
@@ -57,8 +70,19 @@ impl<S: clap::Args> Args<S> {
     pub fn invocation(&self) -> Invocation {
         Invocation {
             checkpoint_activations: self.checkpoint_activations,
+            stall_timeout: std::time::Duration::from_secs(self.stall_timeout),
             ..self.run.clone()
         }
+    }
+
+    /// Claim the run's output directory, and find the checkpoint it resumes from
+    /// ([`Output::claim`]).
+    ///
+    /// # Errors
+    /// As [`Output::claim`].
+    pub fn claim(&self, command: &str, dist: &Dist) -> Result<Output, Error> {
+        let (output, resume) = (self.run.output.as_deref(), self.resume.as_deref());
+        Output::claim(command, output, resume, self.run.overwrite, dist)
     }
 }
 
@@ -69,12 +93,19 @@ pub struct Invocation {
     /// [default: out/COMMAND].
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Replace what the output directory holds of an earlier run (checkpoints, log,
+    /// pictures, results) instead of refusing it.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Threads that decode and augment images.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
     /// Activation checkpointing when training (`Args::checkpoint_activations`).
     #[arg(skip)]
     pub checkpoint_activations: bool,
+    /// The watchdog's timeout when training (`Args::stall_timeout`); zero turns it off.
+    #[arg(skip)]
+    pub stall_timeout: std::time::Duration,
     /// Show progress bars (when stderr is a terminal).
     #[arg(skip = std::io::IsTerminal::is_terminal(&std::io::stderr()))]
     pub progress: bool,
@@ -122,10 +153,11 @@ impl Given {
         dist: &Dist,
     ) -> Result<(S, Option<Resumed<S>>), Error> {
         let Some(path) = resume else {
-            let mut settings = fields(&self.merge(parsed, recipe(parsed)?, |_| true));
+            let mut settings = fields(&self.merge(parsed, recipe(parsed)?, |_| true)?);
             settings.insert("ranks".into(), dist.size().into());
-            let settings = serde_json::from_value(Value::Object(settings));
-            return Ok((settings.expect("a training command's settings"), None));
+            let settings = serde_json::from_value(Value::Object(settings))
+                .map_err(|e| Error::Setup(format!("the run's settings: {e}")))?;
+            return Ok((settings, None));
         };
         let resumed = Resumed::<S>::read(path)?;
         let (dir, state) = (&resumed.dir, &resumed.state);
@@ -133,11 +165,16 @@ impl Given {
             let at = format!("epoch {}, step {}", state.epoch, state.step);
             eprintln!("resuming {} at {at}", dir.display());
         }
-        let settings = self.resume(parsed, state.settings.clone(), dist.is_main());
+        let settings = self.resume(parsed, state.settings.clone(), dist.is_main())?;
         Ok((settings, Some(resumed)))
     }
 
-    fn resume<S: Serialize + DeserializeOwned>(&self, parsed: &S, saved: S, warn: bool) -> S {
+    fn resume<S: Serialize + DeserializeOwned>(
+        &self,
+        parsed: &S,
+        saved: S,
+        warn: bool,
+    ) -> Result<S, Error> {
         let ignored: Vec<String> = fields(&saved)
             .keys()
             .filter(|k| self.0.contains(*k) && *k != "epochs")
@@ -157,14 +194,15 @@ impl Given {
         parsed: &S,
         base: S,
         allowed: impl Fn(&str) -> bool,
-    ) -> S {
+    ) -> Result<S, Error> {
         let mut merged = fields(&base);
         for (k, v) in fields(parsed) {
             if self.0.contains(&k) && allowed(&k) && merged.contains_key(&k) {
                 merged.insert(k, v);
             }
         }
-        serde_json::from_value(Value::Object(merged)).expect("a settings type's own fields")
+        serde_json::from_value(Value::Object(merged))
+            .map_err(|e| Error::Setup(format!("the run's settings: {e}")))
     }
 }
 
@@ -172,6 +210,30 @@ fn fields<S: Serialize>(settings: &S) -> serde_json::Map<String, Value> {
     match serde_json::to_value(settings) {
         Ok(Value::Object(map)) => map,
         _ => unreachable!("settings are a struct of plain values"),
+    }
+}
+
+/// A command-line number that must be finite (`--blr nan` is refused as it is parsed).
+///
+/// # Errors
+/// A message for clap.
+pub fn finite(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a finite number".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// [`finite`] in single precision.
+///
+/// # Errors
+/// A message for clap.
+pub fn finite_f32(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err("must be a finite number".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -193,125 +255,8 @@ pub fn device(dist: &Dist) -> Result<Device, Error> {
     if let Some(line) = dist.describe(&device.info().name) {
         crate::dist::say(&line);
     }
-    profiling(&device);
+    profiling(&device)?;
     Ok(device)
-}
-
-/// Where a run stands, as each checkpoint's `trainer_state.json` records it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct TrainerState<S> {
-    /// Epochs completed.
-    pub epoch: usize,
-    /// Iterations completed.
-    pub step: u64,
-    /// Optimizer steps taken (fewer than iterations with gradient accumulation).
-    pub optimizer_step: u64,
-    /// The run's settings: a resumed run takes them.
-    pub settings: S,
-    /// The epoch's figures (mean loss, top-1), for whoever reads the checkpoint.
-    #[serde(default)]
-    pub metrics: BTreeMap<String, f64>,
-    /// The loss scaler of an f16-mixed run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss_scaler: Option<LossScaler>,
-}
-
-/// A checkpoint to continue from: its directory and state.
-pub struct Resumed<S> {
-    /// The checkpoint directory.
-    pub dir: PathBuf,
-    /// Its `trainer_state.json`.
-    pub state: TrainerState<S>,
-}
-
-impl<S: DeserializeOwned> Resumed<S> {
-    /// The checkpoint at `path`, or the newest one in it.
-    ///
-    /// # Errors
-    /// One line when there is none or its `trainer_state.json` is unreadable.
-    pub fn read(path: &Path) -> Result<Resumed<S>, Error> {
-        let dir = checkpoint_dir(path)?;
-        let path = dir.join("trainer_state.json");
-        let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
-        let state = serde_json::from_str(&text)
-            .map_err(|e| CheckpointError::Config(path.clone(), e.to_string()))?;
-        Ok(Resumed { dir, state })
-    }
-}
-
-impl<S> Resumed<S> {
-    /// Where training stands.
-    pub fn position(&self) -> Position {
-        Position {
-            epoch: self.state.epoch,
-            step: self.state.step,
-        }
-    }
-
-    /// Load the optimizer's state from the checkpoint into `opt`.
-    ///
-    /// # Errors
-    /// One line naming `optimizer.safetensors` when it does not match `opt`.
-    pub fn load_optimizer(&self, opt: &mut AdamW) -> Result<(), Error> {
-        let path = self.dir.join("optimizer.safetensors");
-        let state = OptimizerState {
-            step: self.state.optimizer_step,
-            tensors: read_safetensors(&path)?
-                .into_iter()
-                .map(|(n, (s, v))| (n, s, v))
-                .collect(),
-        };
-        opt.load_state(&state)
-            .map_err(|e| CheckpointError::Config(path, e.to_string()).into())
-    }
-}
-
-/// Save `opt`'s state as `dir/optimizer.safetensors`; returns its step count.
-///
-/// # Errors
-/// Engine or I/O failures.
-pub fn save_optimizer(opt: &AdamW, dir: &Path) -> Result<u64, Error> {
-    let state = opt.state()?;
-    save_host_safetensors(&dir.join("optimizer.safetensors"), state.tensors, None)?;
-    Ok(state.step)
-}
-
-/// Write `value` as pretty JSON to `path`.
-///
-/// # Errors
-/// [`Error::Io`] naming the file.
-pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), Error> {
-    let text = serde_json::to_string_pretty(value).expect("plain values");
-    std::fs::write(path, text + "\n").map_err(Error::io(path))
-}
-
-/// `path` itself when it is a checkpoint, else its newest `checkpoint-N` (a directory with
-/// `trainer_state.json`).
-///
-/// # Errors
-/// [`Error::Setup`] when there is no checkpoint there.
-pub fn checkpoint_dir(path: &Path) -> Result<PathBuf, Error> {
-    if path.join("trainer_state.json").is_file() {
-        return Ok(path.to_path_buf());
-    }
-    let newest = std::fs::read_dir(path)
-        .map_err(|e| Error::Setup(format!("--resume {}: {e}", path.display())))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let n: usize = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            e.path()
-                .join("trainer_state.json")
-                .is_file()
-                .then_some((n, e.path()))
-        })
-        .max_by_key(|(n, _)| *n);
-    newest.map(|(_, p)| p).ok_or_else(|| {
-        Error::Setup(format!(
-            "--resume {}: no checkpoint there (a checkpoint-N directory with trainer_state.json)",
-            path.display()
-        ))
-    })
 }
 
 /// A digest of every parameter's bytes, to check that the processes of a run hold the
@@ -320,47 +265,13 @@ pub fn checkpoint_dir(path: &Path) -> Result<PathBuf, Error> {
 /// # Errors
 /// Engine failures.
 pub fn weights_digest(model: &dyn nn::Module) -> Result<String, Error> {
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut hash = crate::dist::Fnv::new();
     for (_, t) in named_parameters(model) {
         for v in t.to_vec()? {
-            for b in v.to_le_bytes() {
-                hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-            }
+            hash.add(&v.to_le_bytes());
         }
     }
-    Ok(format!("{hash:016x}"))
-}
-
-/// Write the directory `output/name` whole or not at all: `fill` writes into a hidden
-/// temporary directory, which is renamed into place once complete (replacing an older one).
-///
-/// # Errors
-/// `fill`'s error, or an I/O failure; an existing `output/name` is then intact.
-pub fn write_dir_atomically(
-    output: &Path,
-    name: &str,
-    fill: impl FnOnce(&Path) -> Result<(), Error>,
-) -> Result<PathBuf, Error> {
-    let dir = output.join(name);
-    let tmp = output.join(format!(".{name}.tmp"));
-    let io = Error::io(&tmp);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(Error::io(&tmp))?;
-    }
-    std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
-    fill(&tmp)?;
-    let swap = || -> std::io::Result<()> {
-        if dir.exists() {
-            let old = output.join(format!(".{name}.old"));
-            std::fs::rename(&dir, &old)?;
-            std::fs::rename(&tmp, &dir)?;
-            std::fs::remove_dir_all(&old)
-        } else {
-            std::fs::rename(&tmp, &dir)
-        }
-    };
-    swap().map_err(io)?;
-    Ok(dir)
+    Ok(format!("{:016x}", hash.finish()))
 }
 
 /// A progress bar of `len` steps named `prefix` (hidden unless `show`).
@@ -380,10 +291,13 @@ pub fn progress_bar(show: bool, len: usize, prefix: String) -> indicatif::Progre
     bar
 }
 
-/// Turn on per-kernel timing when `ENGINE_PROFILE` is set (and not 0).
-pub fn profiling(device: &Device) {
-    let on = std::env::var_os("ENGINE_PROFILE").is_some_and(|v| v != "0");
-    device.set_profiling(on);
+/// Turn on per-kernel timing when `ENGINE_PROFILE` is 1.
+///
+/// # Errors
+/// [`engine::Error::Setting`] for a value other than 0 or 1.
+pub fn profiling(device: &Device) -> Result<(), Error> {
+    device.set_profiling(engine::env_switch("ENGINE_PROFILE")?);
+    Ok(())
 }
 
 /// Per-kernel times of the run, slowest first, when `ENGINE_PROFILE` turned them on.

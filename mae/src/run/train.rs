@@ -2,6 +2,7 @@
 //! reference's `train_one_epoch` (`engine_pretrain.py`, `engine_finetune.py`) and the epoch
 //! loop of its `main_pretrain.py` / `main_finetune.py`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,8 +12,10 @@ use nn::{Ctx, Module};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{progress_bar, save_optimizer, weights_digest, write_dir_atomically, write_json};
-use super::{Invocation, Log, LossScaler, Precision, Resumed, TrainerState};
+use super::checkpoint::{save_optimizer, write_checkpoint, write_json};
+use super::watchdog::{self, Watchdog};
+use super::{progress_bar, stop, weights_digest};
+use super::{Invocation, Log, LossScaler, Output, Precision, Resumed, TrainerState};
 use crate::data::{Augment, Dataset, Loader, Rng, Skipped};
 use crate::dist::Dist;
 use crate::{plot, Error};
@@ -21,6 +24,9 @@ use crate::{plot, Error};
 /// each iteration's seed of masks and drop path.
 const ORDER_STREAM: u64 = 1;
 const STEP_STREAM: u64 = 2;
+
+/// The largest effective batch a schedule may have.
+const MAX_BATCH: usize = 1 << 31;
 
 /// Where a run stands.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -84,18 +90,34 @@ impl Schedule {
     /// # Errors
     /// [`Error::Setup`] with one line.
     pub fn check(&self) -> Result<(), Error> {
+        let effective = self
+            .batch_size
+            .checked_mul(self.ranks)
+            .and_then(|b| b.checked_mul(self.accum_iter));
         let problems = [
             (self.epochs == 0, "--epochs must be at least 1"),
             (self.batch_size == 0, "--batch-size must be at least 1"),
             (self.accum_iter == 0, "--accum-iter must be at least 1"),
+            (
+                self.ranks == 0,
+                "the run's process count must be at least 1",
+            ),
+            (
+                effective.is_none_or(|b| b > MAX_BATCH),
+                "--batch-size x processes x --accum-iter must be at most 2^31",
+            ),
             (self.save_every == 0, "--save-every must be at least 1"),
             (
                 !(self.blr > 0.0 && self.blr.is_finite()),
                 "--blr must be positive",
             ),
             (
-                self.warmup_epochs.is_nan() || self.warmup_epochs < 0.0,
-                "--warmup-epochs must not be negative",
+                !(self.min_lr >= 0.0 && self.min_lr.is_finite()),
+                "--min-lr must be a number, not negative",
+            ),
+            (
+                !(self.warmup_epochs >= 0.0 && self.warmup_epochs.is_finite()),
+                "--warmup-epochs must be a number, not negative",
             ),
         ];
         match problems.iter().find(|(bad, _)| *bad) {
@@ -170,6 +192,8 @@ pub struct Trainer<'a> {
     pub schedule: Schedule,
     /// Where the run stands.
     pub at: Position,
+    /// The sum of the losses of this epoch's iterations so far.
+    epoch_loss_sum: f64,
     /// The log: rank 0's alone.
     pub log: Option<Log>,
     /// The training split.
@@ -191,27 +215,34 @@ pub struct Trainer<'a> {
     pub checkpoint: Option<PathBuf>,
     /// The loss scaler, in an f16-mixed run.
     scaler: Option<LossScaler>,
+    /// A process of the run was asked to stop, and every process knows.
+    stopping: bool,
+    _watchdog: Option<Watchdog>,
 }
 
 impl<'a> Trainer<'a> {
-    /// A run with `settings` over `data` (seen through `augment` with `channels`) for
-    /// `command` (the default output directory's name), continuing `resumed` when given.
-    /// The processes must agree on the settings. Rank 0 creates the output directory and
-    /// opens the log.
+    /// A run with `settings` over `data` (seen through `augment` with `channels`) in
+    /// `output`, continuing `resumed` when given. The processes must agree on the settings
+    /// and see the same data. Rank 0 opens the log (continuing it when the run resumes in
+    /// its own directory). From here on SIGINT, SIGTERM and SIGUSR1 stop the run at a step
+    /// boundary with a checkpoint, and the watchdog ends a run that stalls.
     ///
     /// # Errors
     /// [`Error::Setup`] when the processes disagree, the global batch does not split over
-    /// them, the data holds less than one batch, or f16-mixed precision meets an adapter
-    /// without `SHADER_F16`; I/O failures.
+    /// them, the data holds less than one batch or cannot give `channels`, the checkpoint's
+    /// position is not one of this run's step boundaries, or f16-mixed precision meets an
+    /// adapter without `SHADER_F16`; I/O failures.
     pub fn new<S: Serialize + std::fmt::Debug>(
         device: Device,
         dist: &'a Dist,
-        (run, command): (&Invocation, &str),
+        (run, output): (&Invocation, &Output),
         settings: &S,
         (data, augment, channels): (Arc<Dataset>, Augment, usize),
         resumed: Option<Resumed<S>>,
     ) -> Result<Trainer<'a>, Error> {
         dist.check_same("settings or model", &format!("{settings:?}"))?;
+        data.check_channels(channels)?;
+        dist.check_same("data", &data.digest())?;
         let schedule = Schedule::of(settings);
         let global = schedule.global_batch();
         if !global.is_multiple_of(dist.size()) {
@@ -227,6 +258,7 @@ impl<'a> Trainer<'a> {
                 data.description
             )));
         }
+        let iters = images / global;
         let scaler = match schedule.precision {
             Precision::Fp32 => None,
             Precision::F16Mixed if !device.info().features.shader_f16 => {
@@ -246,35 +278,48 @@ impl<'a> Trainer<'a> {
         let at = resumed
             .as_ref()
             .map_or(Position::default(), Resumed::position);
-        let output = run.output(command);
-        let log = if dist.is_main() {
-            std::fs::create_dir_all(&output).map_err(Error::io(&output))?;
-            Some(Log::open(&output, at)?)
-        } else {
-            None
+        if let Some(r) = &resumed {
+            check_position(r, iters, schedule.accum_iter)?;
+        }
+        let log = match dist.is_main() {
+            true => {
+                let log_bytes = resumed.as_ref().and_then(|r| r.state.log_bytes);
+                let continued = log_bytes.filter(|_| output.continues);
+                Some(Log::open(&output.dir, at, continued)?)
+            }
+            false => None,
         };
+        stop::install()?;
+        let watchdog = (!run.stall_timeout.is_zero()).then(|| {
+            Watchdog::start(run.stall_timeout, dist.rank(), |line| {
+                crate::dist::abort_job(&format!("error: {line}"), 1)
+            })
+        });
         Ok(Trainer {
             device,
             dist,
-            output,
+            output: output.dir.clone(),
             workers: run.workers,
             progress: run.progress && dist.is_main(),
             checkpoint_activations: run.checkpoint_activations,
             settings: serde_json::to_value(settings).expect("plain values"),
             at,
+            epoch_loss_sum: resumed.as_ref().map_or(0.0, |r| r.state.epoch_loss_sum),
             log,
             data,
             augment: Arc::new(augment),
             channels,
             images,
             per_rank: global / dist.size(),
-            iters: images / global,
+            iters,
             schedule,
             started: Instant::now(),
             images_seen: 0,
             skipped: Arc::new(Skipped::default()),
             checkpoint: resumed.map(|r| r.dir),
             scaler,
+            stopping: false,
+            _watchdog: watchdog,
         })
     }
 
@@ -284,6 +329,7 @@ impl<'a> Trainer<'a> {
     /// epoch's mean loss.
     ///
     /// # Errors
+    /// [`Error::Stopped`] when a signal stopped the run (after its checkpoint is written);
     /// [`Error::NonFinite`] when the loss diverges (the checkpoints written are intact);
     /// processes that disagree; data, I/O or engine failures.
     pub fn fit(
@@ -294,26 +340,74 @@ impl<'a> Trainer<'a> {
         self.check_same_weights(learner)?;
         let mut loss = f64::NAN;
         while self.at.epoch < self.schedule.epochs {
-            loss = self.train_one_epoch(learner, (opt, scales))?;
+            let Some(epoch_loss) = self.train_one_epoch(learner, (opt, scales))? else {
+                let name = format!("checkpoint-step-{}", self.at.step);
+                return Err(self.stop(learner, opt, &name, BTreeMap::new()));
+            };
+            loss = epoch_loss;
             self.at.epoch += 1;
+            self.epoch_loss_sum = 0.0;
             let top1 = learner.evaluate(self, self.at)?;
             let s = &self.schedule;
-            let due = self.at.epoch.is_multiple_of(s.save_every) || self.at.epoch == s.epochs;
-            if due {
-                self.check_same_weights(learner)?;
-            }
+            let last = self.at.epoch == s.epochs;
+            let due = self.at.epoch.is_multiple_of(s.save_every) || last;
+            let mut metrics = BTreeMap::from([("loss".to_string(), loss)]);
+            metrics.extend(top1.map(|t| ("top1".to_string(), t)));
             if self.log.is_some() {
                 self.end_epoch(loss, top1)?;
-                if due {
-                    self.save_checkpoint(&*learner, opt, (loss, top1))?;
-                }
+            }
+            let name = format!("checkpoint-{}", self.at.epoch);
+            if self.stopping && !last {
+                return Err(self.stop(learner, opt, &name, metrics));
             }
             if due {
-                let name = format!("checkpoint-{}", self.at.epoch);
-                self.checkpoint = Some(self.output.join(name));
+                self.checkpoint = Some(self.save(learner, opt, &name, metrics)?);
             }
         }
         Ok(loss)
+    }
+
+    /// Write checkpoint `name` where the run stands (rank 0 writes, after every process
+    /// checked that they hold the same weights, and the others wait for it); a checkpoint
+    /// of a signal's stop within an epoch is removed once a later epoch's is written.
+    fn save(
+        &mut self,
+        learner: &dyn Learner,
+        opt: &AdamW,
+        name: &str,
+        metrics: BTreeMap<String, f64>,
+    ) -> Result<PathBuf, Error> {
+        self.check_same_weights(learner)?;
+        let dir = self.output.join(name);
+        if self.log.is_some() {
+            self.save_checkpoint(learner, opt, name, metrics)?;
+            if !name.starts_with("checkpoint-step-") {
+                super::checkpoint::remove_before(&self.output, "checkpoint-step-", self.at.step)?;
+            }
+        }
+        self.dist.any(false); // every process waits for the checkpoint
+        watchdog::beat();
+        Ok(dir)
+    }
+
+    /// Stop at a signal's request: the checkpoint `name` of where the run stands, and the
+    /// error that says so.
+    fn stop(
+        &mut self,
+        learner: &dyn Learner,
+        opt: &AdamW,
+        name: &str,
+        metrics: BTreeMap<String, f64>,
+    ) -> Error {
+        match self.save(learner, opt, name, metrics) {
+            Ok(dir) => Error::Stopped {
+                signal: stop::signal_name(),
+                at: format!("step {} (epoch {})", self.at.step, self.at.epoch + 1),
+                checkpoint: dir,
+                output: self.output.clone(),
+            },
+            Err(e) => e,
+        }
     }
 
     /// With several processes: check that they hold the same weights.
@@ -327,21 +421,25 @@ impl<'a> Trainer<'a> {
 
     /// One pass over the epoch's batches, as the reference's `train_one_epoch`: the
     /// learning rate per iteration, forward, the loss checked, backward into the
-    /// accumulated gradients, and an AdamW step every `accum_iter` iterations. Returns the
-    /// epoch's mean loss.
+    /// accumulated gradients, and an AdamW step every `accum_iter` iterations. A run
+    /// resumed within the epoch starts at the iteration it stopped at. Returns the epoch's
+    /// mean loss, or `None` when a signal stopped the run at an optimizer step before the
+    /// epoch's end.
     fn train_one_epoch(
         &mut self,
         learner: &mut dyn Learner,
         (opt, scales): (&mut AdamW, &[f64]),
-    ) -> Result<f64, Error> {
+    ) -> Result<Option<f64>, Error> {
         let (epoch, accum) = (self.at.epoch, self.schedule.accum_iter);
+        let first = (self.at.step - (epoch * self.iters) as u64) as usize;
         let mut order: Vec<usize> = (0..self.images).collect();
         Rng::new(&[self.schedule.seed, ORDER_STREAM, epoch as u64]).shuffle(&mut order);
+        let mine = self.dist.shard(&order, self.per_rank);
         let loader = Loader::new(
             self.data.clone(),
             (self.augment.clone(), true),
             self.channels,
-            self.dist.shard(&order, self.per_rank),
+            mine[first * self.per_rank..].to_vec(),
             self.per_rank,
             self.workers,
             (self.schedule.seed, epoch as u64),
@@ -349,9 +447,9 @@ impl<'a> Trainer<'a> {
         );
         let prefix = format!("epoch {}/{}", epoch + 1, self.schedule.epochs);
         let bar = progress_bar(self.progress, self.iters, prefix);
+        bar.set_position(first as u64);
         let mut grads = Gradients::default();
-        let mut total = 0.0;
-        for (it, batch) in loader.enumerate() {
+        for (it, batch) in (first..).zip(loader) {
             let batch = batch?;
             if it % accum == 0 {
                 let s = &self.schedule;
@@ -383,9 +481,11 @@ impl<'a> Trainer<'a> {
                 None => learner.loss(&step),
             }?;
             // The global batch's mean loss: the mean of the processes' equal batches, so
-            // every process sees a NaN or infinity.
-            let mut sum = [loss.item()? as f64];
+            // every process sees a NaN or infinity; and whether any process was asked to
+            // stop, so that all stop at the same step.
+            let mut sum = [loss.item()? as f64, stop::requested() as u8 as f64];
             self.dist.sum(&mut sum);
+            self.stopping |= sum[1] > 0.0;
             let value = (sum[0] / self.dist.size() as f64) as f32;
             if !value.is_finite() {
                 bar.abandon();
@@ -399,7 +499,8 @@ impl<'a> Trainer<'a> {
             let seed = Tensor::full(&self.device, &[], (loss_scale / accum as f64) as f32)?;
             loss.backward_into(&seed, &mut grads)?;
             let mut skipped = false;
-            if (it + 1) % accum == 0 {
+            let optimizer_step = (it + 1) % accum == 0;
+            if optimizer_step {
                 let params: Vec<Tensor> =
                     opt.groups.iter().flat_map(|g| g.params.clone()).collect();
                 self.dist.average_gradients(&mut grads, &params)?;
@@ -418,14 +519,21 @@ impl<'a> Trainer<'a> {
                 grads.clear();
             }
             self.images_seen += batch.len * self.dist.size();
-            total += value as f64;
+            self.epoch_loss_sum += value as f64;
             self.log_step(it, value, (opt, loss_scale, skipped), &bar)?;
             self.at.step += 1;
+            watchdog::step_done(self.at.step);
+            // A stop within the epoch, at an optimizer step; one that comes after the
+            // epoch's last optimizer step waits for the epoch's end.
+            if self.stopping && optimizer_step && it + 1 + accum <= self.iters {
+                bar.abandon();
+                return Ok(None);
+            }
         }
         // Iterations left over when an epoch is not a multiple of accum_iter are dropped, as
         // in the reference (its next epoch starts with zeroed gradients).
         bar.finish_and_clear();
-        Ok(total / self.iters as f64)
+        Ok(Some(self.epoch_loss_sum / self.iters as f64))
     }
 
     /// Images per second over this invocation's training, data pipeline included.
@@ -519,21 +627,21 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
-    /// `output/checkpoint-{epoch}/`: the learner's files, `optimizer.safetensors` and
-    /// `trainer_state.json`; and the loss curve, `loss.png`.
+    /// `output/name/`: the learner's files, `optimizer.safetensors` and
+    /// `trainer_state.json`, the log flushed to the disk first; and the loss curve,
+    /// `loss.png`.
     fn save_checkpoint(
         &mut self,
         learner: &dyn Learner,
         opt: &AdamW,
-        (loss, top1): (f64, Option<f64>),
+        name: &str,
+        metrics: BTreeMap<String, f64>,
     ) -> Result<(), Error> {
         let at = self.at;
-        write_dir_atomically(&self.output, &format!("checkpoint-{}", at.epoch), |dir| {
+        let log = self.log.as_mut().expect("rank 0");
+        let log_bytes = log.sync()?;
+        write_checkpoint(&self.output, name, |dir| {
             learner.save(dir)?;
-            let mut metrics = std::collections::BTreeMap::from([("loss".to_string(), loss)]);
-            if let Some(top1) = top1 {
-                metrics.insert("top1".into(), top1);
-            }
             let state = TrainerState {
                 epoch: at.epoch,
                 step: at.step,
@@ -541,10 +649,31 @@ impl<'a> Trainer<'a> {
                 settings: &self.settings,
                 metrics,
                 loss_scaler: self.scaler,
+                epoch_loss_sum: self.epoch_loss_sum,
+                log_bytes: Some(log_bytes),
             };
             write_json(&dir.join("trainer_state.json"), &state)
         })?;
-        let log = self.log.as_ref().expect("rank 0");
         plot::loss_curve_png(log.path(), &self.output.join("loss.png"))
     }
+}
+
+/// Refuse a checkpoint whose position is not a step boundary of this run: at an epoch's
+/// start, or within one after an optimizer step that is not its last.
+fn check_position<S>(r: &Resumed<S>, iters: usize, accum: usize) -> Result<(), Error> {
+    let (epoch, step) = (r.state.epoch as u64, r.state.step);
+    let within = step.checked_sub(epoch * iters as u64);
+    let boundary = within.is_some_and(|i| {
+        let i = i as usize;
+        i == 0 || (i.is_multiple_of(accum) && i + accum <= iters)
+    });
+    if boundary {
+        return Ok(());
+    }
+    Err(Error::Setup(format!(
+        "{}: step {step} is not a step boundary of epoch {} of this run ({iters} iterations of \
+         {accum} per optimizer step); was the data or batch changed?",
+        r.dir.join("trainer_state.json").display(),
+        epoch + 1
+    )))
 }
