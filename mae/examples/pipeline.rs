@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use engine::{Device, Tensor};
 use mae::pretrain::{pretrain, Settings};
-use mae::run::Invocation;
+use mae::run::{Invocation, Output};
 use mae::{MaeConfig, MaskedAutoencoder};
 use nn::{Ctx, Init};
 
@@ -72,14 +72,17 @@ fn main() {
         ..Settings::recipe(PRESET, &config, data.clone())
     };
     let out = std::env::temp_dir().join("mae-pipeline-bench-out");
+    let single = mae::dist::Dist::single();
+    let output = Output::claim("pretrain", Some(&out), None, true, &single).expect("the output");
     let run = Invocation {
         output: Some(out),
+        overwrite: true,
         workers: 2,
         checkpoint_activations: false,
+        stall_timeout: std::time::Duration::ZERO,
         progress: false,
     };
-    let single = mae::dist::Dist::single();
-    let summary = pretrain(settings, None, &run, &single).expect("pretraining runs");
+    let summary = pretrain(settings, None, (&run, &output), &single).expect("pretraining runs");
     println!(
         r#"{{"bench":"pretrain_pipeline","adapter":{adapter:?},"preset":"{PRESET}","batch":{BATCH},"steps":{steps},"data":{:?},"model_only_img_per_s":{model:.2},"end_to_end_img_per_s":{:.2},"ratio":{:.3}}}"#,
         data.display().to_string(),

@@ -119,22 +119,21 @@ fn two_ranks_train_as_one_process_with_twice_the_batch() {
 
     // Resumed from the 2-rank run's first checkpoint: with 2 ranks, the same bytes; with 1,
     // the same run (its batch is the saved global batch, 16).
-    let ckpt = two.join("checkpoint-1");
-    let resume = |ranks: usize, out: &Path| {
+    let resume = |ranks: usize, ckpt: &Path| {
         let args = [
             "pretrain",
             "--resume",
             ckpt.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
+            "--overwrite",
         ];
         launch(ranks, &[mae_bin()], &args.map(String::from))
     };
     for (ranks, name) in [(2, "resumed-2"), (1, "resumed-1")] {
+        // A copy of the 2-rank run, resumed in its own directory: its log goes on from
+        // the checkpoint, and its later checkpoint is replaced.
         let out = dir.join(name);
-        std::fs::create_dir_all(&out).unwrap();
-        std::fs::copy(two.join("metrics.jsonl"), out.join("metrics.jsonl")).unwrap();
-        let o = resume(ranks, &out);
+        common::copy_dir(&two, &out);
+        let o = resume(ranks, &out.join("checkpoint-1"));
         assert!(o.status.success(), "{}", stderr(&o));
         if ranks == 2 {
             let bytes = |d: &Path| std::fs::read(d.join("checkpoint-2/model.safetensors")).unwrap();

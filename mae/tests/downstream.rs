@@ -114,6 +114,7 @@ fn linprobe_with(
         cache.to_str().unwrap(),
         "--batch-size",
         "16",
+        "--overwrite",
     ];
     args.extend(schedule);
     mae(&args)
@@ -193,8 +194,10 @@ fn finetune_end_to_end() {
             names,
             [
                 "config.json",
+                "manifest.json",
                 "model.safetensors",
                 "optimizer.safetensors",
+                "preprocessor_config.json",
                 "trainer_state.json"
             ]
         );

@@ -120,11 +120,12 @@ fn f16_mixed_runs_track_fp32_resume_exactly_and_skip_overflows() {
     let resume_from = |name: &str, edit: &dyn Fn(&mut serde_json::Value)| {
         let out = dir.join(name);
         let ckpt = out.join("checkpoint-1");
-        copy_dir(&mixed.join("checkpoint-1"), &ckpt);
+        common::copy_dir(&mixed.join("checkpoint-1"), &ckpt);
         let mut s = state(&ckpt);
         edit(&mut s);
         let text = serde_json::to_string(&s).unwrap();
         std::fs::write(ckpt.join("trainer_state.json"), text).unwrap();
+        mae::run::seal(&ckpt).unwrap();
         let mut args = run_args("pretrain", &config, &data, &out, &["--resume"]);
         args.push(ckpt.display().to_string());
         let o = mae_with(&args);
@@ -160,14 +161,6 @@ fn f16_mixed_runs_track_fp32_resume_exactly_and_skip_overflows() {
         weights(&over.join("checkpoint-2")),
         weights(&over.join("checkpoint-1"))
     );
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
 }
 
 #[test]

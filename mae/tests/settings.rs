@@ -170,7 +170,12 @@ fn settings_round_trip_through_their_json() {
     let of_run: Vec<&str> = invocation
         .get_arguments()
         .map(|a| a.get_id().as_str())
-        .chain(["resume", "checkpoint_activations", "dry_run"])
+        .chain([
+            "resume",
+            "checkpoint_activations",
+            "dry_run",
+            "stall_timeout",
+        ])
         .collect();
     for arg in Pretrain::command().get_arguments() {
         let id = arg.get_id().as_str();

@@ -171,6 +171,28 @@ fn entry(path: &Path) -> std::io::Result<Entry> {
     Ok(Entry { bytes, sha256 })
 }
 
+/// Write the manifest of the checkpoint in `dir`: the size and SHA-256 of every other file
+/// in it; then flush the directory.
+///
+/// # Errors
+/// I/O failures.
+pub fn seal(dir: &Path) -> Result<(), Error> {
+    let mut files = BTreeMap::new();
+    for e in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+        let path = e.map_err(Error::io(dir))?.path();
+        let file = path
+            .file_name()
+            .expect("a file")
+            .to_string_lossy()
+            .into_owned();
+        if file != MANIFEST {
+            files.insert(file, entry(&path).map_err(Error::io(&path))?);
+        }
+    }
+    write_json(&dir.join(MANIFEST), &serde_json::json!({ "files": files }))?;
+    sync_dir(dir).map_err(Error::io(dir))
+}
+
 /// Write the checkpoint `output/name` whole or not at all: `fill` writes its files into a
 /// temporary directory, the manifest is written last, and the directory is renamed into
 /// place (an older `output/name` first moved aside, then removed).
@@ -185,20 +207,7 @@ pub fn write_checkpoint(
     let dir = output.join(name);
     let tmp = temporary_name(&dir);
     std::fs::create_dir(&tmp).map_err(Error::io(&tmp))?;
-    let written = fill(&tmp).and_then(|()| {
-        let mut files = BTreeMap::new();
-        for e in std::fs::read_dir(&tmp).map_err(Error::io(&tmp))? {
-            let path = e.map_err(Error::io(&tmp))?.path();
-            let file = path
-                .file_name()
-                .expect("a file")
-                .to_string_lossy()
-                .into_owned();
-            files.insert(file, entry(&path).map_err(Error::io(&path))?);
-        }
-        write_json(&tmp.join(MANIFEST), &serde_json::json!({ "files": files }))?;
-        sync_dir(&tmp).map_err(Error::io(&tmp))
-    });
+    let written = fill(&tmp).and_then(|()| seal(&tmp));
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);

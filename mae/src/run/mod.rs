@@ -26,7 +26,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use checkpoint::{
-    newest, save_optimizer, verify, write_checkpoint, write_json, Resumed, TrainerState, MANIFEST,
+    newest, save_optimizer, seal, verify, write_checkpoint, write_json, Resumed, TrainerState,
+    MANIFEST,
 };
 pub use log::Log;
 pub use output::{newest_in, Output};
@@ -109,15 +110,6 @@ pub struct Invocation {
     /// Show progress bars (when stderr is a terminal).
     #[arg(skip = std::io::IsTerminal::is_terminal(&std::io::stderr()))]
     pub progress: bool,
-}
-
-impl Invocation {
-    /// `--output`, or `out/<command>`.
-    pub fn output(&self, command: &str) -> PathBuf {
-        self.output
-            .clone()
-            .unwrap_or_else(|| Path::new("out").join(command))
-    }
 }
 
 /// The options given on a command line (not left to their defaults), by argument id, which

@@ -150,10 +150,16 @@ impl Output {
             }
             _ => run_files(&self.dir),
         };
-        if theirs.is_empty() {
-            return Ok(());
-        }
-        if !overwrite {
+        // What a run that failed before logging a line left (an empty log, a TensorBoard
+        // file with its header) holds nothing: it is cleared as --overwrite would.
+        let holds = theirs.iter().any(|n| {
+            let path = self.dir.join(n);
+            match n.as_str() {
+                "metrics.jsonl" => path.metadata().is_ok_and(|m| m.len() > 0),
+                n => n.starts_with("checkpoint-") || n == "result.json" || n == "head.safetensors",
+            }
+        });
+        if holds && !overwrite {
             let what = match self.continues {
                 true => format!(
                     "checkpoints after {} ({}); resuming from it replaces them",

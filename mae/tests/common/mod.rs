@@ -117,6 +117,7 @@ pub fn assert_resume_diverges_with(
         state["settings"]["epochs"] = epochs.into();
     }
     std::fs::write(&state_path, state.to_string()).unwrap();
+    mae::run::seal(checkpoint).unwrap();
     let weights = checkpoint.join("model.safetensors");
     let before = std::fs::read(&weights).unwrap();
     let o = launch(&[
@@ -175,6 +176,18 @@ pub fn shapes_and_tiny_config(dir: &std::path::Path) -> (PathBuf, PathBuf) {
     }
     let (_, config_path) = tiny_config(dir, 1);
     (data, config_path)
+}
+
+/// Copy the files of directory `from` into `to`.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        match entry.path().is_dir() {
+            true => copy_dir(&entry.path(), &to.join(entry.file_name())),
+            false => drop(std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap()),
+        }
+    }
 }
 
 /// Run `cmd` to the end, killing it (and failing the test) after `seconds`: a run that
