@@ -147,7 +147,7 @@ impl Settings {
                 "--smoothing must be in [0, 1)",
             ),
             (
-                !(self.weight_decay >= 0.0),
+                !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()),
                 "--weight-decay must be a number, not negative",
             ),
         ];

@@ -316,7 +316,7 @@ pub fn newest(output: &Path) -> Result<(PathBuf, Vec<String>), Error> {
         }
     }
     // Newest first; of two with the same step, the one under its own name.
-    candidates.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    candidates.sort_by_key(|c| std::cmp::Reverse((c.0, c.1)));
     for (_, _, dir) in candidates {
         match verify(&dir) {
             Ok(()) => return Ok((dir, skipped)),

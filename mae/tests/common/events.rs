@@ -154,3 +154,38 @@ fn decode_summary(summary: &[u8], e: &mut Event) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The events of every TensorBoard file in `dir` as TensorBoard shows them: files in the
+/// order they were started, and a `session_log` START at step `s` dropping what earlier
+/// files logged at steps from `s` on (its `_Purge`: events with a smaller step are kept).
+pub fn as_tensorboard_shows(dir: &Path) -> Vec<Event> {
+    let mut files: Vec<Vec<Event>> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("tfevents"))
+        .map(|p| read_events(&p).unwrap())
+        .collect();
+    files.sort_by(|a, b| a[0].wall_time.total_cmp(&b[0].wall_time));
+    let mut shown: Vec<Event> = Vec::new();
+    for event in files.into_iter().flatten() {
+        if event.session_log == Some(1) {
+            shown.retain(|e| e.step < event.step);
+        } else if !event.scalars.is_empty() || !event.images.is_empty() {
+            shown.push(event);
+        }
+    }
+    shown
+}
+
+/// The `(step, value)` of every scalar `tag` of `events`.
+pub fn scalars(events: &[Event], tag: &str) -> Vec<(u64, f32)> {
+    events
+        .iter()
+        .flat_map(|e| {
+            e.scalars
+                .iter()
+                .filter(|s| s.0 == tag)
+                .map(|s| (e.step, s.1))
+        })
+        .collect()
+}

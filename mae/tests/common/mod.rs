@@ -155,9 +155,17 @@ pub fn assert_resume_diverges_with(
 /// Fashion-MNIST-like IDX files with 40 training and 8 test images of simple shapes, and a
 /// 28x28 config small enough to train in seconds.
 pub fn shapes_and_tiny_config(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let data = shapes(dir, 40);
+    let (_, config_path) = tiny_config(dir, 1);
+    (data, config_path)
+}
+
+/// Fashion-MNIST-like IDX files in `dir/data`: `train` training and 8 test images of
+/// simple shapes.
+pub fn shapes(dir: &std::path::Path, train: u32) -> PathBuf {
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    for (name, n) in [("train", 40u32), ("t10k", 8)] {
+    for (name, n) in [("train", train), ("t10k", 8)] {
         let mut bytes = vec![0, 0, 8, 3];
         for d in [n, 28, 28] {
             bytes.extend(d.to_be_bytes());
@@ -174,8 +182,58 @@ pub fn shapes_and_tiny_config(dir: &std::path::Path) -> (PathBuf, PathBuf) {
         let mut f = std::fs::File::create(data.join(format!("{name}-images-idx3-ubyte"))).unwrap();
         std::io::Write::write_all(&mut f, &bytes).unwrap();
     }
-    let (_, config_path) = tiny_config(dir, 1);
-    (data, config_path)
+    data
+}
+
+/// The lines of a run's `metrics.jsonl`, without the figures that depend on the clock.
+pub fn metrics(out: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            for clock in ["img_per_s", "elapsed_s"] {
+                v.as_object_mut().unwrap().remove(clock);
+            }
+            v
+        })
+        .collect()
+}
+
+/// Start the `mae` program with `args`, its output piped.
+pub fn spawn_mae(args: &[String]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Send `signal` (`TERM`, `KILL`, `USR1`...) to process `pid`.
+pub fn signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid}");
+}
+
+/// Wait until `ready` holds, failing the test after `seconds`.
+pub fn wait_until(seconds: u64, what: &str, mut ready: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed().as_secs() < seconds,
+            "no {what} within {seconds} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The number of lines of `metrics.jsonl` in `out` (0 when there is none yet).
+pub fn logged_lines(out: &std::path::Path) -> usize {
+    std::fs::read_to_string(out.join("metrics.jsonl")).map_or(0, |t| t.lines().count())
 }
 
 /// Copy the files of directory `from` into `to`.
