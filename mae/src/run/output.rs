@@ -145,6 +145,8 @@ impl Output {
                 run_files(&self.dir)
                     .into_iter()
                     .filter(|n| n.starts_with("checkpoint-"))
+                    // Incomplete ones were named as skipped, and are replaced.
+                    .filter(|n| checkpoint::verify(&self.dir.join(n)).is_ok())
                     .filter(|n| step(&self.dir.join(n)).map_or(true, |s| s > at))
                     .collect()
             }
