@@ -164,9 +164,12 @@ impl MaeConfig {
     /// # Errors
     /// A message naming the first inconsistency.
     pub fn validate(&self) -> Result<(), String> {
-        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
+        if self.patch_size == 0
+            || self.image_size < self.patch_size
+            || !self.image_size.is_multiple_of(self.patch_size)
+        {
             return Err(format!(
-                "image_size {} is not a multiple of patch_size {}",
+                "image_size {} is not a positive multiple of patch_size {}",
                 self.image_size, self.patch_size
             ));
         }

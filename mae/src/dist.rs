@@ -276,6 +276,28 @@ pub fn abort_job(line: &str, code: i32) -> ! {
     std::process::exit(code)
 }
 
+/// From now on a panic, the last line of defence against a bug, is one line and exit code
+/// 1, and under MPI it ends every process of the job rather than leave the others waiting
+/// in a collective operation.
+pub fn end_the_job_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        let payload = info.payload();
+        let what = match (
+            payload.downcast_ref::<&str>(),
+            payload.downcast_ref::<String>(),
+        ) {
+            (Some(s), _) => s.to_string(),
+            (_, Some(s)) => s.clone(),
+            _ => "a panic".into(),
+        };
+        let at = info
+            .location()
+            .map_or(String::new(), |l| format!(" at {l}"));
+        let line = format!("error: internal error (a bug; please report it): {what}{at}");
+        abort_job(&line.replace('\n', " "), 1)
+    }));
+}
+
 /// FNV-1a, 64 bits: equal bytes, equal digests on every machine. Not cryptographic; it
 /// tells apart what the processes of a run hold.
 pub struct Fnv(u64);

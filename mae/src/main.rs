@@ -46,24 +46,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // The last line of defence: a bug is one line and exit code 1, and under mpirun it
-    // ends every process of the job rather than leave the others waiting.
-    std::panic::set_hook(Box::new(|info| {
-        let what = match (
-            info.payload().downcast_ref::<&str>(),
-            info.payload().downcast_ref::<String>(),
-        ) {
-            (Some(s), _) => s.to_string(),
-            (_, Some(s)) => s.clone(),
-            _ => "a panic".into(),
-        };
-        let at = info
-            .location()
-            .map_or(String::new(), |l| format!(" at {l}"));
-        let line = format!("error: internal error (a bug; please report it): {what}{at}");
-        mae::dist::abort_job(&line.replace('\n', " "), 1)
-    }));
-    let matches = Cli::command().get_matches();
+    mae::dist::end_the_job_on_panic();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            e.exit() // `mae` alone: the help, exit 2
+        }
+        Err(e) if e.use_stderr() => return usage_error(&e),
+        Err(e) => e.exit(), // --help, --version
+    };
     let given = Given::of(matches.subcommand().expect("a subcommand").1);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let dist = match Dist::init() {
@@ -95,4 +86,20 @@ fn main() -> ExitCode {
 fn fail(e: &Error) -> ExitCode {
     mae::dist::say(&format!("error: {e}"));
     ExitCode::from(e.exit_code())
+}
+
+/// A command line clap refused, in one line (with clap's tip, when it has one) and exit
+/// code 2, as every other bad input.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut line = lines
+        .next()
+        .unwrap_or("error: bad command line")
+        .to_string();
+    if let Some(tip) = lines.find(|l| l.starts_with("tip:")) {
+        line = format!("{line}; {tip}");
+    }
+    mae::dist::say(&format!("{line} (see --help)"));
+    ExitCode::from(2)
 }

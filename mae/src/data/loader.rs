@@ -14,12 +14,22 @@ use super::{Augment, DataError, Dataset, Rng};
 pub struct Skipped {
     // name -> (error, reported yet)
     files: Mutex<BTreeMap<String, (String, bool)>>,
+    // decodes that failed, counting each file once an epoch
+    failures: std::sync::atomic::AtomicUsize,
 }
 
 impl Skipped {
     fn add(&self, name: String, error: String) {
+        self.failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         files.entry(name).or_insert((error, false));
+    }
+
+    /// How many decodes failed: each undecodable file once an epoch (a loader tries a file
+    /// once, however often the images after it stand in for it).
+    pub fn failures(&self) -> usize {
+        self.failures.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Warnings not yet reported, one line each.

@@ -74,13 +74,14 @@ pub fn tiny_config(dir: &std::path::Path, depth: usize) -> (mae::MaeConfig, Path
 }
 
 /// The run failed with exit code 2 and one line, `error: ...` containing `needle` (the
-/// software renderer's XDG notice and `--resume`'s ignored-options warning aside).
+/// software renderer's XDG notice, and `--resume`'s line and ignored-options warning aside).
 pub fn assert_one_line_error(o: &Output, needle: &str) {
     let err = stderr(o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     let lines: Vec<&str> = err
         .lines()
         .filter(|l| !l.contains("XDG_RUNTIME_DIR") && !l.starts_with("warning: --resume"))
+        .filter(|l| !l.starts_with("resuming "))
         .collect();
     assert_eq!(lines.len(), 1, "one line: {err}");
     assert!(
