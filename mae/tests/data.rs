@@ -185,6 +185,61 @@ fn image_folders_with_classes_and_bad_files() {
 }
 
 #[test]
+fn a_bad_file_is_decoded_once_an_epoch_and_a_dead_loader_thread_is_an_error() {
+    let dir = tmp("once");
+    picture().save(dir.join("a.png")).unwrap();
+    std::fs::write(dir.join("garbage.png"), b"not a png").unwrap();
+    picture().save(dir.join("z.png")).unwrap();
+    let d = Arc::new(Dataset::open(&dir, Split::Train).unwrap());
+    let augment = Arc::new(Augment::pretrain(4, Normalize::imagenet()));
+    let skipped = Arc::new(Skipped::default());
+    // Six batches of the bad image: each stands in z.png, and the bad one is tried once.
+    let epoch = |e: u64| {
+        let order = vec![1; 6];
+        let loader = Loader::new(
+            d.clone(),
+            (augment.clone(), true),
+            3,
+            order,
+            1,
+            1,
+            (0, e),
+            skipped.clone(),
+        );
+        loader.map(|b| b.unwrap()).count()
+    };
+    assert_eq!(epoch(0), 6);
+    assert_eq!(skipped.failures(), 1);
+    assert_eq!(epoch(1), 6);
+    assert_eq!(skipped.failures(), 2, "once an epoch");
+    assert_eq!(skipped.count(), 1);
+
+    // A loader thread that dies (here a normalisation without values panics) ends the
+    // epoch with an error, not with fewer batches.
+    let broken = Arc::new(Augment::pretrain(
+        4,
+        Normalize {
+            mean: vec![],
+            std: vec![],
+        },
+    ));
+    let loader = Loader::new(
+        d.clone(),
+        (broken, true),
+        3,
+        vec![0, 2, 0, 2],
+        1,
+        1,
+        (0, 0),
+        skipped,
+    );
+    let batches: Vec<_> = loader.collect();
+    assert_eq!(batches.len(), 1, "no batch after the error");
+    let e = batches[0].as_ref().err().expect("an error").to_string();
+    assert!(e.starts_with("a data loader thread stopped: "), "{e}");
+}
+
+#[test]
 fn random_resized_crop_respects_scale_and_ratio() {
     let aug = Augment::pretrain(28, Normalize::imagenet());
     for (h, w) in [(28, 28), (480, 640), (100, 30)] {
