@@ -154,6 +154,30 @@ fn linprobe_end_to_end_with_a_shared_feature_cache() {
     let cached = files(&dir.join("cache"));
     assert_eq!(cached.len(), 2, "train and test features: {cached:?}");
 
+    // A cache file for this key that does not hold such features (here one row short) is
+    // named and computed again.
+    for file in files(&dir.join("cache")) {
+        let path = dir.join("cache").join(file);
+        let bytes = std::fs::read(&path).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        let meta = meta.metadata().clone();
+        let mut t = nn::read_safetensors(&path).unwrap();
+        let (shape, values) = t.get_mut("cls").unwrap();
+        shape[0] -= 1;
+        values.truncate(shape[0] * shape[1]);
+        let tensors = t.into_iter().map(|(n, (s, v))| (n, s, v)).collect();
+        nn::save_host_safetensors(&path, tensors, meta).unwrap();
+    }
+    let o = linprobe(&checkpoint, "mae", "cls", &data, &dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert_eq!(
+        err.matches("computing the features again").count(),
+        2,
+        "{err}"
+    );
+    assert_eq!(result_line(&o), line);
+
     // The other pool reads the same cached features.
     let o = linprobe(&checkpoint, "mae", "avg", &data, &dir);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -243,7 +267,9 @@ fn finetune_end_to_end() {
     );
     assert!(!dry.exists());
 
-    // Resuming from the first epoch's checkpoint gives the same second epoch, to the byte.
+    // Resuming from the first epoch's checkpoint gives the same second epoch, to the byte,
+    // without the pretrained directory it started from: the checkpoint holds all it needs.
+    std::fs::rename(&checkpoint, dir.join("moved")).unwrap();
     let resumed = dir.join("resumed");
     let o = mae(&[
         "finetune",
