@@ -258,3 +258,163 @@ fn bad_data_on_one_rank_stops_them_all() {
     assert!(err.contains("error: rank 1: data not found"), "{err}");
     assert!(!dir.join("run/checkpoint-1").exists());
 }
+
+/// `mpirun -np 2` of `mae args`, rank 1 writing its pid to `pid_file` first; not waited on.
+fn spawn_two_ranks(args: &[String], pid_file: &Path) -> std::process::Child {
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then echo $$ > '{}'; fi; exec {} {}",
+        pid_file.display(),
+        mae_bin(),
+        quoted.join(" ")
+    );
+    Command::new("mpirun")
+        .args(["--oversubscribe", "-np", "2", "sh", "-c", &script])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The pid rank 1 wrote.
+fn pid_of_rank_1(pid_file: &Path) -> u32 {
+    common::wait_until(60, "rank 1's pid", || {
+        std::fs::read_to_string(pid_file).is_ok_and(|t| t.trim().parse::<u32>().is_ok())
+    });
+    std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_signal_to_one_rank_stops_every_rank_at_the_same_step() {
+    let dir = tmp("signal");
+    let data = common::shapes(&dir, 200);
+    let (_, config) = common::tiny_config(&dir, 1);
+    let settings = ["--epochs", "1", "--batch-size", "2", "--limit", "200"];
+    let (full, cut) = (dir.join("full"), dir.join("cut"));
+    let args = |out: &Path| common::run_args("pretrain", &config, &data, out, &settings);
+    let o = launch(2, &[mae_bin()], &args(&full));
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let pid_file = dir.join("rank1.pid");
+    let run = spawn_two_ranks(&args(&cut), &pid_file);
+    let rank1 = pid_of_rank_1(&pid_file);
+    common::wait_until(120, "5 logged steps", || common::logged_lines(&cut) >= 5);
+    common::signal(rank1, "USR1");
+    let o = run.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    assert_eq!(
+        err.matches("error: stopped by").count(),
+        1,
+        "rank 0 alone says it: {err}"
+    );
+    assert!(!err.contains("MPI_ABORT"), "a stop is not an abort: {err}");
+    let stopped: Vec<String> = std::fs::read_dir(&cut)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-step-"))
+        .collect();
+    assert_eq!(stopped.len(), 1, "{stopped:?}");
+    // The ranks agreed: the checkpoint is of one step of both, and resuming with two ranks
+    // gives the uninterrupted run's weights.
+    let resume = ["pretrain", "--resume", cut.to_str().unwrap()].map(String::from);
+    let o = launch(2, &[mae_bin()], &resume);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bytes = |d: &Path| std::fs::read(d.join("checkpoint-1/model.safetensors")).unwrap();
+    assert!(
+        bytes(&cut) == bytes(&full),
+        "the resumed run is the uninterrupted one"
+    );
+}
+
+#[test]
+fn a_stalled_rank_ends_the_job() {
+    let dir = tmp("stall");
+    let data = common::shapes(&dir, 200);
+    let (_, config) = common::tiny_config(&dir, 1);
+    let settings = [
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--limit",
+        "200",
+        "--stall-timeout",
+        "2",
+    ];
+    let out = dir.join("run");
+    let pid_file = dir.join("rank1.pid");
+    let mut run = spawn_two_ranks(
+        &common::run_args("pretrain", &config, &data, &out, &settings),
+        &pid_file,
+    );
+    let rank1 = pid_of_rank_1(&pid_file);
+    common::wait_until(120, "3 logged steps", || common::logged_lines(&out) >= 3);
+    common::signal(rank1, "STOP");
+    let started = std::time::Instant::now();
+    let ended = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed().as_secs() > 60 {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = Command::new("kill")
+        .args(["-9", &rank1.to_string()])
+        .status();
+    if ended.is_none() {
+        let _ = run.kill();
+    }
+    let o = run.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(
+        ended.is_some(),
+        "the job still ran a minute after rank 1 stopped: {err}"
+    );
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("error: rank 0 waited") && err.contains("another one stalled"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ranks_that_see_other_data_at_the_same_path_are_refused() {
+    let dir = tmp("other-data");
+    let (data, config) = shapes_and_tiny_config(&dir);
+    // The same relative `--data data` and image count on both ranks, rank 1's with one
+    // pixel changed.
+    let other = dir.join("other");
+    common::copy_dir(&data, &other);
+    let file = other.join("train-images-idx3-ubyte");
+    let mut bytes = std::fs::read(&file).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::os::unix::fs::symlink(&data, a.join("data")).unwrap();
+    std::os::unix::fs::symlink(&other, b.join("data")).unwrap();
+    let mut args = pretrain_args(&config, Path::new("data"), &dir.join("run"), 8, 1);
+    args.iter_mut().for_each(|a| *a = format!("'{a}'"));
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then cd {}; else cd {}; fi; exec {} {}",
+        b.display(),
+        a.display(),
+        mae_bin(),
+        args.join(" ")
+    );
+    let o = launch(2, &["sh", "-c", &script], &[]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("ranks 1 have other data than rank 0"), "{err}");
+    assert!(!dir.join("run/checkpoint-1").exists());
+}
