@@ -293,6 +293,7 @@ impl EvalView<'_> {
                     Error::Data(DataError::Empty(format!("{}: no labels", data.description)))
                 })?;
                 f(&imgs, labels)?;
+                crate::run::watchdog::beat();
             }
             Ok(())
         })
@@ -360,6 +361,6 @@ pub fn report(
     })
     .to_string();
     let path: PathBuf = output.join("result.json");
-    std::fs::write(&path, format!("{line}\n")).map_err(Error::io(&path))?;
+    nn::files::write_atomically(&path, format!("{line}\n").as_bytes()).map_err(Error::io(&path))?;
     Ok(Outcome { top1, epochs, line })
 }

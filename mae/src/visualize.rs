@@ -63,6 +63,7 @@ pub fn command(args: &Args) -> Result<(), Error> {
     let images = match &args.data {
         Some(path) => {
             let d = Dataset::open(path, Split::Test)?;
+            d.check_channels(ch)?;
             (0..d.len())
                 .filter_map(|i| d.get(i, ch).ok())
                 .take(args.count)

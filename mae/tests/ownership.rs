@@ -183,4 +183,18 @@ fn resume_takes_the_newest_complete_checkpoint_and_names_those_it_skips() {
         "{err}"
     );
     mae::run::verify(&a.join("checkpoint-2")).unwrap();
+
+    // A checkpoint of a version before manifests is taken, with a word that its files are
+    // not checked.
+    std::fs::remove_file(a.join("checkpoint-2").join(mae::run::MANIFEST)).unwrap();
+    let o = pretrain_in(&dir, &["--resume", "out/pretrain", "--epochs", "3"]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "warning: out/pretrain/checkpoint-2 has no manifest.json (written before manifests)"
+        ),
+        "{err}"
+    );
+    mae::run::verify(&a.join("checkpoint-3")).unwrap();
 }

@@ -329,9 +329,13 @@ fn device_key(info: &DeviceInfo) -> String {
     )
 }
 
+/// The tuning cache's JSON, or an empty object when it is missing, unreadable, not a
+/// regular file or larger than any real cache (16 MiB).
 fn read_file(path: &Path) -> serde_json::Value {
-    std::fs::read_to_string(path)
+    std::fs::metadata(path)
         .ok()
+        .filter(|m| m.is_file() && m.len() <= 16 << 20)
+        .and_then(|_| std::fs::read_to_string(path).ok())
         .and_then(|t| serde_json::from_str(&t).ok())
         .filter(serde_json::Value::is_object)
         .unwrap_or_else(|| serde_json::json!({}))

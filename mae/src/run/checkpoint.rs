@@ -270,6 +270,24 @@ pub fn verify(dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the checkpoint in `dir` can be resumed: complete by its manifest ([`verify`]),
+/// or written before manifests (no manifest, a `trainer_state.json`: a save of this
+/// version never leaves a checkpoint's name without a manifest), with a line saying its
+/// files are not checked.
+///
+/// # Errors
+/// [`verify`]'s line.
+pub fn usable(dir: &Path) -> Result<Option<String>, String> {
+    let legacy = !dir.join(MANIFEST).exists() && dir.join("trainer_state.json").is_file();
+    match legacy {
+        true => Ok(Some(format!(
+            "warning: {} has no {MANIFEST} (written before manifests): its files are not checked",
+            dir.display()
+        ))),
+        false => verify(dir).map(|()| None),
+    }
+}
+
 /// Whether `name` is a checkpoint's name, or the name of an older copy moved aside while
 /// it was replaced (`.checkpoint-N.old-PID-K`); for the latter, the name it had.
 fn checkpoint_name(name: &str) -> Option<(&str, bool)> {
@@ -292,8 +310,9 @@ fn step_of(dir: &Path) -> Result<u64, String> {
         .ok_or_else(|| "trainer_state.json has no step".into())
 }
 
-/// The newest complete checkpoint in the run directory `output` (by the step it records),
-/// and a line for each newer one skipped as incomplete.
+/// The newest usable checkpoint in the run directory `output` (by the step it records),
+/// and a line for each newer one skipped as incomplete (and one for a checkpoint of a
+/// version before manifests).
 ///
 /// # Errors
 /// [`Error::Setup`] when there is none.
@@ -317,10 +336,20 @@ pub fn newest(output: &Path) -> Result<(PathBuf, Vec<String>), Error> {
     }
     // Newest first; of two with the same step, the one under its own name.
     candidates.sort_by_key(|c| std::cmp::Reverse((c.0, c.1)));
+    let mut notes: Vec<String> = skipped
+        .iter()
+        .map(|s| format!("warning: skipping {s}"))
+        .collect();
     for (_, _, dir) in candidates {
-        match verify(&dir) {
-            Ok(()) => return Ok((dir, skipped)),
-            Err(why) => skipped.push(format!("{}: {why}", dir.display())),
+        match usable(&dir) {
+            Ok(note) => {
+                notes.extend(note);
+                return Ok((dir, notes));
+            }
+            Err(why) => {
+                notes.push(format!("warning: skipping {}: {why}", dir.display()));
+                skipped.push(format!("{}: {why}", dir.display()));
+            }
         }
     }
     let why = match skipped.is_empty() {

@@ -102,18 +102,15 @@ impl Output {
         dist.any(false); // the others look for checkpoints once rank 0 has tidied
         let resume = match (resume, resume_dir.as_deref()) {
             (Some(r), _) if is_checkpoint(r) => {
-                checkpoint::verify(r).map_err(|why| {
+                let note = checkpoint::usable(r).map_err(|why| {
                     Error::Setup(format!("--resume {}: incomplete: {why}", r.display()))
                 })?;
+                say_on_main(dist, note);
                 Some(r.to_path_buf())
             }
             (Some(_), Some(run)) => {
-                let (newest, skipped) = checkpoint::newest(run)?;
-                if dist.is_main() {
-                    for line in skipped {
-                        crate::dist::say(&format!("warning: skipping {line}"));
-                    }
-                }
+                let (newest, notes) = checkpoint::newest(run)?;
+                say_on_main(dist, notes);
                 Some(newest)
             }
             _ => None,
@@ -146,7 +143,7 @@ impl Output {
                     .into_iter()
                     .filter(|n| n.starts_with("checkpoint-"))
                     // Incomplete ones were named as skipped, and are replaced.
-                    .filter(|n| checkpoint::verify(&self.dir.join(n)).is_ok())
+                    .filter(|n| checkpoint::usable(&self.dir.join(n)).is_ok())
                     .filter(|n| step(&self.dir.join(n)).map_or(true, |s| s > at))
                     .collect()
             }
@@ -197,6 +194,12 @@ pub fn newest_in(path: &Path) -> Result<PathBuf, Error> {
     match is_checkpoint(path) {
         true => Ok(path.to_path_buf()),
         false => Ok(checkpoint::newest(path)?.0),
+    }
+}
+
+fn say_on_main(dist: &Dist, lines: impl IntoIterator<Item = String>) {
+    if dist.is_main() {
+        lines.into_iter().for_each(|l| crate::dist::say(&l));
     }
 }
 
