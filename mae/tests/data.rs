@@ -206,7 +206,7 @@ fn a_bad_file_is_decoded_once_an_epoch_and_a_dead_loader_thread_is_an_error() {
             (0, e),
             skipped.clone(),
         );
-        loader.map(|b| b.unwrap()).count()
+        loader.map(Result::unwrap).collect::<Vec<_>>().len()
     };
     assert_eq!(epoch(0), 6);
     assert_eq!(skipped.failures(), 1);

@@ -71,7 +71,7 @@ fn a_signal_stops_at_a_step_and_the_resumed_run_is_the_uninterrupted_one() {
     let o = common::mae_with(&args(&config, &data, &full, &settings));
     assert!(o.status.success(), "{}", stderr(&o));
 
-    let mut run = spawn_mae(&args(&config, &data, &cut, &settings));
+    let run = spawn_mae(&args(&config, &data, &cut, &settings));
     wait_until(120, "10 logged steps", || logged_lines(&cut) >= 10);
     signal(run.id(), "TERM");
     let o = run.wait_with_output().unwrap();
@@ -91,7 +91,10 @@ fn a_signal_stops_at_a_step_and_the_resumed_run_is_the_uninterrupted_one() {
         .unwrap()
         .parse()
         .unwrap();
-    assert!((10..100).contains(&step) && step % 2 == 0, "step {step}");
+    assert!(
+        (10..100).contains(&step) && step.is_multiple_of(2),
+        "step {step}"
+    );
     assert!(
         last.contains(&format!("checkpoint-step-{step} written")),
         "{last}"

@@ -11,8 +11,8 @@ mod rng;
 use std::path::{Path, PathBuf};
 
 pub use augment::{resize_bicubic, Augment, Normalize};
-pub use folder::decode;
-pub use idx::read_idx;
+pub use folder::{decode, DECODED_LIMIT, FILE_LIMIT};
+pub use idx::{read_idx, IDX_LIMIT};
 pub use loader::{Batch, Loader, Skipped};
 pub use rng::Rng;
 
