@@ -17,7 +17,13 @@ fn row_kernels_agree_at_every_width() {
     std::env::set_var("ENGINE_ROW_WORKGROUP", "12");
     let e = Device::new().unwrap_err();
     assert!(
-        matches!(e, Error::Device(_)) && e.to_string().contains("expected 8, 16, 32 or 64"),
+        matches!(
+            e,
+            Error::Setting {
+                name: "ENGINE_ROW_WORKGROUP",
+                ..
+            }
+        ) && e.to_string() == "ENGINE_ROW_WORKGROUP=\"12\": expected 8, 16, 32 or 64",
         "{e}"
     );
     std::env::remove_var("ENGINE_ROW_WORKGROUP");
