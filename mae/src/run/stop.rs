@@ -25,19 +25,25 @@ static REQUESTED: AtomicBool = AtomicBool::new(false);
 static SIGNAL: AtomicUsize = AtomicUsize::new(0);
 
 /// Handle [`SIGNALS`] from now on: the first sets the request, a second exits at once.
+/// Installed once per process, however often it is called.
 ///
 /// # Errors
 /// [`Error::Setup`] when the handlers cannot be installed.
 pub fn install() -> Result<(), Error> {
-    let failed = |e: std::io::Error| Error::Setup(format!("signal handlers: {e}"));
-    for signal in SIGNALS {
-        // In this order: the exit is armed by the first signal's flag, not by its own.
-        signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, &REQUESTED)
-            .map_err(failed)?;
-        signal_hook::flag::register_usize(signal, &SIGNAL, signal as usize).map_err(failed)?;
-        signal_hook::flag::register(signal, &REQUESTED).map_err(failed)?;
-    }
-    Ok(())
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        for signal in SIGNALS {
+            // In this order: the exit is armed by an earlier signal's flag, not its own.
+            signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, &REQUESTED)
+                .and_then(|_| signal_hook::flag::register_usize(signal, &SIGNAL, signal as usize))
+                .and_then(|_| signal_hook::flag::register(signal, &REQUESTED))
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    });
+    installed
+        .clone()
+        .map_err(|e| Error::Setup(format!("signal handlers: {e}")))
 }
 
 /// Whether a signal asked this process to stop.
