@@ -343,43 +343,28 @@ fn read_classifier_config(path: &Path) -> Result<VitConfig, Error> {
     let text =
         nn::files::read_text_bounded(path, nn::files::JSON_LIMIT).map_err(Error::io(path))?;
     let c: ClassifierConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-    let mae = MaeConfig {
-        image_size: c.image_size,
-        patch_size: c.patch_size,
-        channels: c.num_channels,
-        dim: c.hidden_size,
-        depth: c.num_hidden_layers,
-        heads: c.num_attention_heads,
-        decoder_dim: c.hidden_size,
-        decoder_depth: 0,
-        decoder_heads: c.num_attention_heads,
-        mlp_ratio: c.mlp_ratio,
-        mask_ratio: 0.0,
-        norm_pix_loss: false,
-        eps: c.layer_norm_eps,
-        qkv_bias: c.qkv_bias,
+    let vit = c.vit();
+    // An MAE's bounds hold for its encoder (the decoder is a small preset's).
+    let encoder = MaeConfig {
+        image_size: vit.image_size,
+        patch_size: vit.patch_size,
+        channels: vit.channels,
+        dim: vit.dim,
+        depth: vit.depth,
+        heads: vit.heads,
+        mlp_ratio: vit.mlp_ratio,
+        eps: vit.eps,
+        qkv_bias: vit.qkv_bias,
+        ..MaeConfig::mae_tiny_28_patch7()
     };
-    mae.validate().map_err(bad)?;
-    if !(1..=1 << 20).contains(&c.num_classes) || !(0.0..1.0).contains(&c.drop_path) {
+    encoder.validate().map_err(bad)?;
+    if !(1..=1 << 20).contains(&vit.classes) || !(0.0..1.0).contains(&vit.drop_path) {
         return Err(bad(format!(
             "num_classes {} must be in 1..=2^20 and drop_path {} in [0, 1)",
-            c.num_classes, c.drop_path
+            vit.classes, vit.drop_path
         )));
     }
-    Ok(VitConfig {
-        image_size: c.image_size,
-        patch_size: c.patch_size,
-        channels: c.num_channels,
-        dim: c.hidden_size,
-        depth: c.num_hidden_layers,
-        heads: c.num_attention_heads,
-        mlp_ratio: c.mlp_ratio,
-        qkv_bias: c.qkv_bias,
-        eps: c.layer_norm_eps,
-        classes: c.num_classes,
-        global_pool: c.global_pool,
-        drop_path: c.drop_path,
-    })
+    Ok(vit)
 }
 
 /// A fine-tuned classifier's `config.json`: the encoder's fields under transformers' names,
@@ -401,6 +386,23 @@ struct ClassifierConfig {
 }
 
 impl ClassifierConfig {
+    fn vit(&self) -> VitConfig {
+        VitConfig {
+            image_size: self.image_size,
+            patch_size: self.patch_size,
+            channels: self.num_channels,
+            dim: self.hidden_size,
+            depth: self.num_hidden_layers,
+            heads: self.num_attention_heads,
+            mlp_ratio: self.mlp_ratio,
+            qkv_bias: self.qkv_bias,
+            eps: self.layer_norm_eps,
+            classes: self.num_classes,
+            global_pool: self.global_pool,
+            drop_path: self.drop_path,
+        }
+    }
+
     fn of(c: &VitConfig) -> ClassifierConfig {
         ClassifierConfig {
             image_size: c.image_size,

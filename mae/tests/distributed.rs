@@ -34,6 +34,19 @@ fn launch(ranks: usize, program: &[&str], args: &[String]) -> Output {
     output_within(cmd.args(args), 120)
 }
 
+/// Two ranks of `mae args`, rank 0 started in directory `first`, rank 1 in `second`.
+fn launch_in(first: &Path, second: &Path, args: &[String]) -> Output {
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then cd {}; else cd {}; fi; exec {} {}",
+        second.display(),
+        first.display(),
+        mae_bin(),
+        quoted.join(" ")
+    );
+    launch(2, &["sh", "-c", &script], &[])
+}
+
 fn mae_bin() -> &'static str {
     env!("CARGO_BIN_EXE_mae")
 }
@@ -243,16 +256,8 @@ fn bad_data_on_one_rank_stops_them_all() {
     std::fs::create_dir_all(&good).unwrap();
     std::fs::create_dir_all(&bad).unwrap();
     std::os::unix::fs::symlink(&data, good.join("data")).unwrap();
-    let mut args = pretrain_args(&config, Path::new("data"), &dir.join("run"), 8, 1);
-    args.iter_mut().for_each(|a| *a = format!("'{a}'"));
-    let script = format!(
-        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then cd {}; else cd {}; fi; exec {} {}",
-        bad.display(),
-        good.display(),
-        mae_bin(),
-        args.join(" ")
-    );
-    let o = launch(2, &["sh", "-c", &script], &[]);
+    let args = pretrain_args(&config, Path::new("data"), &dir.join("run"), 8, 1);
+    let o = launch_in(&good, &bad, &args);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("error: rank 1: data not found"), "{err}");
@@ -403,16 +408,8 @@ fn ranks_that_see_other_data_at_the_same_path_are_refused() {
     std::fs::create_dir_all(&b).unwrap();
     std::os::unix::fs::symlink(&data, a.join("data")).unwrap();
     std::os::unix::fs::symlink(&other, b.join("data")).unwrap();
-    let mut args = pretrain_args(&config, Path::new("data"), &dir.join("run"), 8, 1);
-    args.iter_mut().for_each(|a| *a = format!("'{a}'"));
-    let script = format!(
-        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then cd {}; else cd {}; fi; exec {} {}",
-        b.display(),
-        a.display(),
-        mae_bin(),
-        args.join(" ")
-    );
-    let o = launch(2, &["sh", "-c", &script], &[]);
+    let args = pretrain_args(&config, Path::new("data"), &dir.join("run"), 8, 1);
+    let o = launch_in(&a, &b, &args);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("ranks 1 have other data than rank 0"), "{err}");
