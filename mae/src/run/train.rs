@@ -402,7 +402,10 @@ impl<'a> Trainer<'a> {
         match self.save(learner, opt, name, metrics) {
             Ok(dir) => Error::Stopped {
                 signal: stop::signal_name(),
-                at: format!("step {} (epoch {})", self.at.step, self.at.epoch + 1),
+                at: match self.at.step == (self.at.epoch * self.iters) as u64 {
+                    true => format!("step {}, the end of epoch {}", self.at.step, self.at.epoch),
+                    false => format!("step {} (epoch {})", self.at.step, self.at.epoch + 1),
+                },
                 checkpoint: dir,
                 output: self.output.clone(),
             },
