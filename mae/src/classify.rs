@@ -160,13 +160,10 @@ pub fn encoder(model: &str, start: Start, seed: u64, device: &Device) -> Result<
     }
 }
 
-/// A hex digest of a file's bytes (not cryptographic: it keys caches).
+/// A digest of a file's bytes (its SHA-256 and length), read as a stream: it keys caches.
 fn file_digest(path: &Path) -> Result<String, Error> {
-    use std::hash::{Hash, Hasher};
-    let bytes = std::fs::read(path).map_err(Error::io(path))?;
-    let mut h = std::hash::DefaultHasher::new();
-    bytes.hash(&mut h);
-    Ok(format!("{:016x}-{}", h.finish(), bytes.len()))
+    let (bytes, sha256) = crate::run::sha256(path).map_err(Error::io(path))?;
+    Ok(format!("{sha256}-{bytes}"))
 }
 
 /// The classifier built from an MAE's encoder: patch embedding, cls token and blocks are

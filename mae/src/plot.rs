@@ -19,7 +19,8 @@ const FONT_SCALE: u32 = 2;
 /// # Errors
 /// One line for an unreadable log, a log with no losses, or a PNG that cannot be written.
 pub fn loss_curve_png(metrics: &Path, out: &Path) -> Result<(), Error> {
-    let text = std::fs::read_to_string(metrics).map_err(Error::io(metrics))?;
+    // A billion bytes is some six million steps of log.
+    let text = nn::files::read_text_bounded(metrics, 1 << 30).map_err(Error::io(metrics))?;
     let points: Vec<(f64, f64)> = text
         .lines()
         .filter_map(|l| {

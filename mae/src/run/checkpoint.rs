@@ -152,6 +152,15 @@ struct Entry {
     sha256: String,
 }
 
+/// The size and SHA-256 (in hex) of a file, read as a stream.
+///
+/// # Errors
+/// The I/O error.
+pub fn sha256(path: &Path) -> std::io::Result<(u64, String)> {
+    let Entry { bytes, sha256 } = entry(path)?;
+    Ok((bytes, sha256))
+}
+
 /// The size and SHA-256 of a file.
 fn entry(path: &Path) -> std::io::Result<Entry> {
     let mut file = std::fs::File::open(path)?;

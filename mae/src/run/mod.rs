@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use checkpoint::{newest, seal, verify, write_json, Resumed, TrainerState, MANIFEST};
+pub use checkpoint::{newest, seal, sha256, verify, write_json, Resumed, TrainerState, MANIFEST};
 pub use log::Log;
 pub use output::{newest_in, Output};
 pub use scaler::{LossScaler, Precision};
