@@ -217,13 +217,17 @@ fn bad_input_is_one_line_and_exit_2() {
         (&["--model", "no_such_preset"], "not a preset"),
         (&["--limit", "4"], "fewer than one batch"),
         (&["--mask-ratio", "1.5"], "mask_ratio must be in [0, 1)"),
-        (&["--resume", "/no/such/ckpt"], "--resume /no/such/ckpt"),
+        (
+            &["--resume", "/no/such/ckpt"],
+            "--resume /no/such/ckpt: no such directory",
+        ),
     ];
     for (extra, want) in cases {
         let o = pretrain(&config, &data, &out, extra);
         // (--resume also warns that the other flags given here are ignored.)
         assert_one_line_error(&o, want);
     }
+    assert!(!Path::new("/no").exists(), "a bad --resume creates nothing");
 }
 
 #[test]

@@ -80,6 +80,12 @@ impl Output {
         overwrite: bool,
         dist: &Dist,
     ) -> Result<Output, Error> {
+        if let Some(r) = resume.filter(|r| !r.is_dir()) {
+            return Err(Error::Setup(format!(
+                "--resume {}: no such directory (a run's output directory, or a checkpoint in it)",
+                r.display()
+            )));
+        }
         let resume_dir = resume.map(|r| match is_checkpoint(r) {
             true => r
                 .parent()
