@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need where it is missing (Mesa's software
-# Vulkan driver lavapipe, for machines without a GPU; Open MPI and libclang, for the
-# data-parallel tests), then runs every test, the MPI ones included.
+# Vulkan driver lavapipe and its OpenGL driver llvmpipe through EGL, for machines without a
+# GPU; Open MPI and libclang, for the data-parallel tests), then runs every test, the MPI
+# ones included, on the Vulkan backend and again on the GL backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +10,7 @@ need=()
 if ! compgen -G "/usr/share/vulkan/icd.d/*.json" >/dev/null && ! compgen -G "/etc/vulkan/icd.d/*.json" >/dev/null; then
     need+=(mesa-vulkan-drivers)
 fi
+compgen -G "/usr/lib/*/libEGL_mesa.so*" >/dev/null || need+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
 command -v mpirun >/dev/null || need+=(openmpi-bin)
 command -v mpicc >/dev/null || need+=(libopenmpi-dev)
 compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/x86_64-linux-gnu/libclang*.so*" >/dev/null || need+=(libclang-dev)
@@ -22,3 +24,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 cargo test --workspace --features mae/distributed
+echo "the same tests on the GL backend (WGPU_BACKEND=gl)"
+WGPU_BACKEND=gl cargo test --workspace --features mae/distributed

@@ -363,6 +363,7 @@ impl Device {
             limits.max_storage_buffer_binding_size =
                 limits.max_storage_buffer_binding_size.min(bytes);
         }
+        check_limits(&adapter.get_info().name, &limits)?;
         let off = Features::named(&std::env::var("ENGINE_WITHOUT").unwrap_or_default())?;
         let features = Features::of(adapter.features())
             .without(options.without)
@@ -949,6 +950,22 @@ impl Device {
     }
 }
 
+/// Refuse an adapter whose limits are below what the engine's kernels need (a GLES-class
+/// adapter may allow only 4 storage buffers per stage; the widest kernel binds 6). The
+/// workgroup memory is not refused here: the tiled kernels size their tiles to it.
+fn check_limits(adapter: &str, limits: &wgpu::Limits) -> Result<()> {
+    let needs = crate::kernels::storage_bindings_needed();
+    if limits.max_storage_buffers_per_shader_stage < needs {
+        return Err(Error::AdapterLimit {
+            adapter: adapter.to_string(),
+            limit: "max_storage_buffers_per_shader_stage",
+            has: limits.max_storage_buffers_per_shader_stage as u64,
+            needs: needs as u64,
+        });
+    }
+    Ok(())
+}
+
 /// Keep the first of the failures met where no caller can take them.
 fn fail(slot: &Mutex<Option<Error>>, e: Error) {
     lock(slot).get_or_insert(e);
@@ -1099,6 +1116,18 @@ mod tests {
         let e = d.synchronize().unwrap_err();
         assert!(matches!(e, crate::Error::Device(_)), "{e}");
         d.synchronize().unwrap();
+    }
+
+    #[test]
+    fn an_adapter_with_too_few_storage_buffers_is_refused_in_one_line() {
+        let gles = wgpu::Limits::downlevel_defaults();
+        let e = super::check_limits("a GLES adapter", &gles).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "a GLES adapter: max_storage_buffers_per_shader_stage is 4, and the engine's \
+             kernels need 6"
+        );
+        super::check_limits("WebGPU's minimum", &wgpu::Limits::default()).unwrap();
     }
 
     #[test]

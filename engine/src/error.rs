@@ -87,6 +87,18 @@ pub enum Error {
         /// The feature, as wgpu names it.
         feature: &'static str,
     },
+    /// An adapter whose limits are below what the engine's kernels need.
+    #[error("{adapter}: {limit} is {has}, and the engine's kernels need {needs}")]
+    AdapterLimit {
+        /// The adapter.
+        adapter: String,
+        /// The limit, as WebGPU names it.
+        limit: &'static str,
+        /// What the adapter has.
+        has: u64,
+        /// What the kernels need.
+        needs: u64,
+    },
     /// A tensor larger than one buffer of this adapter may be.
     #[error("{op}: a tensor of shape {shape:?} needs {bytes} bytes, more than this adapter allows in one buffer ({limit} bytes)")]
     TooLarge {

@@ -114,6 +114,16 @@ pub(crate) struct Kernel {
     pub overrides: &'static [&'static str],
 }
 
+/// The storage buffers the widest kernel binds: an adapter must allow as many per shader
+/// stage.
+pub(crate) fn storage_bindings_needed() -> u32 {
+    ALL_KERNELS
+        .iter()
+        .map(|k| k.storage.len() as u32)
+        .max()
+        .unwrap_or(0)
+}
+
 impl Kernel {
     /// `file::entry` and the override values of a dispatch, as profiles and errors name it.
     pub(crate) fn name(&self, values: &[u32]) -> String {
@@ -125,48 +135,55 @@ impl Kernel {
     }
 }
 
-macro_rules! kernel {
-    ($name:ident: $shader:ident :: $entry:literal, [$($acc:ident),*], [$($ov:literal),*]) => {
-        pub(crate) static $name: Kernel = Kernel {
-            shader: &$shader,
-            entry: $entry,
-            storage: &[$($acc),*],
-            overrides: &[$($ov),*],
-        };
+macro_rules! kernels {
+    ($($name:ident: $shader:ident :: $entry:literal, [$($acc:ident),*], [$($ov:literal),*];)*) => {
+        $(
+            pub(crate) static $name: Kernel = Kernel {
+                shader: &$shader,
+                entry: $entry,
+                storage: &[$($acc),*],
+                overrides: &[$($ov),*],
+            };
+        )*
+        /// Every kernel of a fixed shader (the generated variants, made from templates,
+        /// bind as many buffers as their fixed twins).
+        pub(crate) static ALL_KERNELS: &[&Kernel] = &[$(&$name),*];
     };
 }
 
-kernel!(UNARY: ELEMENTWISE::"unary", [W, R], ["OP", "CONTIG"]);
-kernel!(BINARY: ELEMENTWISE::"binary", [W, R, R], ["OP", "CONTIG"]);
-kernel!(COMPARE_K: COMPARE::"compare", [W, R, R], ["OP", "B_SCALAR"]);
-kernel!(SELECT_K: SELECT::"where_select", [W, R, R, R], []);
-kernel!(COPY_K: COPY::"copy", [W, R], ["OP"]);
-kernel!(GATHER_K: GATHER::"gather", [W, R, R, W], []);
-kernel!(SCATTER_K: SCATTER::"gather_backward", [W, R, R], []);
-kernel!(FILL_K: FILL::"fill", [W], ["OP"]);
-kernel!(RANDOM_K: RANDOM::"random", [W], ["OP"]);
-kernel!(DROPOUT_K: RANDOM::"dropout", [W, R], []);
-kernel!(REDUCE_K: REDUCE::"reduce", [W, R], ["OP", "WG"]);
-kernel!(REDUCE_COLUMNS_K: REDUCE::"reduce_columns", [W, R], ["OP", "WG"]);
-kernel!(MATMUL_K: MATMUL::"matmul", [W, R, R, R], ["TRANS_A", "TRANS_B", "HAS_BIAS"]);
-kernel!(MATMUL_VEC4_K: MATMUL::"matmul_vec4", [W, R, R, R], ["TRANS_A", "TRANS_B", "HAS_BIAS"]);
-kernel!(SPLITK_K: SPLITK::"splitk_sum", [W, R, R], ["HAS_BIAS"]);
-kernel!(SOFTMAX_K: SOFTMAX::"softmax", [W, R], ["WG"]);
-kernel!(LAYER_NORM_K: LAYER_NORM::"layer_norm", [W, W, R, R, R], ["WG"]);
-kernel!(LAYER_NORM_BACKWARD_K: LAYER_NORM::"layer_norm_backward", [W, W, R, R, R, R], ["WG"]);
-kernel!(CROSS_ENTROPY_K: CROSS_ENTROPY::"cross_entropy", [W, R, R, W], ["WG"]);
-kernel!(SOFTMAX_SG_K: SOFTMAX_SG::"softmax", [W, R], ["WG"]);
-kernel!(LAYER_NORM_SG_K: LAYER_NORM_SG::"layer_norm", [W, W, R, R, R], ["WG"]);
-kernel!(LAYER_NORM_BACKWARD_SG_K: LAYER_NORM_SG::"layer_norm_backward", [W, W, R, R, R, R], ["WG"]);
-kernel!(CROSS_ENTROPY_SG_K: CROSS_ENTROPY_SG::"cross_entropy", [W, R, R, W], ["WG"]);
-kernel!(ARGSORT_K: ARGSORT::"argsort", [W, R], ["DESCENDING"]);
-kernel!(ADAMW_K: OPTIM::"adamw", [W, R, W, W], []);
-kernel!(SGD_K: OPTIM::"sgd", [W, R, W], []);
-kernel!(ATTENTION_K: ATTENTION::"attention_forward", [W, W, R], ["WG"]);
-kernel!(ATTENTION_BACKWARD_Q_K: ATTENTION::"attention_backward_q", [W, W, R, R, R, R], ["WG"]);
-kernel!(ATTENTION_BACKWARD_KV_K: ATTENTION::"attention_backward_kv", [W, W, R, R, R, R], ["WG"]);
-kernel!(TO_HALF_K: CAST::"to_half", [W, R], []);
-kernel!(TO_SINGLE_K: CAST::"to_single", [W, R], []);
+kernels! {
+    UNARY: ELEMENTWISE::"unary", [W, R], ["OP", "CONTIG"];
+    BINARY: ELEMENTWISE::"binary", [W, R, R], ["OP", "CONTIG"];
+    COMPARE_K: COMPARE::"compare", [W, R, R], ["OP", "B_SCALAR"];
+    SELECT_K: SELECT::"where_select", [W, R, R, R], [];
+    COPY_K: COPY::"copy", [W, R], ["OP"];
+    GATHER_K: GATHER::"gather", [W, R, R, W], [];
+    SCATTER_K: SCATTER::"gather_backward", [W, R, R], [];
+    FILL_K: FILL::"fill", [W], ["OP"];
+    RANDOM_K: RANDOM::"random", [W], ["OP"];
+    DROPOUT_K: RANDOM::"dropout", [W, R], [];
+    REDUCE_K: REDUCE::"reduce", [W, R], ["OP", "WG"];
+    REDUCE_COLUMNS_K: REDUCE::"reduce_columns", [W, R], ["OP", "WG"];
+    MATMUL_K: MATMUL::"matmul", [W, R, R, R], ["TRANS_A", "TRANS_B", "HAS_BIAS"];
+    MATMUL_VEC4_K: MATMUL::"matmul_vec4", [W, R, R, R], ["TRANS_A", "TRANS_B", "HAS_BIAS"];
+    SPLITK_K: SPLITK::"splitk_sum", [W, R, R], ["HAS_BIAS"];
+    SOFTMAX_K: SOFTMAX::"softmax", [W, R], ["WG"];
+    LAYER_NORM_K: LAYER_NORM::"layer_norm", [W, W, R, R, R], ["WG"];
+    LAYER_NORM_BACKWARD_K: LAYER_NORM::"layer_norm_backward", [W, W, R, R, R, R], ["WG"];
+    CROSS_ENTROPY_K: CROSS_ENTROPY::"cross_entropy", [W, R, R, W], ["WG"];
+    SOFTMAX_SG_K: SOFTMAX_SG::"softmax", [W, R], ["WG"];
+    LAYER_NORM_SG_K: LAYER_NORM_SG::"layer_norm", [W, W, R, R, R], ["WG"];
+    LAYER_NORM_BACKWARD_SG_K: LAYER_NORM_SG::"layer_norm_backward", [W, W, R, R, R, R], ["WG"];
+    CROSS_ENTROPY_SG_K: CROSS_ENTROPY_SG::"cross_entropy", [W, R, R, W], ["WG"];
+    ARGSORT_K: ARGSORT::"argsort", [W, R], ["DESCENDING"];
+    ADAMW_K: OPTIM::"adamw", [W, R, W, W], [];
+    SGD_K: OPTIM::"sgd", [W, R, W], [];
+    ATTENTION_K: ATTENTION::"attention_forward", [W, W, R], ["WG"];
+    ATTENTION_BACKWARD_Q_K: ATTENTION::"attention_backward_q", [W, W, R, R, R, R], ["WG"];
+    ATTENTION_BACKWARD_KV_K: ATTENTION::"attention_backward_kv", [W, W, R, R, R, R], ["WG"];
+    TO_HALF_K: CAST::"to_half", [W, R], [];
+    TO_SINGLE_K: CAST::"to_single", [W, R], [];
+}
 
 /// The build of `kernel` whose operands are f16: its shader declares them as
 /// `array<Operand>` with `alias Operand = f32;`, and converts each read to f32, so this build

@@ -115,6 +115,7 @@ impl Error {
             Error::Engine(e) | Error::Checkpoint(CheckpointError::Engine(e)) => match e {
                 // The adapter cannot hold or run what was asked: a setup the user changes.
                 engine::Error::NoAdapter(_)
+                | engine::Error::AdapterLimit { .. }
                 | engine::Error::Setting { .. }
                 | engine::Error::OutOfMemory { .. }
                 | engine::Error::TooLarge { .. }

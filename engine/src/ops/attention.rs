@@ -67,7 +67,8 @@ impl Tensor {
         } else {
             self.contiguous()?.detach()
         };
-        let kernels = Kernels::of(kernel, hd).with_half_operands(half);
+        let memory = self.device().info().max_compute_workgroup_storage_size as usize;
+        let kernels = Kernels::of(kernel, hd, memory).with_half_operands(half);
         let (y, lse) = no_grad(|| attention_forward(&qkv, p, &kernels))?;
         let out = y.detach();
         Ok(y.record(op, &[self], move |g| {
@@ -99,7 +100,9 @@ struct Kernels {
 }
 
 impl Kernels {
-    fn of(kernel: AttentionKernel, hd: usize) -> Kernels {
+    /// The kernels of `kernel` for head size `hd` on an adapter with `memory` bytes of
+    /// workgroup memory.
+    fn of(kernel: AttentionKernel, hd: usize, memory: usize) -> Kernels {
         match kernel {
             AttentionKernel::Rows => Kernels {
                 forward: &ATTENTION_K,
@@ -108,9 +111,10 @@ impl Kernels {
                 tiled: false,
             },
             AttentionKernel::Tiled => {
-                // BKV tokens of two HD-long rows and two statistics fit in 16 KiB.
+                // BKV tokens of two HD-long rows and two statistics fit in 16 KiB, or in
+                // the adapter's workgroup memory when it has less (GLES may have 16352).
                 let mut bkv = 64;
-                while 2 * bkv * (hd + 1) * 4 > 16384 {
+                while bkv > 1 && 2 * bkv * (hd + 1) * 4 > memory.min(16384) {
                     bkv /= 2;
                 }
                 let block = format!("const HD: u32 = {hd}u;\nconst BKV: u32 = {bkv}u;\n");

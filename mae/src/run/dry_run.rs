@@ -31,6 +31,7 @@ pub fn measure(
     precision: Precision,
     loss: impl FnOnce() -> Result<Tensor, Error>,
 ) -> Result<StepMemory, Error> {
+    precision.check(device.info())?;
     let params: Vec<Tensor> = opt.groups.iter().flat_map(|g| g.params.clone()).collect();
     device.synchronize()?;
     let weights = device.pool_stats().live_bytes;

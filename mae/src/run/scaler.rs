@@ -34,6 +34,23 @@ pub enum Precision {
     F16Mixed,
 }
 
+impl Precision {
+    /// Refuse a precision the adapter cannot run: f16-mixed needs `SHADER_F16`.
+    ///
+    /// # Errors
+    /// [`Error::Setup`] in one line naming the adapter.
+    pub fn check(self, info: &engine::DeviceInfo) -> Result<(), Error> {
+        match self {
+            Precision::F16Mixed if !info.features.shader_f16 => Err(Error::Setup(format!(
+                "--precision f16-mixed needs an adapter with SHADER_F16, and {} ({}) does not \
+                 offer it; use --precision fp32",
+                info.name, info.backend
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// `GradScaler`'s state: the current scale and the finite steps since it last changed.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossScaler {

@@ -259,15 +259,9 @@ impl<'a> Trainer<'a> {
             )));
         }
         let iters = images / global;
+        schedule.precision.check(device.info())?;
         let scaler = match schedule.precision {
             Precision::Fp32 => None,
-            Precision::F16Mixed if !device.info().features.shader_f16 => {
-                return Err(Error::Setup(format!(
-                    "--precision f16-mixed needs an adapter with SHADER_F16, and {} does not \
-                     offer it; use --precision fp32",
-                    device.info().name
-                )))
-            }
             Precision::F16Mixed => Some(
                 resumed
                     .as_ref()
