@@ -114,6 +114,79 @@ pub(crate) struct Kernel {
     pub overrides: &'static [&'static str],
 }
 
+/// One pipeline the engine can build, as the translation test sees it.
+#[doc(hidden)]
+pub struct Build {
+    /// `file::entry`, the variant and its override values.
+    pub name: String,
+    /// The module's WGSL, after specialisation and the f16 rewrite.
+    pub source: String,
+    /// The entry point.
+    pub entry: &'static str,
+    /// A value for each override constant.
+    pub overrides: Vec<(&'static str, f64)>,
+    /// Storage buffers bound (after the uniform).
+    pub storage: usize,
+    /// Built only for adapters with subgroups.
+    pub subgroup: bool,
+    /// Built only for adapters with `SHADER_F16`.
+    pub f16: bool,
+}
+
+/// Every pipeline the engine can build: each fixed kernel, every tiled matrix-product
+/// variant, the tiled attention kernels for every head size up to
+/// [`crate::ops::MAX_ATTENTION_HEAD_DIM`], the f16-operand build of each that has one, and
+/// the subgroup builds of the row kernels; each with its override constants at two sets of
+/// values (every workgroup-width override at 8 and every flag off, then 64 and on).
+#[doc(hidden)]
+pub fn catalogue() -> Vec<Build> {
+    let mut kernels: Vec<(&'static Kernel, String)> =
+        ALL_KERNELS.iter().map(|k| (*k, String::new())).collect();
+    kernels.extend(crate::tune::Tile::all().map(|t| (t.kernel(), format!(" [{}]", t.name()))));
+    for hd in 1..=crate::ops::MAX_ATTENTION_HEAD_DIM {
+        let tiled = crate::ops::tiled_attention_kernels(hd, 16384);
+        kernels.extend(tiled.map(|k| (k, format!(" [head size {hd}]"))));
+    }
+    let halves: Vec<(&'static Kernel, String)> = kernels
+        .iter()
+        .filter(|(k, _)| k.shader.source.contains(SINGLE_OPERAND))
+        .map(|(k, v)| (half_operands(k), format!("{v} f16")))
+        .collect();
+    kernels.extend(halves);
+    let mut builds = Vec::new();
+    for (k, variant) in kernels {
+        for (wg, flag) in [(8.0, 0.0), (64.0, 1.0)] {
+            let overrides: Vec<(&'static str, f64)> = k
+                .overrides
+                .iter()
+                .map(|&o| (o, if o == "WG" { wg } else { flag }))
+                .collect();
+            let values: Vec<u32> = overrides.iter().map(|o| o.1 as u32).collect();
+            builds.push(Build {
+                name: format!("{}{variant}", k.name(&values)),
+                source: k.shader.source.to_string(),
+                entry: k.entry,
+                overrides,
+                storage: k.storage.len(),
+                subgroup: code_lines(k.shader.source).any(|l| l.contains("subgroupAdd(")),
+                f16: code_lines(k.shader.source).any(|l| l == "enable f16;"),
+            });
+            if k.overrides.is_empty() {
+                break;
+            }
+        }
+    }
+    builds
+}
+
+/// The lines of WGSL `source` that are not comments, trimmed.
+fn code_lines(source: &str) -> impl Iterator<Item = &str> {
+    source
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("//"))
+}
+
 /// The storage buffers the widest kernel binds: an adapter must allow as many per shader
 /// stage.
 pub(crate) fn storage_bindings_needed() -> u32 {
@@ -209,16 +282,18 @@ pub(crate) fn half_operands(kernel: &'static Kernel) -> &'static Kernel {
 /// `source` with f16 operands (see [`half_operands`]).
 #[doc(hidden)]
 pub fn half_source(source: &str) -> String {
-    const SINGLE: &str = "alias Operand = f32;";
     assert!(
-        source.contains(SINGLE),
-        "a shader with f16 operands declares `{SINGLE}`"
+        source.contains(SINGLE_OPERAND),
+        "a shader with f16 operands declares `{SINGLE_OPERAND}`"
     );
     format!(
         "enable f16;\n{}",
-        source.replace(SINGLE, "alias Operand = f16;")
+        source.replace(SINGLE_OPERAND, "alias Operand = f16;")
     )
 }
+
+/// How a shader with an f16-operand build declares its operands' type.
+const SINGLE_OPERAND: &str = "alias Operand = f32;";
 
 /// The shaders that have f16-operand builds (`half_operands`), for the validation test.
 pub static HALF_OPERAND_SHADERS: &[&Shader] =

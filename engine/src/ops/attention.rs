@@ -99,6 +99,27 @@ struct Kernels {
     tiled: bool,
 }
 
+/// The tiled attention kernels (forward, backward of q, backward of k and v) for head size
+/// `hd` on an adapter with `memory` bytes of workgroup memory.
+pub(crate) fn tiled_kernels(hd: usize, memory: usize) -> [&'static Kernel; 3] {
+    // BKV tokens of two HD-long rows and two statistics fit in 16 KiB, or in the adapter's
+    // workgroup memory when it has less (GLES may have 16352).
+    let mut bkv = 64;
+    while bkv > 1 && 2 * bkv * (hd + 1) * 4 > memory.min(16384) {
+        bkv /= 2;
+    }
+    let block = format!("const HD: u32 = {hd}u;\nconst BKV: u32 = {bkv}u;\n");
+    let kernel = |entry, storage: &'static [Access]| {
+        generated(&ATTENTION_TILED, block.clone(), entry, storage, &[])
+    };
+    use Access::{Read as R, ReadWrite as W};
+    [
+        kernel("attention_tiled_forward", &[W, W, R]),
+        kernel("attention_tiled_backward_q", &[W, W, R, R, R, R]),
+        kernel("attention_tiled_backward_kv", &[W, W, R, R, R, R]),
+    ]
+}
+
 impl Kernels {
     /// The kernels of `kernel` for head size `hd` on an adapter with `memory` bytes of
     /// workgroup memory.
@@ -111,21 +132,11 @@ impl Kernels {
                 tiled: false,
             },
             AttentionKernel::Tiled => {
-                // BKV tokens of two HD-long rows and two statistics fit in 16 KiB, or in
-                // the adapter's workgroup memory when it has less (GLES may have 16352).
-                let mut bkv = 64;
-                while bkv > 1 && 2 * bkv * (hd + 1) * 4 > memory.min(16384) {
-                    bkv /= 2;
-                }
-                let block = format!("const HD: u32 = {hd}u;\nconst BKV: u32 = {bkv}u;\n");
-                let kernel = |entry, storage: &'static [Access]| {
-                    generated(&ATTENTION_TILED, block.clone(), entry, storage, &[])
-                };
-                use Access::{Read as R, ReadWrite as W};
+                let [forward, backward_q, backward_kv] = tiled_kernels(hd, memory);
                 Kernels {
-                    forward: kernel("attention_tiled_forward", &[W, W, R]),
-                    backward_q: kernel("attention_tiled_backward_q", &[W, W, R, R, R, R]),
-                    backward_kv: kernel("attention_tiled_backward_kv", &[W, W, R, R, R, R]),
+                    forward,
+                    backward_q,
+                    backward_kv,
                     tiled: true,
                 }
             }

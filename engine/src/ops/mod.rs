@@ -11,6 +11,7 @@ mod matmul;
 mod reduce;
 mod rowwise;
 
+pub(crate) use attention::tiled_kernels as tiled_attention_kernels;
 pub use attention::{AttentionKernel, MAX_ATTENTION_HEAD_DIM};
 pub use elementwise::{BinaryOp, CompareOp, UnaryOp};
 pub use half::{autocast_f16, is_autocast_f16};
