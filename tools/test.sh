@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need where it is missing (Mesa's software
 # Vulkan driver lavapipe and its OpenGL driver llvmpipe through EGL, for machines without a
-# GPU; Open MPI and libclang, for the data-parallel tests), then runs every test, the MPI
-# ones included, on the Vulkan backend and again on the GL backend.
+# GPU; SPIR-V and GLSL validators, for the translation test; Open MPI and libclang, for the
+# data-parallel tests), then runs every test, the MPI ones included, on the Vulkan backend
+# and again on the GL backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,8 @@ if ! compgen -G "/usr/share/vulkan/icd.d/*.json" >/dev/null && ! compgen -G "/et
     need+=(mesa-vulkan-drivers)
 fi
 compgen -G "/usr/lib/*/libEGL_mesa.so*" >/dev/null || need+=(libegl1 libegl-mesa0 libgl1-mesa-dri)
+command -v spirv-val >/dev/null || need+=(spirv-tools)
+command -v glslangValidator >/dev/null || need+=(glslang-tools)
 command -v mpirun >/dev/null || need+=(openmpi-bin)
 command -v mpicc >/dev/null || need+=(libopenmpi-dev)
 compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || compgen -G "/usr/lib/x86_64-linux-gnu/libclang*.so*" >/dev/null || need+=(libclang-dev)
