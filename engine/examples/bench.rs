@@ -226,6 +226,49 @@ fn block_forward_backward(dev: &Device, quick: bool) {
     );
 }
 
+/// The tiled matrix product built with naga's runtime checks (the default) and without
+/// them (`DeviceOptions::trusted_kernels`), each variant timed on both devices in turn.
+fn runtime_checks(dev: &Device, s: usize) {
+    let trusted = Device::with_options(engine::DeviceOptions {
+        trusted_kernels: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let tiles = [
+        engine::tune::tile::CANDIDATES[3],
+        engine::tune::tile::CANDIDATES[6],
+    ];
+    for tile in tiles.into_iter().filter(|t| t.fits(dev.info())) {
+        let kernel = engine::tune::MatmulKernel::Tiled {
+            tile: tile.with(true, true),
+            splits: 1,
+        };
+        let time = |d: &Device| {
+            let a = Tensor::rand(d, &[s, s], 1).unwrap();
+            let b = Tensor::rand(d, &[s, s], 2).unwrap();
+            time_ms(d, 5, 1.0, || {
+                a.matmul_with(&b, None, kernel).unwrap();
+            })
+            .0
+        };
+        let (mut checked, mut unchecked) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            checked.push(time(dev));
+            unchecked.push(time(&trusted));
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (checked, unchecked) = (median(checked), median(unchecked));
+        println!(
+            r#"{{"op":"runtime_checks","shape":[{s},{s},{s}],"kernel":"{}","checked_ms":{checked:.3},"trusted_ms":{unchecked:.3},"speedup":{:.3}}}"#,
+            kernel.name(),
+            checked / unchecked
+        );
+    }
+}
+
 fn dispatch_overhead(dev: &Device, chain: usize) {
     let x = Tensor::zeros(dev, &[64]).unwrap();
     let run = || {
@@ -239,21 +282,25 @@ fn dispatch_overhead(dev: &Device, chain: usize) {
     // medians are compared.
     run();
     let raw = raw::Chain::new(chain);
-    let (mut engine_runs, mut raw_runs) = (Vec::new(), Vec::new());
+    let (mut engine_runs, mut raw_runs, mut fresh_runs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..5 {
         let start = Instant::now();
         run();
         engine_runs.push(start.elapsed().as_secs_f64() * 1e6 / chain as f64);
-        raw_runs.push(raw.us_per_op());
+        raw_runs.push(raw.us_per_op(true));
+        fresh_runs.push(raw.us_per_op(false));
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let (engine_us, raw_us) = (median(engine_runs), median(raw_runs));
+    // The raw chain reuses its two bind groups, as the engine's cache does; a fresh bind
+    // group per dispatch (what the engine did before) is shown beside.
     println!(
-        r#"{{"op":"dispatch_overhead","chain":{chain},"us_per_op":{engine_us:.2},"raw_wgpu_us_per_op":{raw_us:.2},"ratio":{:.2}}}"#,
-        engine_us / raw_us
+        r#"{{"op":"dispatch_overhead","chain":{chain},"us_per_op":{engine_us:.2},"raw_wgpu_us_per_op":{raw_us:.2},"ratio":{:.2},"raw_wgpu_fresh_bind_groups_us_per_op":{:.2}}}"#,
+        engine_us / raw_us,
+        median(fresh_runs)
     );
 }
 
@@ -261,23 +308,35 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     // ViT-B at batch 64 and larger squares, for a GPU; refuses to run on a CPU adapter.
     let gpu = std::env::args().any(|a| a == "--gpu");
-    let dev = Device::new().expect("a wgpu adapter");
+    // The adapter alone, refused when it is a software one: the GPU check's probe.
+    let probe = std::env::args().any(|a| a == "--probe");
+    let dev = match Device::new() {
+        Ok(dev) => dev,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(3);
+        }
+    };
     let info = dev.info();
     println!(
-        r#"{{"adapter":{:?},"backend":{:?},"device_type":{:?},"driver":{:?},"autotune":"{:?}","info":{:?}}}"#,
+        r#"{{"adapter":{:?},"backend":{:?},"device_type":{:?},"driver":{:?},"autotune":"{:?}","cooperative_matrices":{:?},"info":{:?}}}"#,
         info.name,
         info.backend,
         info.device_type,
         info.driver,
         dev.autotune(),
+        info.cooperative_matrices,
         info.to_string()
     );
-    if gpu && info.is_software() && std::env::var_os("BENCH_ALLOW_SOFTWARE").is_none() {
+    if (gpu || probe) && info.is_software() && std::env::var_os("BENCH_ALLOW_SOFTWARE").is_none() {
         eprintln!(
-            "error: --gpu on a software adapter ({}): no GPU figures from it",
+            "error: a software adapter ({}): no GPU figures from it",
             info.name
         );
         std::process::exit(3);
+    }
+    if probe {
+        return;
     }
 
     let squares: &[usize] = match (gpu, quick) {
@@ -289,6 +348,7 @@ fn main() {
     for &s in squares {
         matmul_line(&dev, [1, s, s, s], false, false);
     }
+    runtime_checks(&dev, squares[squares.len() - 1]);
     // One ViT-B/16 block: 197 tokens an image, width 768, 12 heads of 64; batch 8, or 64 on
     // a GPU (unless --quick). The forward's products, then the weight gradients (x^T dy, k = tokens).
     let images = if gpu && !quick { 64 } else { 8 };
@@ -366,8 +426,9 @@ fn attention(dev: &Device, images: usize, kernel: AttentionKernel) {
     );
 }
 
-/// The same chain of tiny dispatches recorded by hand: one encoder, one compute pass, a
-/// fresh bind group per dispatch, ping-ponging between two buffers, one read-back.
+/// The same chain of tiny dispatches recorded by hand: one encoder, one compute pass,
+/// ping-ponging between two buffers (through two bind groups made once, or a fresh bind
+/// group per dispatch), one read-back.
 mod raw {
     use std::time::Instant;
 
@@ -452,38 +513,46 @@ mod raw {
                 bufs,
                 staging,
             };
-            c.us_per_op(); // warm-up
+            c.us_per_op(true); // warm-up
             c
         }
 
-        pub fn us_per_op(&self) -> f64 {
+        /// Microseconds per dispatch, with the two bind groups made once (`reuse`) or a
+        /// fresh one per dispatch.
+        pub fn us_per_op(&self, reuse: bool) -> f64 {
             let start = Instant::now();
             let layout = self.pipeline.get_bind_group_layout(0);
+            let bind_group = |i: usize| {
+                let (src, dst) = (&self.bufs[i % 2], &self.bufs[(i + 1) % 2]);
+                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &layout,
+                    entries: &[
+                        wgpu::BindGroupEntry {
+                            binding: 0,
+                            resource: self.uniform.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 1,
+                            resource: dst.as_entire_binding(),
+                        },
+                        wgpu::BindGroupEntry {
+                            binding: 2,
+                            resource: src.as_entire_binding(),
+                        },
+                    ],
+                })
+            };
+            let made = [bind_group(0), bind_group(1)];
             let mut encoder = self.device.create_command_encoder(&Default::default());
             {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
                 pass.set_pipeline(&self.pipeline);
                 for i in 0..self.chain {
-                    let (src, dst) = (&self.bufs[i % 2], &self.bufs[(i + 1) % 2]);
-                    let bind_group = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: None,
-                        layout: &layout,
-                        entries: &[
-                            wgpu::BindGroupEntry {
-                                binding: 0,
-                                resource: self.uniform.as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 1,
-                                resource: dst.as_entire_binding(),
-                            },
-                            wgpu::BindGroupEntry {
-                                binding: 2,
-                                resource: src.as_entire_binding(),
-                            },
-                        ],
-                    });
-                    pass.set_bind_group(0, &bind_group, &[]);
+                    match reuse {
+                        true => pass.set_bind_group(0, &made[i % 2], &[]),
+                        false => pass.set_bind_group(0, &bind_group(i), &[]),
+                    }
                     pass.dispatch_workgroups(1, 1, 1);
                 }
             }

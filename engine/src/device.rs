@@ -5,6 +5,7 @@
 //! the recorded batch is submitted when a result is read back, when host data is uploaded,
 //! or when [`DISPATCHES_PER_BATCH`] dispatches have been recorded.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
@@ -59,6 +60,10 @@ pub struct DeviceInfo {
     /// What the buffer pool may hold: a discrete GPU's memory, or the lower
     /// [`DeviceOptions::memory_limit`] / `ENGINE_MEMORY_LIMIT`. `None` when neither applies.
     pub memory_budget: Option<u64>,
+    /// The cooperative-matrix (tensor core) shapes the adapter reports, e.g.
+    /// `16x16x16 F16*F16+F32`: what a matrix-unit kernel could use. The engine does not use
+    /// them yet.
+    pub cooperative_matrices: Vec<String>,
 }
 
 /// How [`Device::with_options`] departs from what the adapter offers and the environment
@@ -89,7 +94,8 @@ pub struct DeviceOptions {
     pub subgroup_reductions: Option<bool>,
     /// How matrix products pick their kernel, instead of `ENGINE_AUTOTUNE`.
     pub autotune: Option<Autotune>,
-    /// The tuning cache file, instead of `autotune.json` in the user's cache directory.
+    /// The tuning cache file, instead of `ENGINE_TUNE_CACHE` or `autotune.json` in the
+    /// user's cache directory.
     pub tune_cache: Option<PathBuf>,
     /// The attention kernels, instead of `ENGINE_ATTENTION` (`rows` or `tiled`) or the
     /// adapter's default (rows on a CPU adapter, tiled on a GPU).
@@ -97,6 +103,11 @@ pub struct DeviceOptions {
     /// Fill the tiled kernels' workgroup memory with NaN before use, so that a missing
     /// barrier shows as NaN (also `ENGINE_POISON_WORKGROUP=1`). A debugging aid: slower.
     pub poison_workgroup_memory: bool,
+    /// Build the kernels whose indexing the tests prove on poisoned memory (the tiled
+    /// matrix-product variants) without naga's runtime checks: no loop counters, no clamped
+    /// indices (also `ENGINE_TRUSTED_KERNELS=1`). Off by default until a GPU figure says it
+    /// pays.
+    pub trusted_kernels: bool,
 }
 
 /// Optional adapter features the engine asks for when offered, and never requires.
@@ -276,6 +287,10 @@ pub(crate) struct Inner {
     tuner: Mutex<Tuner>,
     /// Tiled kernels fill workgroup memory with NaN first.
     poison: bool,
+    /// Kernels with proven bounds are built without runtime checks.
+    trusted: bool,
+    /// The time tuning may spend on one shape bucket's candidates.
+    tune_budget: std::time::Duration,
     /// The attention kernels' family.
     attention: AttentionKernel,
     /// Row kernels reduce with subgroup operations.
@@ -283,7 +298,21 @@ pub(crate) struct Inner {
     /// An error met where no caller could take it (a kernel that did not build, wgpu's
     /// uncaptured errors, a lost device), returned by the next synchronisation or read-back.
     failure: Arc<Mutex<Option<Error>>>,
+    /// Bind groups by pipeline and buffers: a training loop binds the same pooled buffers
+    /// to the same kernels step after step, and making a bind group costs as much as the
+    /// rest of a dispatch's recording.
+    bind_groups: Mutex<HashMap<BindKey, wgpu::BindGroup>>,
 }
+
+/// The most storage buffers a kernel binds (`kernels::storage_bindings_needed` is 6).
+const MAX_BINDINGS: usize = 8;
+
+/// A bind group's identity: the pipeline (its address in the never-emptied pipeline cache)
+/// and the buffers bound to bindings 1.., in order.
+type BindKey = (usize, [Option<wgpu::Buffer>; MAX_BINDINGS]);
+
+/// Bind groups kept at most; past it the cache starts afresh (a loop needs a few hundred).
+const BIND_GROUPS_KEPT: usize = 16384;
 
 /// Commands recorded but not yet submitted.
 struct Recorder {
@@ -295,6 +324,8 @@ struct Recorder {
     arena: wgpu::Buffer,
     dispatches: usize,
     submissions: u64,
+    /// Dispatches recorded so far.
+    recorded: u64,
 }
 
 /// Ops that report bad indices through the status buffer, by code.
@@ -411,12 +442,38 @@ impl Device {
             features,
             memory_bytes,
             memory_budget,
+            cooperative_matrices: adapter
+                .cooperative_matrix_properties()
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}x{}x{} {:?}*{:?}+{:?}",
+                        p.m_size, p.n_size, p.k_size, p.ab_type, p.ab_type, p.cr_type
+                    )
+                })
+                .collect(),
         };
         let autotune = match options.autotune {
             Some(mode) => mode,
             None => Autotune::from_env(&info)?,
         };
-        let tuner = Tuner::new(&info, autotune, options.tune_cache);
+        let cache = options
+            .tune_cache
+            .or_else(|| std::env::var_os("ENGINE_TUNE_CACHE").map(PathBuf::from));
+        let tuner = Tuner::new(&info, autotune, cache);
+        let tune_budget = match std::env::var("ENGINE_TUNE_BUDGET_MS") {
+            Err(_) => std::time::Duration::from_secs(2),
+            Ok(ms) => match ms.parse::<u64>() {
+                Ok(ms) if ms > 0 => std::time::Duration::from_millis(ms),
+                _ => {
+                    return Err(Error::setting(
+                        "ENGINE_TUNE_BUDGET_MS",
+                        ms,
+                        "expected milliseconds, at least 1",
+                    ))
+                }
+            },
+        };
         let attention = match (
             options.attention,
             std::env::var("ENGINE_ATTENTION").as_deref(),
@@ -445,6 +502,7 @@ impl Device {
             None => info.features.subgroup && !info.is_software(),
         };
         let poison = options.poison_workgroup_memory || env_switch("ENGINE_POISON_WORKGROUP")?;
+        let trusted = options.trusted_kernels || env_switch("ENGINE_TRUSTED_KERNELS")?;
         assert!(limits.min_uniform_buffer_offset_alignment as u64 <= PARAM_SLOT);
         let arena = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("uniform arena"),
@@ -475,15 +533,19 @@ impl Device {
                     arena,
                     dispatches: 0,
                     submissions: 0,
+                    recorded: 0,
                 }),
                 status,
                 row_workgroup,
                 profile: Mutex::new(None),
                 tuner: Mutex::new(tuner),
                 poison,
+                trusted,
+                tune_budget,
                 attention,
                 subgroup_reductions,
                 failure,
+                bind_groups: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -540,11 +602,18 @@ impl Device {
     /// Release the pool's cached buffers back to the driver.
     pub fn trim_pool(&self) {
         lock(&self.inner.pool).trim();
+        // A cached bind group keeps its buffers alive: freeing them frees the groups too.
+        lock(&self.inner.bind_groups).clear();
     }
 
     /// Number of compiled pipelines (kernel specialisations) so far.
     pub fn pipeline_count(&self) -> usize {
         lock(&self.inner.pipelines).len()
+    }
+
+    /// Dispatches recorded so far (kernels launched; an empty one is not counted).
+    pub fn dispatch_count(&self) -> u64 {
+        lock(&self.inner.recorder).recorded
     }
 
     /// Command-buffer submissions so far: one per batch, read-back or upload, never one per op.
@@ -610,7 +679,7 @@ impl Device {
         let (kernel, tuned) = match tuner.mode {
             Autotune::On => {
                 let candidates = crate::tune::candidates(info, key, sizes[2]);
-                let budget = std::time::Duration::from_secs(2);
+                let budget = self.inner.tune_budget;
                 let best = crate::tune::fastest(&candidates, budget, run, || self.synchronize())?;
                 (best, true)
             }
@@ -637,6 +706,12 @@ impl Device {
     /// The attention kernels' family this device uses ([`DeviceOptions::attention`]).
     pub fn attention_kernel(&self) -> AttentionKernel {
         self.inner.attention
+    }
+
+    /// Whether the kernels with proven bounds are built without runtime checks
+    /// ([`DeviceOptions::trusted_kernels`]).
+    pub fn trusted_kernels(&self) -> bool {
+        self.inner.trusted
     }
 
     /// Whether tiled kernels poison their workgroup memory ([`DeviceOptions`]).
@@ -737,11 +812,16 @@ impl Device {
         groups: [u32; 3],
     ) {
         debug_assert_eq!(buffers.len(), kernel.storage.len(), "{}", kernel.entry);
+        debug_assert!(buffers.len() <= MAX_BINDINGS, "{}", kernel.entry);
         debug_assert!(std::mem::size_of::<P>() as u64 <= PARAM_SLOT);
         if groups.contains(&0) {
             return;
         }
-        let built = lock(&self.inner.pipelines).get(&self.inner.device, kernel, overrides);
+        let built = lock(&self.inner.pipelines).get(
+            &self.inner.device,
+            (kernel, overrides),
+            self.inner.trusted,
+        );
         let pipeline = match built {
             Ok(p) => p,
             Err(e) => return fail(&self.inner.failure, e),
@@ -750,30 +830,8 @@ impl Device {
         let offset = rec.params.len();
         rec.params.extend_from_slice(bytemuck::bytes_of(params));
         rec.params.resize(offset + PARAM_SLOT as usize, 0);
-
-        let mut entries = Vec::with_capacity(buffers.len() + 1);
-        entries.push(wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: &rec.arena,
-                offset: 0,
-                size: wgpu::BufferSize::new(PARAM_SLOT),
-            }),
-        });
-        for (i, buffer) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: i as u32 + 1,
-                resource: buffer.as_entire_binding(),
-            });
-        }
-        let bind_group = self
-            .inner
-            .device
-            .create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &pipeline.layout,
-                entries: &entries,
-            });
+        rec.recorded += 1;
+        let bind_group = self.bind_group(&pipeline, buffers, &rec.arena);
         let mut profile = lock(&self.inner.profile);
         let Some(profiler) = profile.as_mut() else {
             drop(profile);
@@ -817,6 +875,53 @@ impl Device {
                 p.add(name, start.elapsed().as_secs_f64());
             }
         }
+    }
+
+    /// The bind group of `buffers` (bindings 1..) and the uniform arena (binding 0, at a
+    /// dynamic offset) for `pipeline`: made once, then taken from the cache.
+    fn bind_group(
+        &self,
+        pipeline: &Arc<crate::kernels::Pipeline>,
+        buffers: &[&wgpu::Buffer],
+        arena: &wgpu::Buffer,
+    ) -> wgpu::BindGroup {
+        let mut bound: [Option<wgpu::Buffer>; MAX_BINDINGS] = Default::default();
+        for (slot, b) in bound.iter_mut().zip(buffers) {
+            *slot = Some((*b).clone());
+        }
+        let key = (Arc::as_ptr(pipeline) as usize, bound);
+        let mut cache = lock(&self.inner.bind_groups);
+        if let Some(group) = cache.get(&key) {
+            return group.clone();
+        }
+        let mut entries = Vec::with_capacity(buffers.len() + 1);
+        entries.push(wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: arena,
+                offset: 0,
+                size: wgpu::BufferSize::new(PARAM_SLOT),
+            }),
+        });
+        for (i, buffer) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: buffer.as_entire_binding(),
+            });
+        }
+        let group = self
+            .inner
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.layout,
+                entries: &entries,
+            });
+        if cache.len() >= BIND_GROUPS_KEPT {
+            cache.clear();
+        }
+        cache.insert(key, group.clone());
+        group
     }
 
     /// Write host bytes into a buffer at byte `offset`, after everything recorded so far.
@@ -1088,6 +1193,7 @@ mod tests {
             entry: "main",
             storage: &[Access::ReadWrite],
             overrides: &[],
+            bounds_proven: false,
         };
         let d = Device::new().unwrap();
         let t = crate::Tensor::zeros(&d, &[4]).unwrap();
@@ -1128,6 +1234,29 @@ mod tests {
              kernels need 6"
         );
         super::check_limits("WebGPU's minimum", &wgpu::Limits::default()).unwrap();
+    }
+
+    /// A loop that binds the same pooled buffers to the same kernel makes its bind group
+    /// once; trimming the pool frees the cached groups with the buffers.
+    #[test]
+    fn bind_groups_are_made_once_for_the_same_buffers() {
+        let d = Device::new().unwrap();
+        let a = crate::Tensor::ones(&d, &[16]).unwrap();
+        let groups = || super::lock(&d.inner.bind_groups).len();
+        let step = || a.add(&a).unwrap().to_vec().unwrap();
+        assert_eq!(step(), [2.0; 16]);
+        let made = groups();
+        for _ in 0..5 {
+            assert_eq!(step(), [2.0; 16]);
+        }
+        assert_eq!(
+            groups(),
+            made,
+            "the output's pooled buffer comes back: no new group"
+        );
+        d.trim_pool();
+        assert_eq!(groups(), 0);
+        assert_eq!(step(), [2.0; 16]);
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub(crate) struct Kernel {
     pub entry: &'static str,
     pub storage: &'static [Access],
     pub overrides: &'static [&'static str],
+    /// The tests prove this kernel's indexing on poisoned workgroup memory, so a device may
+    /// build it without naga's runtime checks ([`crate::DeviceOptions::trusted_kernels`]).
+    pub bounds_proven: bool,
 }
 
 /// One pipeline the engine can build, as the translation test sees it.
@@ -216,6 +219,7 @@ macro_rules! kernels {
                 entry: $entry,
                 storage: &[$($acc),*],
                 overrides: &[$($ov),*],
+                bounds_proven: false,
             };
         )*
         /// Every kernel of a fixed shader (the generated variants, made from templates,
@@ -313,9 +317,8 @@ pub(crate) fn specialise(template: &Shader, block: &str) -> String {
 pub(crate) fn generated(
     template: &'static Shader,
     block: String,
-    entry: &'static str,
-    storage: &'static [Access],
-    overrides: &'static [&'static str],
+    (entry, storage, overrides): (&'static str, &'static [Access], &'static [&'static str]),
+    bounds_proven: bool,
 ) -> &'static Kernel {
     type Made = HashMap<(&'static str, &'static str, String), &'static Kernel>;
     static MADE: std::sync::OnceLock<std::sync::Mutex<Made>> = std::sync::OnceLock::new();
@@ -345,6 +348,7 @@ pub(crate) fn generated(
                 entry,
                 storage,
                 overrides,
+                bounds_proven,
             }))
         })
 }
@@ -377,8 +381,8 @@ impl PipelineCache {
     pub(crate) fn get(
         &mut self,
         device: &wgpu::Device,
-        kernel: &'static Kernel,
-        values: &[u32],
+        (kernel, values): (&'static Kernel, &[u32]),
+        trusted: bool,
     ) -> Result<Arc<Pipeline>> {
         assert_eq!(
             values.len(),
@@ -401,10 +405,22 @@ impl PipelineCache {
         .map(|filter| device.push_error_scope(filter));
         let shader = kernel.shader as *const Shader as usize;
         let module = self.modules.entry(shader).or_insert_with(|| {
-            device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            let descriptor = wgpu::ShaderModuleDescriptor {
                 label: Some(kernel.shader.file),
                 source: wgpu::ShaderSource::Wgsl(kernel.shader.source.into()),
-            })
+            };
+            match trusted && kernel.bounds_proven {
+                // SAFETY: the kernel's indexing is proven by the tests on poisoned
+                // workgroup memory (`matmul_variants`), every index it forms stays within
+                // its arrays and buffers, and its loops are bounded by its parameters.
+                true => unsafe {
+                    device.create_shader_module_trusted(
+                        descriptor,
+                        wgpu::ShaderRuntimeChecks::unchecked(),
+                    )
+                },
+                false => device.create_shader_module(descriptor),
+            }
         });
         let pipeline = build_pipeline(device, module, kernel, values);
         // Scopes pop in reverse order of their pushing.

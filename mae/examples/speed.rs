@@ -61,11 +61,31 @@ fn main() {
     });
     let batch = args.get(1).and_then(|b| b.parse().ok()).unwrap_or(64);
     let dev = Device::new().expect("a wgpu adapter");
+    dev.set_profiling(engine::env_switch("ENGINE_PROFILE").unwrap_or(false));
     println!(
         r#"{{"adapter":{:?},"backend":{:?}}}"#,
         dev.info().name,
         dev.info().backend
     );
+    // One step's dispatches, and with ENGINE_PROFILE=1 its kernels' times.
+    let before = dev.dispatch_count();
+    step_images_per_s(&dev, &config, 0.75, batch, (false, false));
+    let dispatches = (dev.dispatch_count() - before) / 3;
+    println!(
+        r#"{{"op":"dispatches","preset":"{preset}","batch":{batch},"per_step":{dispatches}}}"#
+    );
+    dev.synchronize().unwrap();
+    let clock = format!("{:?}", dev.profile_clock());
+    // Three steps were profiled (a warm-up and two): per step, a third.
+    for t in dev.profile() {
+        println!(
+            r#"{{"op":"kernel_time","clock":{clock:?},"kernel":{:?},"dispatches_per_step":{},"seconds_per_step":{:.6}}}"#,
+            t.kernel,
+            t.dispatches / 3,
+            t.seconds / 3.0
+        );
+    }
+    dev.set_profiling(false);
     let (masked, peak) = step_images_per_s(&dev, &config, 0.75, batch, (false, false));
     let (full, _) = step_images_per_s(&dev, &config, 0.0, batch, (false, false));
     println!(

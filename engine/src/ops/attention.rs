@@ -110,7 +110,12 @@ pub(crate) fn tiled_kernels(hd: usize, memory: usize) -> [&'static Kernel; 3] {
     }
     let block = format!("const HD: u32 = {hd}u;\nconst BKV: u32 = {bkv}u;\n");
     let kernel = |entry, storage: &'static [Access]| {
-        generated(&ATTENTION_TILED, block.clone(), entry, storage, &[])
+        generated(
+            &ATTENTION_TILED,
+            block.clone(),
+            (entry, storage, &[]),
+            false,
+        )
     };
     use Access::{Read as R, ReadWrite as W};
     [

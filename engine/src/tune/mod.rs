@@ -396,6 +396,7 @@ mod tests {
             features: Features::default(),
             memory_bytes: None,
             memory_budget: None,
+            cooperative_matrices: vec![],
         }
     }
 

@@ -128,12 +128,14 @@ impl Tile {
 
     /// This variant's kernel, compiled once per device on first use.
     pub(crate) fn kernel(&self) -> &'static Kernel {
+        let storage = &[Access::ReadWrite, Access::Read, Access::Read, Access::Read];
+        let overrides = &["TRANS_A", "TRANS_B", "HAS_BIAS", "SPLIT", "POISON"];
+        // Proven by `no_kernel_reads_workgroup_memory_before_it_is_written`.
         generated(
             &MATMUL_TILED,
             self.block(),
-            "matmul_tiled",
-            &[Access::ReadWrite, Access::Read, Access::Read, Access::Read],
-            &["TRANS_A", "TRANS_B", "HAS_BIAS", "SPLIT", "POISON"],
+            ("matmul_tiled", storage, overrides),
+            true,
         )
     }
 }

@@ -477,6 +477,11 @@ impl<'a> Trainer<'a> {
                 Some(_) => engine::autocast_f16(|| learner.loss(&step)),
                 None => learner.loss(&step),
             }?;
+            // Backward is recorded before the loss is read, so the GPU runs the forward
+            // while the CPU records the backward; a NaN still stops the run before AdamW.
+            let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
+            let seed = Tensor::full(&self.device, &[], (loss_scale / accum as f64) as f32)?;
+            loss.backward_into(&seed, &mut grads)?;
             // The global batch's mean loss: the mean of the processes' equal batches, so
             // every process sees a NaN or infinity; and whether any process was asked to
             // stop, so that all stop at the same step.
@@ -492,9 +497,6 @@ impl<'a> Trainer<'a> {
                     self.checkpoint.as_deref(),
                 ));
             }
-            let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
-            let seed = Tensor::full(&self.device, &[], (loss_scale / accum as f64) as f32)?;
-            loss.backward_into(&seed, &mut grads)?;
             let mut skipped = false;
             let optimizer_step = (it + 1) % accum == 0;
             if optimizer_step {
