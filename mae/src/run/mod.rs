@@ -299,7 +299,7 @@ pub fn print_profile(device: &Device) {
     device.synchronize().ok();
     let times = device.profile();
     let total: f64 = times.iter().map(|t| t.seconds).sum();
-    let dispatches: u64 = times.iter().map(|t| t.dispatches as u64).sum();
+    let dispatches: u64 = times.iter().map(|t| t.dispatches).sum();
     eprintln!("kernel time (ENGINE_PROFILE, {clock}; {dispatches} dispatches), slowest first:");
     for t in times.iter().take(15) {
         eprintln!(
