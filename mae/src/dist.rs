@@ -140,18 +140,19 @@ impl Dist {
         v[0] > 0.0
     }
 
-    /// Check that every rank passes the same `text` (its settings, its model): a run whose
-    /// ranks disagree would train nonsense.
+    /// Check that every rank passes the same `text` (its settings, its data, its model): a
+    /// run whose ranks disagree would train nonsense. `text` is made only when there are
+    /// several processes.
     ///
     /// # Errors
     /// [`Error::Setup`] naming the ranks that differ from rank 0, on every rank.
-    pub fn check_same(&self, what: &str, text: &str) -> Result<(), Error> {
-        let _ = (what, text);
+    pub fn check_same(&self, what: &str, text: impl FnOnce() -> String) -> Result<(), Error> {
+        let _ = (what, &text);
         #[cfg(feature = "distributed")]
         if let Some(m) = &self.mpi {
             use mpi::collective::CommunicatorCollectives;
             let mut hash = Fnv::new();
-            hash.add(text.as_bytes());
+            hash.add(text().as_bytes());
             let hash = hash.finish();
             let mut all = vec![0u64; self.size];
             crate::run::watchdog::waiting(|| m.world.all_gather_into(&hash, &mut all[..]));
@@ -281,21 +282,25 @@ pub fn abort_job(line: &str, code: i32) -> ! {
 /// in a collective operation.
 pub fn end_the_job_on_panic() {
     std::panic::set_hook(Box::new(|info| {
-        let payload = info.payload();
-        let what = match (
-            payload.downcast_ref::<&str>(),
-            payload.downcast_ref::<String>(),
-        ) {
-            (Some(s), _) => s.to_string(),
-            (_, Some(s)) => s.clone(),
-            _ => "a panic".into(),
-        };
+        let what = panic_message(info.payload());
         let at = info
             .location()
             .map_or(String::new(), |l| format!(" at {l}"));
         let line = format!("error: internal error (a bug; please report it): {what}{at}");
         abort_job(&line.replace('\n', " "), 1)
     }));
+}
+
+/// What a panic said, when it said it with text.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic without a message".into(),
+    }
 }
 
 /// FNV-1a, 64 bits: equal bytes, equal digests on every machine. Not cryptographic; it

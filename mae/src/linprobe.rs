@@ -377,19 +377,8 @@ fn read_features(
     if !path.exists() {
         return Ok(None);
     }
-    let header = std::fs::File::open(path).and_then(|mut f| {
-        let mut len = [0u8; 8];
-        std::io::Read::read_exact(&mut f, &mut len)?;
-        let n = u64::from_le_bytes(len).min(nn::files::JSON_LIMIT);
-        let mut header = vec![0u8; n as usize];
-        std::io::Read::read_exact(&mut f, &mut header)?;
-        Ok(header)
-    });
-    let holds_key = header.is_ok_and(|h| {
-        serde_json::from_slice::<serde_json::Value>(&h)
-            .is_ok_and(|v| v["__metadata__"]["key"].as_str() == Some(key))
-    });
-    if !holds_key {
+    let meta = nn::read_safetensors_metadata(path).map_err(|e| e.to_string())?;
+    if meta.get("key").map(String::as_str) != Some(key) {
         return Ok(None);
     }
     let mut t = read_safetensors(path).map_err(|e| e.to_string())?;

@@ -34,17 +34,31 @@ fn launch(ranks: usize, program: &[&str], args: &[String]) -> Output {
     output_within(cmd.args(args), 120)
 }
 
-/// Two ranks of `mae args`, rank 0 started in directory `first`, rank 1 in `second`.
-fn launch_in(first: &Path, second: &Path, args: &[String]) -> Output {
+/// A shell script for each rank of `mpirun`: `rank1` first on rank 1, `others` on the
+/// others, then `mae args`.
+fn rank_script(rank1: &str, others: &str, args: &[String]) -> String {
     let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
-    let script = format!(
-        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then cd {}; else cd {}; fi; exec {} {}",
-        second.display(),
-        first.display(),
+    format!(
+        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then {rank1}; else {others}; fi; exec {} {}",
         mae_bin(),
         quoted.join(" ")
-    );
-    launch(2, &["sh", "-c", &script], &[])
+    )
+}
+
+/// Two ranks pretraining the tiny `config` on the same relative `--data data`, which rank
+/// 0 finds linked to `data[0]` and rank 1 to `data[1]` (`None`: no data there).
+fn launch_with_data(dir: &Path, config: &Path, data: [Option<&Path>; 2]) -> Output {
+    let cwd = |rank: usize| {
+        let cwd = dir.join(format!("rank{rank}"));
+        std::fs::create_dir_all(&cwd).unwrap();
+        if let Some(d) = data[rank] {
+            std::os::unix::fs::symlink(d, cwd.join("data")).unwrap();
+        }
+        format!("cd {}", cwd.display())
+    };
+    let args = pretrain_args(config, Path::new("data"), &dir.join("run"), 8, 1);
+    let (rank0, rank1) = (cwd(0), cwd(1));
+    launch(2, &["sh", "-c", &rank_script(&rank1, &rank0, &args)], &[])
 }
 
 fn mae_bin() -> &'static str {
@@ -257,12 +271,7 @@ fn bad_data_on_one_rank_stops_them_all() {
     let (data, config) = shapes_and_tiny_config(&dir);
     // The same relative `--data data` on both ranks, which rank 1 runs from a directory
     // without it: one rank's failure, invisible to the settings check.
-    let (good, bad) = (dir.join("good"), dir.join("bad"));
-    std::fs::create_dir_all(&good).unwrap();
-    std::fs::create_dir_all(&bad).unwrap();
-    std::os::unix::fs::symlink(&data, good.join("data")).unwrap();
-    let args = pretrain_args(&config, Path::new("data"), &dir.join("run"), 8, 1);
-    let o = launch_in(&good, &bad, &args);
+    let o = launch_with_data(&dir, &config, [Some(&data), None]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("error: rank 1: data not found"), "{err}");
@@ -271,13 +280,7 @@ fn bad_data_on_one_rank_stops_them_all() {
 
 /// `mpirun -np 2` of `mae args`, rank 1 writing its pid to `pid_file` first; not waited on.
 fn spawn_two_ranks(args: &[String], pid_file: &Path) -> std::process::Child {
-    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
-    let script = format!(
-        "if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then echo $$ > '{}'; fi; exec {} {}",
-        pid_file.display(),
-        mae_bin(),
-        quoted.join(" ")
-    );
+    let script = rank_script(&format!("echo $$ > '{}'", pid_file.display()), ":", args);
     Command::new("mpirun")
         .args(["--oversubscribe", "-np", "2", "sh", "-c", &script])
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
@@ -408,13 +411,7 @@ fn ranks_that_see_other_data_at_the_same_path_are_refused() {
     let mut bytes = std::fs::read(&file).unwrap();
     *bytes.last_mut().unwrap() ^= 1;
     std::fs::write(&file, bytes).unwrap();
-    let (a, b) = (dir.join("a"), dir.join("b"));
-    std::fs::create_dir_all(&a).unwrap();
-    std::fs::create_dir_all(&b).unwrap();
-    std::os::unix::fs::symlink(&data, a.join("data")).unwrap();
-    std::os::unix::fs::symlink(&other, b.join("data")).unwrap();
-    let args = pretrain_args(&config, Path::new("data"), &dir.join("run"), 8, 1);
-    let o = launch_in(&a, &b, &args);
+    let o = launch_with_data(&dir, &config, [Some(&data), Some(&other)]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(err.contains("ranks 1 have other data than rank 0"), "{err}");

@@ -157,19 +157,17 @@ pub fn save_host_safetensors(
 /// The largest header the `safetensors` crate reads.
 const HEADER_LIMIT: u64 = 100_000_000;
 
-/// The bytes of a safetensors file, read only as far as its header promises: the header's
-/// length (at most [`HEADER_LIMIT`]), then the header, whose tensors' offsets say how much
-/// data follows; the file must hold exactly that.
-fn read_promised(path: &Path) -> Result<Vec<u8>, CheckpointError> {
+/// The header of the safetensors file at `path`, read alone: its JSON, and the file's
+/// length it promises (the header's length, the header, and as much data as its tensors'
+/// offsets say), which the file must have.
+fn read_header(path: &Path) -> Result<(serde_json::Value, u64), CheckpointError> {
     let io = |e| CheckpointError::Io(path.to_path_buf(), e);
     let format = |why: String| CheckpointError::Format(path.to_path_buf(), why);
-    // Asked before opening: opening a FIFO waits for a writer, forever.
-    if !std::fs::metadata(path).map_err(io)?.is_file() {
-        return Err(format("not a regular file".into()));
-    }
+    let (mut file, len) = crate::files::open_regular(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => format(e.to_string()),
+        _ => io(e),
+    })?;
     let mut head = [0u8; 8];
-    let mut file = std::fs::File::open(path).map_err(io)?;
-    let len = file.metadata().map_err(io)?.len();
     file.read_exact(&mut head)
         .map_err(|_| format(format!("{len} bytes, too short for a header")))?;
     let n = u64::from_le_bytes(head);
@@ -197,7 +195,21 @@ fn read_promised(path: &Path) -> Result<Vec<u8>, CheckpointError> {
             if promised > len { " (truncated)" } else { "" }
         )));
     }
-    crate::files::read_bounded(path, promised).map_err(io)
+    Ok((header, promised))
+}
+
+/// The `__metadata__` of a safetensors file, from its header alone (none: empty).
+///
+/// # Errors
+/// As [`read_safetensors`], for the header.
+pub fn read_safetensors_metadata(path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
+    let (header, _) = read_header(path)?;
+    Ok(header["__metadata__"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect())
 }
 
 /// Read every tensor of a safetensors file as f32 (converting f16 and bf16), by name.
@@ -206,7 +218,10 @@ fn read_promised(path: &Path) -> Result<Vec<u8>, CheckpointError> {
 /// [`CheckpointError::Io`]; [`CheckpointError::Format`] for an invalid file or an
 /// unsupported dtype.
 pub fn read_safetensors(path: &Path) -> Result<TensorMap, CheckpointError> {
-    let bytes = read_promised(path)?;
+    // Read only as far as the header promises, and the file must hold exactly that.
+    let (_, promised) = read_header(path)?;
+    let bytes = crate::files::read_bounded(path, promised)
+        .map_err(|e| CheckpointError::Io(path.to_path_buf(), e))?;
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| CheckpointError::Format(path.to_path_buf(), e.to_string()))?;
     let mut out = BTreeMap::new();

@@ -20,24 +20,34 @@ pub const JSON_LIMIT: u64 = 16 << 20;
 /// The I/O error, or [`std::io::ErrorKind::InvalidData`] naming what is wrong: not a
 /// regular file, or larger than `limit`.
 pub fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    // Asked before opening: opening a FIFO waits for a writer, forever.
-    if !std::fs::metadata(path)?.is_file() {
-        return Err(invalid("not a regular file".into()));
+    let (file, len) = open_regular(path)?;
+    if len > limit {
+        return Err(too_large(len, limit));
     }
-    let file = std::fs::File::open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(invalid("not a regular file".into()));
-    }
-    if meta.len() > limit {
-        return Err(too_large(meta.len(), limit));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    let mut bytes = Vec::with_capacity(len as usize);
     file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(too_large(bytes.len() as u64, limit));
     }
     Ok(bytes)
+}
+
+/// The regular file at `path`, open for reading, and its length.
+///
+/// # Errors
+/// The I/O error, or [`std::io::ErrorKind::InvalidData`] for what is not a regular file
+/// (a directory, a device, a FIFO, which is refused before it is opened: opening a FIFO
+/// waits for a writer, forever).
+pub fn open_regular(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(invalid("not a regular file".into()));
+    }
+    let file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    match meta.is_file() {
+        true => Ok((file, meta.len())),
+        false => Err(invalid("not a regular file".into())),
+    }
 }
 
 /// [`read_bounded`] as UTF-8 text.
@@ -58,17 +68,23 @@ fn too_large(bytes: u64, limit: u64) -> std::io::Error {
     ))
 }
 
-/// A name beside `path` for a temporary copy of it, unique to this process and thread:
+/// A name beside `path` for a temporary copy of it, unique to this process:
 /// `.NAME.tmp-PID-N`. A leftover of a killed process never has the name a later one
 /// writes.
 pub fn temporary_name(path: &Path) -> PathBuf {
+    unique_name(path, "tmp")
+}
+
+/// A hidden name beside `path` of the `kind` given, unique to this process:
+/// `.NAME.KIND-PID-N` (an older copy moved aside while a new one replaces it: `old`).
+pub fn unique_name(path: &Path, kind: &str) -> PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNT: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let n = COUNT.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.tmp-{}-{n}", std::process::id()))
+    path.with_file_name(format!(".{name}.{kind}-{}-{n}", std::process::id()))
 }
 
 /// Write `bytes` to `path` whole or not at all: into a [`temporary_name`], flushed to the

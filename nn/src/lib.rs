@@ -18,8 +18,8 @@ pub mod pos_embed;
 pub mod vit;
 
 pub use checkpoint::{
-    load_safetensors, load_tensors, read_safetensors, save_host_safetensors, save_safetensors,
-    CheckpointError, TensorMap,
+    load_safetensors, load_tensors, read_safetensors, read_safetensors_metadata,
+    save_host_safetensors, save_safetensors, CheckpointError, TensorMap,
 };
 pub use engine;
 pub use init::Init;

@@ -22,11 +22,11 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let name = path.display().to_string();
     let io = |e: std::io::Error| DataError::Io(name.clone(), e);
     let bad = |why: String| DataError::Corrupt(name.clone(), why);
-    // Asked before opening: opening a FIFO waits for a writer, forever.
-    if !std::fs::metadata(path).map_err(io)?.is_file() {
-        return Err(bad("not a regular file".into()));
-    }
-    let mut file = BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let (file, _) = nn::files::open_regular(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => bad(e.to_string()),
+        _ => io(e),
+    })?;
+    let mut file = BufReader::new(file);
     let gzip = file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]);
     let mut stream: Box<dyn Read> = if gzip {
         Box::new(flate2::bufread::GzDecoder::new(file))

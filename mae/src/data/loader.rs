@@ -221,7 +221,7 @@ impl Iterator for Loader {
             // short without a word.
             Err(_) => {
                 let why = match self.workers[w].take().map(JoinHandle::join) {
-                    Some(Err(panic)) => panic_message(&*panic),
+                    Some(Err(panic)) => crate::dist::panic_message(&*panic),
                     _ => "it ended before its last batch".into(),
                 };
                 self.batches = self.next; // no batch after an error
@@ -237,14 +237,5 @@ impl Drop for Loader {
         for w in self.workers.drain(..).flatten() {
             let _ = w.join();
         }
-    }
-}
-
-/// What a panic said, when it said it with text.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
-        (Some(s), _) => s.to_string(),
-        (_, Some(s)) => s.clone(),
-        _ => "it panicked".into(),
     }
 }

@@ -16,7 +16,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use engine::{AdamW, OptimizerState};
-use nn::files::{read_text_bounded, sync_dir, temporary_name, write_atomically, JSON_LIMIT};
+use nn::files::{
+    read_text_bounded, sync_dir, temporary_name, unique_name, write_atomically, JSON_LIMIT,
+};
 use nn::{read_safetensors, save_host_safetensors, CheckpointError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -221,11 +223,7 @@ pub fn write_checkpoint(
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    let old = dir.exists().then(|| {
-        let n = temporary_name(&dir);
-        let name = n.file_name().expect("a name").to_string_lossy();
-        n.with_file_name(name.replacen(".tmp-", ".old-", 1))
-    });
+    let old = dir.exists().then(|| unique_name(&dir, "old"));
     let swap = || -> std::io::Result<()> {
         if let Some(old) = &old {
             std::fs::rename(&dir, old)?;
@@ -308,7 +306,7 @@ fn checkpoint_name(name: &str) -> Option<(&str, bool)> {
 }
 
 /// The step a checkpoint's `trainer_state.json` records.
-fn step_of(dir: &Path) -> Result<u64, String> {
+pub(super) fn step_of(dir: &Path) -> Result<u64, String> {
     let path = dir.join("trainer_state.json");
     let text =
         read_text_bounded(&path, JSON_LIMIT).map_err(|e| format!("trainer_state.json: {e}"))?;

@@ -86,10 +86,13 @@ impl Output {
                 r.display()
             )));
         }
+        // A checkpoint named alone (`checkpoint-3`) is in the current directory.
         let resume_dir = resume.map(|r| match is_checkpoint(r) {
             true => r
                 .parent()
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
             false => r.to_path_buf(),
         });
         let dir = match (output, &resume_dir) {
@@ -141,16 +144,14 @@ impl Output {
             // This run's own directory: only checkpoints past the resumed step are in the
             // way (they are of a future the resumed run replaces).
             (Some(from), true) => {
-                let step = |dir: &Path| {
-                    super::Resumed::<serde_json::Value>::read(dir).map(|r| r.state.step)
-                };
-                let at = step(from)?;
+                let at = checkpoint::step_of(from)
+                    .map_err(|why| Error::Setup(format!("--resume {}: {why}", from.display())))?;
                 run_files(&self.dir)
                     .into_iter()
                     .filter(|n| n.starts_with("checkpoint-"))
                     // Incomplete ones were named as skipped, and are replaced.
                     .filter(|n| checkpoint::usable(&self.dir.join(n)).is_ok())
-                    .filter(|n| step(&self.dir.join(n)).map_or(true, |s| s > at))
+                    .filter(|n| checkpoint::step_of(&self.dir.join(n)).map_or(true, |s| s > at))
                     .collect()
             }
             _ => run_files(&self.dir),

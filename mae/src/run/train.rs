@@ -240,9 +240,9 @@ impl<'a> Trainer<'a> {
         (data, augment, channels): (Arc<Dataset>, Augment, usize),
         resumed: Option<Resumed<S>>,
     ) -> Result<Trainer<'a>, Error> {
-        dist.check_same("settings or model", &format!("{settings:?}"))?;
+        dist.check_same("settings or model", || format!("{settings:?}"))?;
         data.check_channels(channels)?;
-        dist.check_same("data", &data.digest())?;
+        dist.check_same("data", || data.digest())?;
         let schedule = Schedule::of(settings);
         let global = schedule.global_batch();
         if !global.is_multiple_of(dist.size()) {
@@ -412,8 +412,8 @@ impl<'a> Trainer<'a> {
         if self.dist.size() == 1 {
             return Ok(());
         }
-        self.dist
-            .check_same("weights", &weights_digest(learner.module())?)
+        let digest = weights_digest(learner.module())?;
+        self.dist.check_same("weights", || digest)
     }
 
     /// One pass over the epoch's batches, as the reference's `train_one_epoch`: the
