@@ -1,4 +1,7 @@
 // Fused optimizer updates, one dispatch per parameter tensor, with PyTorch's semantics.
+// Each first multiplies its gradient by factor[0]: 1, or what gradients.wgsl computed (the
+// inverse loss scale times the clipping coefficient), so unscaling and clipping cost no
+// pass over the gradients of their own.
 //
 // adamw (torch.optim.AdamW):
 //   param *= 1 - lr * weight_decay                      (decoupled weight decay)
@@ -36,15 +39,16 @@ const WG: u32 = 64u;
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> param: array<f32>;
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(3) var<storage, read> factor: array<f32>;
 // AdamW: first moment; SGD: momentum buffer.
-@group(0) @binding(3) var<storage, read_write> m: array<f32>;
+@group(0) @binding(4) var<storage, read_write> m: array<f32>;
 // AdamW: second moment.
-@group(0) @binding(4) var<storage, read_write> v: array<f32>;
+@group(0) @binding(5) var<storage, read_write> v: array<f32>;
 
 @compute @workgroup_size(64)
 fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var i = gid.x; i < p.numel; i += nwg.x * WG) {
-        let g = grad[p.grad_offset + i];
+        let g = grad[p.grad_offset + i] * factor[0];
         let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
         let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
         m[i] = mi;
@@ -58,7 +62,7 @@ fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     for (var i = gid.x; i < p.numel; i += nwg.x * WG) {
         let x = param[p.param_offset + i];
-        let d = grad[p.grad_offset + i] + p.weight_decay * x;
+        let d = grad[p.grad_offset + i] * factor[0] + p.weight_decay * x;
         var buf = d;
         if (p.first == 0u) {
             buf = p.momentum * m[i] + (1.0 - p.dampening) * d;

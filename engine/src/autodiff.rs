@@ -355,17 +355,6 @@ impl Gradients {
         self.map.clear();
     }
 
-    pub(crate) fn values(&self) -> impl Iterator<Item = &Tensor> {
-        self.map.values()
-    }
-
-    pub(crate) fn map_values(&mut self, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<()> {
-        for g in self.map.values_mut() {
-            *g = f(g)?;
-        }
-        Ok(())
-    }
-
     /// Number of tensors with a gradient.
     pub fn len(&self) -> usize {
         self.map.len()

@@ -57,6 +57,7 @@ shader!(LAYER_NORM_SG, "layer_norm.wgsl", with "rows.wgsl", "rows_subgroup.wgsl"
 shader!(CROSS_ENTROPY_SG, "cross_entropy.wgsl", with "rows.wgsl", "rows_subgroup.wgsl");
 shader!(ARGSORT, "argsort.wgsl", with "rows.wgsl");
 shader!(OPTIM, "optim.wgsl");
+shader!(GRADIENTS, "gradients.wgsl");
 shader!(ATTENTION, "attention.wgsl");
 shader!(ATTENTION_TILED, "attention_tiled.wgsl");
 shader!(CAST, "cast.wgsl");
@@ -84,6 +85,7 @@ pub static ALL_SHADERS: &[&Shader] = &[
     &CROSS_ENTROPY_SG,
     &ARGSORT,
     &OPTIM,
+    &GRADIENTS,
     &ATTENTION,
     &ATTENTION_TILED,
     &CAST,
@@ -253,8 +255,10 @@ kernels! {
     LAYER_NORM_BACKWARD_SG_K: LAYER_NORM_SG::"layer_norm_backward", [W, W, R, R, R, R], ["WG"];
     CROSS_ENTROPY_SG_K: CROSS_ENTROPY_SG::"cross_entropy", [W, R, R, W], ["WG"];
     ARGSORT_K: ARGSORT::"argsort", [W, R], ["DESCENDING"];
-    ADAMW_K: OPTIM::"adamw", [W, R, W, W], [];
-    SGD_K: OPTIM::"sgd", [W, R, W], [];
+    ADAMW_K: OPTIM::"adamw", [W, R, R, W, W], [];
+    SGD_K: OPTIM::"sgd", [W, R, R, W], [];
+    PARTIAL_SUMS_K: GRADIENTS::"partial_sums", [W, R], [];
+    STEP_FACTOR_K: GRADIENTS::"step_factor", [W], [];
     ATTENTION_K: ATTENTION::"attention_forward", [W, W, R], ["WG"];
     ATTENTION_BACKWARD_Q_K: ATTENTION::"attention_backward_q", [W, W, R, R, R, R], ["WG"];
     ATTENTION_BACKWARD_KV_K: ATTENTION::"attention_backward_kv", [W, W, R, R, R, R], ["WG"];

@@ -47,7 +47,7 @@ pub use ops::{
     autocast_f16, is_autocast_f16, AttentionKernel, BinaryOp, CompareOp, UnaryOp,
     MAX_ATTENTION_HEAD_DIM,
 };
-pub use optim::{warmup_cosine_lr, AdamW, OptimizerState, ParamGroup, Sgd};
+pub use optim::{warmup_cosine_lr, AdamW, GradientFactor, OptimizerState, ParamGroup, Sgd};
 pub use pool::PoolStats;
 pub use profile::{Clock, KernelTime};
 pub use tensor::{DType, Tensor};

@@ -1,6 +1,7 @@
 //! Optimizers with their update math in fused WGSL kernels (`shaders/optim.wgsl`), one
-//! dispatch per parameter tensor, following `torch.optim` to the letter; global-norm
-//! gradient clipping; and MAE's learning-rate schedule.
+//! dispatch per parameter tensor, following `torch.optim` to the letter; the loss scaler's
+//! unscaling and finite check and global-norm gradient clipping, folded into one factor the
+//! updates read on the device ([`GradientFactor`]); and MAE's learning-rate schedule.
 //!
 //! Parameters are updated in place: every clone of a parameter tensor sees the new values
 //! and its id (the key of its gradient) stays the same. Call `step` after `backward`, since
@@ -10,9 +11,9 @@ use std::collections::HashMap;
 
 use crate::autodiff::{no_grad, Gradients, TensorId};
 use crate::error::{Error, Result};
-use crate::kernels::{ADAMW_K, SGD_K};
+use crate::kernels::{ADAMW_K, PARTIAL_SUMS_K, SGD_K, STEP_FACTOR_K};
 use crate::ops::elementwise_grid;
-use crate::params::OptimParams;
+use crate::params::{GradientParams, OptimParams};
 use crate::tensor::{DType, Tensor};
 
 /// Parameters that share a learning rate and weight decay (MAE exempts biases and 1-D
@@ -63,13 +64,28 @@ pub struct OptimizerState {
     pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
 }
 
-/// Shared bookkeeping of the optimizers: per-parameter state buffers.
+/// Shared bookkeeping of the optimizers: per-parameter state buffers, and the factor a step
+/// without a [`GradientFactor`] multiplies its gradients by (1).
 #[derive(Default)]
 struct Slots {
     buffers: HashMap<TensorId, Vec<Tensor>>,
+    unit: Option<Tensor>,
 }
 
 impl Slots {
+    /// `given`'s result buffer, or a buffer holding factor 1.
+    fn factor(&mut self, given: Option<&GradientFactor>, device: &crate::Device) -> Result<Tensor> {
+        if let Some(f) = given {
+            return Ok(f.result.clone());
+        }
+        if let Some(unit) = &self.unit {
+            return Ok(unit.clone());
+        }
+        let unit = Tensor::from_slice(device, &[1.0, 0.0, 0.0, 0.0], &[4])?;
+        self.unit = Some(unit.clone());
+        Ok(unit)
+    }
+
     fn get(&mut self, p: &Tensor, count: usize) -> Result<&Vec<Tensor>> {
         match self.buffers.entry(p.id()) {
             std::collections::hash_map::Entry::Occupied(e) => Ok(e.into_mut()),
@@ -220,6 +236,15 @@ impl AdamW {
     /// which skips it: here it means the optimizer holds a tensor the model no longer
     /// uses). Nothing is updated on an error.
     pub fn step(&mut self, grads: &Gradients) -> Result<()> {
+        self.step_with(grads, None)
+    }
+
+    /// [`AdamW::step`] with every gradient multiplied by `factor` (unscaled, clipped) as the
+    /// update reads it.
+    ///
+    /// # Errors
+    /// As [`AdamW::step`].
+    pub fn step_with(&mut self, grads: &Gradients, factor: Option<&GradientFactor>) -> Result<()> {
         let gradients = gradients_for("AdamW", &self.groups, grads)?;
         self.step += 1;
         let t = self.step as i32;
@@ -229,6 +254,7 @@ impl AdamW {
         no_grad(|| {
             for (group, gs) in self.groups.iter().zip(&gradients) {
                 for (p, g) in group.params.iter().zip(gs) {
+                    let factor = self.slots.factor(factor, p.device())?;
                     let state = self.slots.get(p, 2)?;
                     let params = OptimParams {
                         numel: p.numel() as u32,
@@ -247,7 +273,13 @@ impl AdamW {
                         &ADAMW_K,
                         &[],
                         &params,
-                        &[p.buffer(), g.buffer(), state[0].buffer(), state[1].buffer()],
+                        &[
+                            p.buffer(),
+                            g.buffer(),
+                            factor.buffer(),
+                            state[0].buffer(),
+                            state[1].buffer(),
+                        ],
                         elementwise_grid(p.numel()),
                     );
                 }
@@ -318,10 +350,19 @@ impl Sgd {
     /// # Errors
     /// As [`AdamW::step`].
     pub fn step(&mut self, grads: &Gradients) -> Result<()> {
+        self.step_with(grads, None)
+    }
+
+    /// [`Sgd::step`] with every gradient multiplied by `factor`.
+    ///
+    /// # Errors
+    /// As [`AdamW::step`].
+    pub fn step_with(&mut self, grads: &Gradients, factor: Option<&GradientFactor>) -> Result<()> {
         let gradients = gradients_for("SGD", &self.groups, grads)?;
         no_grad(|| {
             for (group, gs) in self.groups.iter().zip(&gradients) {
                 for (p, g) in group.params.iter().zip(gs) {
+                    let factor = self.slots.factor(factor, p.device())?;
                     let first = !self.slots.buffers.contains_key(&p.id());
                     let buf = &self.slots.get(p, 1)?[0];
                     let params = OptimParams {
@@ -340,7 +381,7 @@ impl Sgd {
                         &SGD_K,
                         &[],
                         &params,
-                        &[p.buffer(), g.buffer(), buf.buffer()],
+                        &[p.buffer(), g.buffer(), factor.buffer(), buf.buffer()],
                         elementwise_grid(p.numel()),
                     );
                 }
@@ -421,64 +462,101 @@ fn gradients_for(
     Ok(out)
 }
 
-impl Gradients {
-    /// Scale all gradients so that their global L2 norm is at most `max_norm`, as
-    /// `torch.nn.utils.clip_grad_norm_`; returns the norm before clipping as a rank-0
-    /// tensor. Everything stays on the device: no read-back.
+/// Workgroups a gradient of `numel` elements is summed by: one per 1024 elements, at most
+/// 256, so a large one is read by many workgroups and the slots stay few.
+fn sum_workgroups(numel: usize) -> usize {
+    numel.div_ceil(1024).clamp(1, 256)
+}
+
+/// What an optimizer step multiplies every gradient by: the inverse loss scale times
+/// `torch.nn.utils.clip_grad_norm_`'s coefficient, with the gradients' global norm and a
+/// finite check (`shaders/gradients.wgsl`).
+///
+/// It costs one dispatch per gradient and one more, and stays on the device: the update
+/// kernels ([`AdamW::step_with`], [`Sgd::step_with`]) read it there, so unscaling and
+/// clipping add no pass over the gradients of their own, and the gradients are not changed.
+pub struct GradientFactor {
+    /// The factor, the norm, the sum of magnitudes, a spare; then the partial sums.
+    result: Tensor,
+}
+
+impl GradientFactor {
+    /// The factor for the gradients in `grads` of every parameter of `groups`: each is
+    /// multiplied by `unscale` (the inverse loss scale, a power of two, so exactly), and then,
+    /// with `max_norm`, by `min(max_norm / (norm + 1e-6), 1)`, where `norm` is the global L2
+    /// norm of the unscaled gradients, as `torch.nn.utils.clip_grad_norm_`.
     ///
     /// # Errors
-    /// [`Error::Shape`] for a non-positive `max_norm`.
-    pub fn clip_norm(&mut self, max_norm: f32) -> Result<Tensor> {
-        if max_norm.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+    /// [`Error::Shape`] for a non-positive or non-finite `max_norm` or `unscale`; as
+    /// [`AdamW::step`] for a missing or mis-shaped gradient.
+    pub fn new(
+        groups: &[ParamGroup],
+        grads: &Gradients,
+        unscale: f32,
+        max_norm: Option<f32>,
+    ) -> Result<GradientFactor> {
+        let positive = |v: f32| v.is_finite() && v > 0.0;
+        if !positive(unscale) || !max_norm.is_none_or(positive) {
             return Err(Error::shape(
-                "clip_norm",
-                format!("max_norm must be positive, got {max_norm}"),
+                "GradientFactor",
+                format!("unscale ({unscale}) and max_norm ({max_norm:?}) must be positive"),
             ));
         }
-        no_grad(|| {
-            let Some(total) = self.total(|g| g.mul(g)?.sum_all())? else {
-                return Err(Error::Autodiff("clip_norm: no gradients to clip".into()));
-            };
-            let norm = total.sqrt()?;
-            // coef = min(max_norm / (norm + 1e-6), 1)
-            let coef = norm
-                .add_scalar(1e-6)?
-                .rdiv_scalar(max_norm)?
-                .clamp_max(1.0)?;
-            self.map_values(|g| g.mul(&coef))?;
-            Ok(norm)
-        })
-    }
-
-    /// Multiply every gradient by `k`: how a loss scale is taken back out.
-    ///
-    /// # Errors
-    /// Engine failures only.
-    pub fn scale(&mut self, k: f32) -> Result<()> {
-        no_grad(|| self.map_values(|g| g.mul_scalar(k)))
-    }
-
-    /// Whether every gradient is finite, with one read-back: the sum of all magnitudes is
-    /// finite exactly when every element is (short of 3e38 in all).
-    ///
-    /// # Errors
-    /// Engine failures only.
-    pub fn all_finite(&self) -> Result<bool> {
-        let total = no_grad(|| self.total(|g| g.abs()?.sum_all()))?;
-        Ok(total.map_or(Ok(0.0), |t| t.item())?.is_finite())
-    }
-
-    /// `per` of every gradient summed on the device (a rank-0 tensor), `None` when empty.
-    fn total(&self, per: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Option<Tensor>> {
-        let mut total: Option<Tensor> = None;
-        for g in self.values() {
-            let part = per(g)?;
-            total = Some(match total {
-                Some(t) => t.add(&part)?,
-                None => part,
-            });
+        let gradients: Vec<Tensor> = gradients_for("GradientFactor", groups, grads)?
+            .into_iter()
+            .flatten()
+            .collect();
+        let Some(device) = gradients.first().map(|g| g.device().clone()) else {
+            return Err(Error::Autodiff("GradientFactor: no gradients".into()));
+        };
+        let slots: usize = gradients.iter().map(|g| sum_workgroups(g.numel())).sum();
+        let result = Tensor::empty(&device, "GradientFactor", &[4 + 2 * slots], DType::F32)?;
+        let mut params = GradientParams {
+            unscale,
+            max_norm: max_norm.unwrap_or(0.0),
+            ..Default::default()
+        };
+        for g in &gradients {
+            let groups = sum_workgroups(g.numel());
+            params.numel = g.numel() as u32;
+            params.grad_offset = g.offset() as u32;
+            device.dispatch(
+                &PARTIAL_SUMS_K,
+                &[],
+                &params,
+                &[result.buffer(), g.buffer()],
+                [groups as u32, 1, 1],
+            );
+            params.slot += groups as u32;
         }
-        Ok(total)
+        params.numel = slots as u32;
+        device.dispatch(&STEP_FACTOR_K, &[], &params, &[result.buffer()], [1, 1, 1]);
+        Ok(GradientFactor { result })
+    }
+
+    /// Whether every unscaled gradient is finite (one read-back): the sum of all magnitudes
+    /// is finite exactly when every element is, short of 3e38 in all.
+    ///
+    /// # Errors
+    /// [`Error::Device`] when reading back fails.
+    pub fn all_finite(&self) -> Result<bool> {
+        Ok(self.result.narrow(0, 2, 1)?.item()?.is_finite())
+    }
+
+    /// The global L2 norm of the unscaled gradients, before clipping, as a rank-0 tensor.
+    ///
+    /// # Errors
+    /// Engine failures only.
+    pub fn norm(&self) -> Result<Tensor> {
+        self.result.narrow(0, 1, 1)?.reshape(&[])
+    }
+
+    /// The factor itself, as a rank-0 tensor.
+    ///
+    /// # Errors
+    /// Engine failures only.
+    pub fn factor(&self) -> Result<Tensor> {
+        self.result.narrow(0, 0, 1)?.reshape(&[])
     }
 }
 

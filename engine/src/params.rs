@@ -179,6 +179,20 @@ uniform! {
 }
 
 uniform! {
+    /// The factor of an optimizer step: one gradient's partial sums, or their total.
+    GradientParams in ["gradients.wgsl"] {
+        numel: u32,
+        grad_offset: u32,
+        slot: u32,
+        unscale: f32,
+        max_norm: f32,
+        _pad0: u32,
+        _pad1: u32,
+        _pad2: u32,
+    }
+}
+
+uniform! {
     /// Fused multi-head attention, forward and backward.
     AttentionParams in ["attention.wgsl", "attention_tiled.wgsl"] {
         batch: u32,
@@ -223,6 +237,7 @@ pub static ALL_UNIFORMS: &[UniformLayout] = &[
     MatmulParams::LAYOUT,
     RowParams::LAYOUT,
     OptimParams::LAYOUT,
+    GradientParams::LAYOUT,
     AttentionParams::LAYOUT,
     SplitKParams::LAYOUT,
     CastParams::LAYOUT,

@@ -1,9 +1,13 @@
 //! Optimizers against torch.optim trajectories (fixtures from tools/fixtures/gen_optim.py),
-//! state save and load, gradient clipping, and the learning-rate schedule.
+//! state save and load, the step factor (unscaling, clipping, the finite check), and the
+//! learning-rate schedule.
 
 mod common;
 use common::*;
-use engine::{warmup_cosine_lr, AdamW, Gradients, ParamGroup, Sgd, Tensor};
+use engine::{
+    warmup_cosine_lr, AdamW, Device, DeviceOptions, GradientFactor, Gradients, ParamGroup, Sgd,
+    Tensor,
+};
 use serde_json::Value;
 
 fn fixture() -> Value {
@@ -193,52 +197,152 @@ fn saved_state_resumes_the_same_trajectory() {
     assert!(e.contains("0.0.exp_avg_sq: negative values"), "{e}");
 }
 
+/// Two parameters with gradients `g` (`[2]` and `[1]`), in one group.
+fn two_with_gradients(d: &Device, g: [&[f32]; 2]) -> (Vec<ParamGroup>, Gradients) {
+    let mut grads = Gradients::default();
+    let mut params = Vec::new();
+    for values in g {
+        let p = Tensor::zeros(d, &[values.len()])
+            .unwrap()
+            .requires_grad(true)
+            .unwrap();
+        grads
+            .insert(&p, Tensor::from_slice(d, values, &[values.len()]).unwrap())
+            .unwrap();
+        params.push(p);
+    }
+    (vec![ParamGroup::new(params, 0.1, 0.01)], grads)
+}
+
 #[test]
-fn clip_norm_scales_to_the_global_norm() {
+fn the_step_factor_unscales_and_clips_to_the_global_norm() {
     let d = dev();
-    let x = Tensor::from_slice(&d, &[3.0, 0.0], &[2])
-        .unwrap()
-        .requires_grad(true)
-        .unwrap();
-    let y = Tensor::from_slice(&d, &[4.0], &[1])
-        .unwrap()
-        .requires_grad(true)
-        .unwrap();
-    // grads are (2x, 2y) = (6, 0), (8): norm 10.
-    let loss = x
-        .mul(&x)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .add(&y.mul(&y).unwrap().sum_all().unwrap())
-        .unwrap();
-    let mut grads = loss.backward().unwrap();
-    let norm = grads.clip_norm(5.0).unwrap();
-    assert!((norm.item().unwrap() - 10.0).abs() < 1e-5);
-    assert_close(
-        &grads.expect(&x).unwrap().to_vec().unwrap(),
-        &[3.0, 0.0],
-        1e-5,
-        1e-5,
-        "clipped x",
-    );
-    assert_close(
-        &grads.expect(&y).unwrap().to_vec().unwrap(),
-        &[4.0],
-        1e-5,
-        1e-5,
-        "clipped y",
-    );
-    // Under the limit nothing changes.
-    grads.clip_norm(100.0).unwrap();
-    assert_close(
-        &grads.expect(&y).unwrap().to_vec().unwrap(),
-        &[4.0],
-        1e-5,
-        1e-5,
-        "unclipped y",
-    );
-    assert!(grads.clip_norm(0.0).is_err());
+    // Scaled by 4, the gradients (6, 0) and (8): norm 10 once unscaled.
+    let (groups, grads) = two_with_gradients(&d, [&[24.0, 0.0], &[32.0]]);
+    let f = GradientFactor::new(&groups, &grads, 0.25, Some(5.0)).unwrap();
+    assert!((f.norm().unwrap().item().unwrap() - 10.0).abs() < 1e-5);
+    let k = f.factor().unwrap().item().unwrap();
+    assert!((k / (0.25 * 5.0 / 10.0) - 1.0).abs() < 1e-6, "{k}");
+    assert!(f.all_finite().unwrap());
+    // Under the limit only the scale comes out.
+    let f = GradientFactor::new(&groups, &grads, 0.25, Some(100.0)).unwrap();
+    assert_eq!(f.factor().unwrap().item().unwrap(), 0.25);
+    let f = GradientFactor::new(&groups, &grads, 0.25, None).unwrap();
+    assert_eq!(f.factor().unwrap().item().unwrap(), 0.25);
+    for (unscale, max_norm) in [
+        (0.0, None),
+        (f32::NAN, None),
+        (1.0, Some(0.0)),
+        (1.0, Some(-1.0)),
+    ] {
+        let e = GradientFactor::new(&groups, &grads, unscale, max_norm)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("must be positive"), "{e}");
+    }
+}
+
+/// An update through a factor is the update of gradients unscaled and clipped first, as
+/// `GradScaler.unscale_` and `clip_grad_norm_` leave them for `torch.optim`: to the bit,
+/// since the factor's scale is a power of two.
+#[test]
+fn an_update_through_the_factor_is_the_update_of_clipped_gradients() {
+    let d = dev();
+    // Scaled by 4, the gradients (2, -3) and (6): norm 7 once unscaled.
+    let raw: [&[f32]; 2] = [&[8.0, -12.0], &[24.0]];
+    let (groups, grads) = two_with_gradients(&d, raw);
+    let factor = GradientFactor::new(&groups, &grads, 0.25, Some(5.0)).unwrap();
+    let k = factor.factor().unwrap().item().unwrap();
+    assert!((k / (0.25 * 5.0 / 7.0) - 1.0).abs() < 1e-6, "{k}");
+    let clipped: Vec<Vec<f32>> = raw
+        .iter()
+        .map(|g| g.iter().map(|v| v * k).collect())
+        .collect();
+    let (plain_groups, plain_grads) = two_with_gradients(&d, [&clipped[0], &clipped[1]]);
+    // An eps of the gradients' size: AdamW is otherwise blind to a factor on every gradient.
+    let mut through = AdamW::new(groups.clone(), (0.9, 0.95), 1.0).unwrap();
+    let mut plain = AdamW::new(plain_groups.clone(), (0.9, 0.95), 1.0).unwrap();
+    let mut sgd_through = Sgd::new(groups.clone(), 0.9, 0.0, true).unwrap();
+    let mut sgd_plain = Sgd::new(plain_groups.clone(), 0.9, 0.0, true).unwrap();
+    for _ in 0..3 {
+        through.step_with(&grads, Some(&factor)).unwrap();
+        plain.step(&plain_grads).unwrap();
+        sgd_through.step_with(&grads, Some(&factor)).unwrap();
+        sgd_plain.step(&plain_grads).unwrap();
+    }
+    for (a, b) in groups[0].params.iter().zip(&plain_groups[0].params) {
+        assert_eq!(a.to_vec().unwrap(), b.to_vec().unwrap());
+        assert_ne!(
+            a.to_vec().unwrap(),
+            vec![0.0; a.numel()],
+            "the step moved the parameters"
+        );
+    }
+}
+
+/// Gradients large enough for many workgroups each: the norm against a double-precision
+/// sum, and one non-finite element anywhere is seen. Also on poisoned workgroup memory.
+#[test]
+fn the_factor_sees_every_element_of_every_gradient() {
+    let plain = dev();
+    let poisoned = Device::with_options(DeviceOptions {
+        poison_workgroup_memory: true,
+        ..Default::default()
+    })
+    .unwrap();
+    for d in [&plain, &poisoned] {
+        let sizes = [5000usize, 3, 300_000, 1024];
+        let values: Vec<Vec<f32>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(t, &n)| {
+                (0..n)
+                    .map(|i| ((i * 7 + t * 13) % 23) as f32 / 23.0 - 0.4)
+                    .collect()
+            })
+            .collect();
+        let mut grads = Gradients::default();
+        let mut params = Vec::new();
+        for v in &values {
+            let p = Tensor::zeros(d, &[v.len()])
+                .unwrap()
+                .requires_grad(true)
+                .unwrap();
+            grads
+                .insert(&p, Tensor::from_slice(d, v, &[v.len()]).unwrap())
+                .unwrap();
+            params.push(p);
+        }
+        let groups = vec![ParamGroup::new(params.clone(), 0.1, 0.0)];
+        let want = values
+            .iter()
+            .flatten()
+            .map(|&v| (v as f64 / 2.0).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let f = GradientFactor::new(&groups, &grads, 0.5, None).unwrap();
+        let got = f.norm().unwrap().item().unwrap() as f64;
+        assert!((got - want).abs() <= 1e-5 * want, "norm {got} vs {want}");
+        assert!(f.all_finite().unwrap());
+        for (t, at) in [(0, 4999), (2, 123_456), (2, 299_999), (3, 0)] {
+            for bad in [f32::INFINITY, f32::NAN] {
+                let mut v = values[t].clone();
+                v[at] = bad;
+                grads
+                    .insert(&params[t], Tensor::from_slice(d, &v, &[v.len()]).unwrap())
+                    .unwrap();
+                let f = GradientFactor::new(&groups, &grads, 0.5, None).unwrap();
+                assert!(!f.all_finite().unwrap(), "{bad} in gradient {t} at {at}");
+                let good = &values[t];
+                grads
+                    .insert(
+                        &params[t],
+                        Tensor::from_slice(d, good, &[good.len()]).unwrap(),
+                    )
+                    .unwrap();
+            }
+        }
+    }
 }
 
 #[test]
@@ -308,29 +412,4 @@ fn a_parameter_without_a_gradient_stops_the_step_and_changes_nothing() {
     assert!(sgd.step(&grads).is_err());
     assert_eq!(w.to_vec().unwrap(), [1.0, 2.0], "nothing updated");
     assert_eq!(b.to_vec().unwrap(), [3.0]);
-}
-
-#[test]
-fn gradients_scale_and_report_a_non_finite_element() {
-    let dev = dev();
-    let p = Tensor::from_slice(&dev, &[0.0; 3], &[3]).unwrap();
-    let q = Tensor::from_slice(&dev, &[0.0; 2], &[2]).unwrap();
-    let mut grads = Gradients::default();
-    grads
-        .insert(
-            &p,
-            Tensor::from_slice(&dev, &[2.0, -4.0, 8.0], &[3]).unwrap(),
-        )
-        .unwrap();
-    grads
-        .insert(&q, Tensor::from_slice(&dev, &[1e30, 6.0], &[2]).unwrap())
-        .unwrap();
-    grads.scale(0.5).unwrap();
-    assert_eq!(grads.get(&p).unwrap().to_vec().unwrap(), [1.0, -2.0, 4.0]);
-    assert!(grads.all_finite().unwrap());
-    for bad in [f32::INFINITY, f32::NAN] {
-        let g = Tensor::from_slice(&dev, &[1.0, bad], &[2]).unwrap();
-        grads.insert(&q, g).unwrap();
-        assert!(!grads.all_finite().unwrap(), "{bad}");
-    }
 }

@@ -8,7 +8,7 @@
 //! [`GROWTH_INTERVAL`] finite steps in a row it doubles. The constants are `GradScaler`'s
 //! defaults.
 
-use engine::Gradients;
+use engine::{GradientFactor, Gradients, ParamGroup};
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
@@ -70,14 +70,22 @@ impl Default for LossScaler {
 }
 
 impl LossScaler {
-    /// Divide the gradients by the scale, in `grads`; returns whether every one is finite
-    /// (one read-back).
+    /// What the optimizer multiplies `grads` by to take the scale out, computed on the
+    /// device; its `all_finite` is the step's overflow check.
     ///
     /// # Errors
     /// Engine failures.
-    pub fn unscale(&self, grads: &mut Gradients) -> Result<bool, Error> {
-        grads.scale((1.0 / self.scale) as f32)?;
-        Ok(grads.all_finite()?)
+    pub fn unscale(
+        &self,
+        groups: &[ParamGroup],
+        grads: &Gradients,
+    ) -> Result<GradientFactor, Error> {
+        Ok(GradientFactor::new(
+            groups,
+            grads,
+            (1.0 / self.scale) as f32,
+            None,
+        )?)
     }
 
     /// After a step with finite gradients or one skipped for an overflow.

@@ -503,16 +503,18 @@ impl<'a> Trainer<'a> {
                 let params: Vec<Tensor> =
                     opt.groups.iter().flat_map(|g| g.params.clone()).collect();
                 self.dist.average_gradients(&mut grads, &params)?;
-                let finite = match &mut self.scaler {
+                let mut finite = true;
+                let factor = match &mut self.scaler {
                     Some(scaler) => {
-                        let finite = scaler.unscale(&mut grads)?;
+                        let factor = scaler.unscale(&opt.groups, &grads)?;
+                        finite = factor.all_finite()?;
                         scaler.update(finite);
-                        finite
+                        Some(factor)
                     }
-                    None => true,
+                    None => None,
                 };
                 if finite {
-                    opt.step(&grads)?;
+                    opt.step_with(&grads, factor.as_ref())?;
                 }
                 skipped = !finite;
                 grads.clear();
