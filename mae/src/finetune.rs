@@ -245,7 +245,10 @@ pub fn finetune(
     let data = open_labelled(&s.data)?;
     let (vit, mut opt, scales, normalize) =
         classifier_and_optimizer(&s, &resumed, data.classes, &device)?;
-    let normalize = normalize.unwrap_or_else(|| data.train.normalize(vit.config.channels));
+    let normalize = normalize.unwrap_or_else(|| {
+        data.train
+            .normalize(vit.config.channels, Default::default(), s.seed)
+    });
     let c = vit.config.clone();
     let augment = Augment::pretrain(c.image_size, normalize.clone());
     let train = (data.train, augment, c.channels);

@@ -149,7 +149,7 @@ pub fn linprobe(args: &Args) -> Result<Outcome, Error> {
     let normalize = enc
         .normalize
         .clone()
-        .unwrap_or_else(|| data.train.normalize(channels));
+        .unwrap_or_else(|| data.train.normalize(channels, Default::default(), s.seed));
     let identity = enc.identity.clone();
     let mut init = Init::new(&device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
     let vit = classifier(enc.mae, data.classes, Pool::Cls, 0.0, &mut init)?;

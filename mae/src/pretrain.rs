@@ -18,7 +18,7 @@ use engine::{AdamW, Device, ParamGroup, Tensor};
 use nn::{named_parameters, Init, Module};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Augment, Dataset, Image, Normalize, Rng, Split, FASHION_MNIST};
+use crate::data::{Augment, Dataset, Image, Normalize, NormalizeFrom, Rng, Split, FASHION_MNIST};
 use crate::dist::Dist;
 use crate::hf::{
     load_pretrained, read_config, read_preprocessor, save_preprocessor, save_pretrained,
@@ -46,10 +46,34 @@ pub struct Settings {
     /// start from.
     #[arg(long, default_value = "mae_tiny_28_patch7")]
     pub model: String,
-    /// An image folder (PNG/JPEG, recursive), an IDX image file, or a directory of IDX
-    /// files such as Fashion-MNIST's.
+    /// An image folder (PNG, JPEG, TIFF; recursive), an IDX image file, or a directory of
+    /// IDX files such as Fashion-MNIST's.
     #[arg(long, default_value = FASHION_MNIST)]
     pub data: PathBuf,
+    /// Image channels (bands) of a new model, 1 to 64 [default: the model's].
+    #[arg(long, default_value_t = 3, hide_default_value = true)]
+    #[serde(default = "three")]
+    pub channels: usize,
+    /// Where the normalisation's per-channel mean and std come from: default (ImageNet's for
+    /// RGB, as the reference; the data's own for other channel counts) or auto (the data's
+    /// own: every IDX pixel, or a seeded sample of 512 images of a folder). Saved in
+    /// preprocessor_config.json.
+    #[arg(long, value_enum, default_value_t = NormalizeFrom::Default)]
+    #[serde(default)]
+    pub normalize: NormalizeFrom,
+    /// Per-channel means to normalise with, comma-separated (with --std).
+    #[arg(long, value_delimiter = ',', value_parser = run::finite_f32, requires = "std")]
+    #[serde(default)]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel standard deviations to normalise with, comma-separated (with --mean).
+    #[arg(long, value_delimiter = ',', value_parser = run::finite_f32, requires = "mean")]
+    #[serde(default)]
+    pub std: Option<Vec<f32>>,
+    /// The bands the pictures draw, numbered from 1: three as red, green and blue
+    /// (`--bands 4,3,2`), or one as gray [default: 1,2,3, or 1 for fewer than 3 channels].
+    #[arg(long, value_delimiter = ',')]
+    #[serde(default)]
+    pub bands: Option<Vec<usize>>,
     /// Use only the first N training images [ViT-B/L/H: all].
     #[arg(long, default_value = "19200")]
     pub limit: Option<usize>,
@@ -112,6 +136,10 @@ fn one() -> usize {
     1
 }
 
+fn three() -> usize {
+    3
+}
+
 impl Settings {
     /// The recipe for `model` (whose config is `config`) on `data`: the defaults, scaled.
     pub fn recipe(model: &str, config: &MaeConfig, data: PathBuf) -> Settings {
@@ -130,6 +158,7 @@ impl Settings {
     /// the defaults: a short recipe that shows learning within minutes on a CPU.
     pub fn scaled(self, config: &MaeConfig) -> Settings {
         let own = Settings {
+            channels: config.channels,
             mask_ratio: config.mask_ratio,
             norm_pix_loss: config.norm_pix_loss,
             ..self
@@ -167,7 +196,26 @@ impl Settings {
                 "--weight-decay must be a number, not negative".into(),
             ));
         }
-        Ok(())
+        if !(1..=64).contains(&self.channels) {
+            return Err(Error::Setup(format!(
+                "--channels {}: a model takes 1 to 64",
+                self.channels
+            )));
+        }
+        if let (Some(mean), Some(std)) = (&self.mean, &self.std) {
+            if mean.len() != self.channels || std.len() != self.channels {
+                return Err(Error::Setup(format!(
+                    "--mean and --std need one value per channel ({}), got {} and {}",
+                    self.channels,
+                    mean.len(),
+                    std.len()
+                )));
+            }
+            if std.iter().any(|s| *s <= 0.0) {
+                return Err(Error::Setup("--std values must be positive".into()));
+            }
+        }
+        visualize::Bands::new(self.bands.as_deref(), self.channels).map(|_| ())
     }
 }
 
@@ -247,13 +295,21 @@ pub fn pretrain(
     let (model, normalize) = match &resumed {
         Some(r) => {
             let model = load_pretrained(&r.dir, &device)?;
-            let normalize = read_preprocessor(&r.dir, model.config.channels)?
-                .unwrap_or_else(|| train.normalize(model.config.channels));
+            let normalize =
+                read_preprocessor(&r.dir, model.config.channels)?.unwrap_or_else(|| {
+                    train.normalize(model.config.channels, settings.normalize, settings.seed)
+                });
             (model, normalize)
         }
         None => {
             let model = new_model(&settings, &device)?;
-            let normalize = train.normalize(model.config.channels);
+            let normalize = match (&settings.mean, &settings.std) {
+                (Some(mean), Some(std)) => Normalize {
+                    mean: mean.clone(),
+                    std: std.clone(),
+                },
+                _ => train.normalize(model.config.channels, settings.normalize, settings.seed),
+            };
             (model, normalize)
         }
     };
@@ -441,7 +497,10 @@ impl Pretraining {
     /// The reconstruction picture of the held-out images where training stands.
     fn reconstructions(&self) -> Result<image::RgbImage, Error> {
         let (ratio, seed) = (self.settings.mask_ratio, self.settings.seed);
-        visualize::reconstruction_grid(&self.model, &self.held_out, &self.normalize, ratio, seed)
+        let bands =
+            visualize::Bands::new(self.settings.bands.as_deref(), self.model.config.channels)?;
+        let look = (&self.normalize, &bands);
+        visualize::reconstruction_grid(&self.model, &self.held_out, look, ratio, seed)
     }
 }
 
@@ -489,9 +548,19 @@ pub fn config_from(model: &str) -> Result<MaeConfig, Error> {
 fn new_model(settings: &Settings, device: &Device) -> Result<MaskedAutoencoder, Error> {
     let dir = Path::new(&settings.model);
     let mut model = if dir.join("model.safetensors").is_file() {
-        load_pretrained(dir, device)?
+        let model = load_pretrained(dir, device)?;
+        if model.config.channels != settings.channels {
+            return Err(Error::Setup(format!(
+                "--channels {}: the weights in {} take {}",
+                settings.channels,
+                dir.display(),
+                model.config.channels
+            )));
+        }
+        model
     } else {
-        let config = config_from(&settings.model)?;
+        let mut config = config_from(&settings.model)?;
+        config.channels = settings.channels;
         let mut init = Init::new(device, Rng::new(&[settings.seed, INIT_STREAM]).next_u64());
         MaskedAutoencoder::new(config, &mut init)?
     };

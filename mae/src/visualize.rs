@@ -36,6 +36,37 @@ pub struct Args {
     /// Seed of the mask.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The bands drawn, numbered from 1: three as red, green and blue, or one as gray
+    /// [default: 1,2,3, or 1 for fewer than 3 channels].
+    #[arg(long, value_delimiter = ',')]
+    pub bands: Option<Vec<usize>>,
+}
+
+/// The bands a picture draws (from 0): three as red, green and blue, or one as gray.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bands(Vec<usize>);
+
+impl Bands {
+    /// `given` (numbered from 1, as `--bands`) for a model of `channels` channels, or the
+    /// default: the first three, or the first as gray for fewer than three channels.
+    ///
+    /// # Errors
+    /// [`Error::Setup`] for a count other than 1 or 3, or a band the model does not have.
+    pub fn new(given: Option<&[usize]>, channels: usize) -> Result<Bands, Error> {
+        let Some(given) = given else {
+            return Ok(Bands(if channels >= 3 {
+                vec![0, 1, 2]
+            } else {
+                vec![0]
+            }));
+        };
+        if ![1, 3].contains(&given.len()) || given.iter().any(|&b| b == 0 || b > channels) {
+            return Err(Error::Setup(format!(
+                "--bands {given:?}: one band (gray) or three (red, green, blue), each from 1 to {channels}"
+            )));
+        }
+        Ok(Bands(given.iter().map(|b| b - 1).collect()))
+    }
 }
 
 /// `mae visualize`: draw the reconstructions of the images `args` names.
@@ -76,7 +107,8 @@ pub fn command(args: &Args) -> Result<(), Error> {
             .collect::<Result<Vec<_>, _>>()?,
     };
     let ratio = ratio_of(args, &model);
-    let picture = reconstruction_grid(&model, &images, &normalize, ratio, args.seed)?;
+    let bands = Bands::new(args.bands.as_deref(), ch)?;
+    let picture = reconstruction_grid(&model, &images, (&normalize, &bands), ratio, args.seed)?;
     picture.save(&args.out).map_err(Error::image(&args.out))?;
     eprintln!("wrote {} ({} images)", args.out.display(), images.len());
     Ok(())
@@ -92,16 +124,19 @@ const GAP: u32 = 4;
 const MASKED: f32 = 0.35;
 
 /// The picture for `images` (any size; each is resized to the model's), masked with
-/// `mask_ratio` from `seed`. For a `norm_pix_loss` model each predicted patch is
-/// de-normalised with the mean and variance of the true patch, since the model predicts
-/// normalised patches. Small images are enlarged to at least 112 pixels per panel.
+/// `mask_ratio` from `seed`, drawing `bands`. For a `norm_pix_loss` model each predicted
+/// patch is de-normalised with the mean and variance of the true patch, since the model
+/// predicts normalised patches. Small images are enlarged to at least 112 pixels per panel.
+/// Gray and RGB values are drawn as they are, 0 to 1; the bands of any other channel count
+/// are each stretched from the 2nd to the 98th percentile of the original image's band, the
+/// same stretch in its four panels, since multispectral values seldom fill 0 to 1.
 ///
 /// # Errors
 /// Engine errors, or no images.
 pub fn reconstruction_grid(
     model: &MaskedAutoencoder,
     images: &[Image],
-    normalize: &Normalize,
+    (normalize, bands): (&Normalize, &Bands),
     mask_ratio: f64,
     seed: u64,
 ) -> Result<RgbImage, Error> {
@@ -156,14 +191,16 @@ pub fn reconstruction_grid(
                 pasted[at.clone()].copy_from_slice(&recon[at]);
             }
         }
+        let mut stretch = None;
         for (col, patches_of) in [&target, &shown, &recon, &pasted].into_iter().enumerate() {
             let mut chw = unpatch(patches_of, size, p, ch);
             normalize.invert(&mut chw, ch);
+            let stretch = stretch.get_or_insert_with(|| stretch_of(&chw, ch, bands));
             draw(
                 &mut picture,
                 &chw,
-                size,
-                ch,
+                (size, ch),
+                (bands, stretch),
                 scale,
                 (
                     GAP + col as u32 * (panel + GAP),
@@ -224,22 +261,55 @@ fn unpatch(x: &[f32], size: usize, p: usize, ch: usize) -> Vec<f32> {
     out
 }
 
-/// Draw a `(C, size, size)` image in `[0, 1]` (NaN for masked) at `origin`, enlarged by
-/// `scale`.
+/// Per drawn band, the values shown as black and white: 0 and 1 for gray and RGB, else the
+/// 2nd and 98th percentiles of that band of the `(C, H, W)` image `chw`.
+fn stretch_of(chw: &[f32], ch: usize, bands: &Bands) -> Vec<(f32, f32)> {
+    let plane = chw.len() / ch;
+    bands
+        .0
+        .iter()
+        .map(|&band| {
+            if [1, 3].contains(&ch) {
+                return (0.0, 1.0);
+            }
+            let mut v: Vec<f32> = chw[band * plane..(band + 1) * plane]
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .collect();
+            v.sort_by(f32::total_cmp);
+            let at = |q: f64| v.get(((v.len() - 1) as f64 * q).round() as usize).copied();
+            match (at(0.02), at(0.98)) {
+                (Some(lo), Some(hi)) if hi > lo => (lo, hi),
+                (Some(lo), _) => (lo - 0.5, lo + 0.5),
+                _ => (0.0, 1.0),
+            }
+        })
+        .collect()
+}
+
+/// Draw `bands` of a `(C, size, size)` image (NaN for masked) at `origin`, each mapped from
+/// its `stretch` to black and white, enlarged by `scale`.
 fn draw(
     picture: &mut RgbImage,
     chw: &[f32],
-    size: usize,
-    ch: usize,
+    (size, ch): (usize, usize),
+    (bands, stretch): (&Bands, &[(f32, f32)]),
     scale: u32,
     origin: (u32, u32),
 ) {
-    let plane = size * size;
+    let plane = chw.len() / ch;
     for y in 0..size {
         for x in 0..size {
-            let v = |c: usize| {
-                let v = chw[(c % ch) * plane + y * size + x];
-                let v = if v.is_nan() { MASKED } else { v };
+            let v = |i: usize| {
+                let i = i % bands.0.len();
+                let (lo, hi) = stretch[i];
+                let v = chw[bands.0[i] * plane + y * size + x];
+                let v = if v.is_nan() {
+                    MASKED
+                } else {
+                    (v - lo) / (hi - lo)
+                };
                 (v.clamp(0.0, 1.0) * 255.0).round() as u8
             };
             let px = Rgb([v(0), v(1), v(2)]);

@@ -64,7 +64,7 @@ fn idx_directories_plain_and_gzipped() {
         // No t10k files: the test split of this directory is an error that says so.
         assert!(Dataset::open(&dir, Split::Test).is_err());
         // The dataset's own statistics for grayscale.
-        let n = d.normalize(1);
+        let n = d.normalize(1, Default::default(), 0);
         let mean = pixels.iter().map(|&v| v as f32 / 255.0).sum::<f32>() / 60.0;
         assert!((n.mean[0] - mean).abs() < 1e-5);
     }
@@ -117,7 +117,7 @@ fn missing_and_empty_sources() {
     let dir = tmp("empty");
     std::fs::write(dir.join("notes.txt"), "not an image").unwrap();
     let err = Dataset::open(&dir, Split::Train).err().unwrap().to_string();
-    assert!(err.contains("no PNG or JPEG images"), "{err}");
+    assert!(err.contains("no PNG, JPEG or TIFF images"), "{err}");
 }
 
 /// A 6x8 RGB picture whose left half is red and right half blue.
@@ -273,6 +273,7 @@ fn flip_resize_and_normalisation() {
         height: 4,
         width: 4,
         data: (0..16).map(|v| v as f32 / 15.0).collect(),
+        bounded: true,
     };
     // Resizing to the same size is the identity (the bicubic weights are 1, 0, 0, 0).
     let same = resize_bicubic(&img, (0, 0, 4, 4), 4);
@@ -332,7 +333,7 @@ fn loader_batches_do_not_depend_on_worker_count() {
         false,
     );
     let d = Arc::new(Dataset::open(&dir, Split::Train).unwrap());
-    let aug = Arc::new(Augment::pretrain(28, d.normalize(1)));
+    let aug = Arc::new(Augment::pretrain(28, d.normalize(1, Default::default(), 0)));
     let run = |workers, seed| -> Vec<Vec<f32>> {
         let order = vec![3, 1, 4, 0, 9, 2, 6, 5];
         Loader::new(

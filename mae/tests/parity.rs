@@ -123,6 +123,11 @@ fn twenty_five_patches_at_ratio_0_6_keep_ten_as_transformers() {
 }
 
 #[test]
+fn thirteen_bands_with_norm_pix_loss_match_transformers() {
+    check("bands13_normpix");
+}
+
+#[test]
 fn our_position_tables_equal_the_checkpoints() {
     let file = read_safetensors(&dir("rgb_eps12").join("model.safetensors")).unwrap();
     for (name, dim) in [

@@ -171,7 +171,8 @@ pub fn resize_bicubic(img: &Image, crop: (usize, usize, usize, usize), size: usi
                     .enumerate()
                     .map(|(k, a)| a * wide[(first - top + k) * size + x])
                     .sum();
-                data.push(v.clamp(0.0, 1.0)); // as PIL, which works in bytes
+                // As PIL, which works in bytes; float samples keep their range.
+                data.push(if img.bounded { v.clamp(0.0, 1.0) } else { v });
             }
         }
     }
@@ -180,5 +181,6 @@ pub fn resize_bicubic(img: &Image, crop: (usize, usize, usize, usize), size: usi
         height: size,
         width: size,
         data,
+        bounded: img.bounded,
     }
 }

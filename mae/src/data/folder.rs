@@ -1,13 +1,12 @@
-//! Image folders: every PNG and JPEG below a root, in sorted order, with class labels from
+//! Image folders: every PNG, JPEG and TIFF below a root, in sorted order, with class labels from
 //! the first sub-folder when every image lives in one (the layout of torchvision's
 //! `ImageFolder`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{DataError, Image};
-
-const EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
+use super::decode::EXTENSIONS;
+use super::DataError;
 
 /// Per image its class index, and the sorted class names.
 pub type Labels = (Vec<u32>, Vec<String>);
@@ -78,62 +77,4 @@ fn identity(_: &std::fs::Metadata) -> (u64, u64) {
     // No inode to tell directories apart: every directory is new, as before.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     (0, NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-}
-
-/// The largest image file read: 256 MiB.
-pub const FILE_LIMIT: u64 = 256 << 20;
-
-/// The most memory one decoded image may take as `f32` values: 1 GiB (a 16384 x 16384 gray
-/// image, or 9459 x 9459 in RGB). A larger one is refused from its header, before decoding.
-pub const DECODED_LIMIT: u64 = 1 << 30;
-
-/// Decode one file to `channels` (1: luma, 3: RGB) in `[0, 1]`.
-///
-/// # Errors
-/// [`DataError`] naming the file: unreadable, not a regular file, larger than
-/// [`FILE_LIMIT`], undecodable, or more than [`DECODED_LIMIT`] once decoded.
-pub fn decode(path: &Path, channels: usize) -> Result<Image, DataError> {
-    let name = path.display().to_string();
-    super::check_channels(&name, channels)?;
-    let bytes = nn::files::read_bounded(path, FILE_LIMIT).map_err(|e| match e.kind() {
-        std::io::ErrorKind::InvalidData => DataError::Corrupt(name.clone(), e.to_string()),
-        _ => DataError::Io(name.clone(), e),
-    })?;
-    let corrupt = |e: image::ImageError| DataError::Corrupt(name.clone(), e.to_string());
-    let reader = || {
-        image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
-            .with_guessed_format()
-            .map_err(|e| DataError::Io(name.clone(), e))
-    };
-    let (width, height) = reader()?.into_dimensions().map_err(corrupt)?;
-    let decoded = width as u64 * height as u64 * channels as u64 * 4;
-    if decoded > DECODED_LIMIT {
-        return Err(DataError::Corrupt(
-            name.clone(),
-            format!(
-                "{width}x{height} pixels take {decoded} bytes as f32, more than the {DECODED_LIMIT} an image may"
-            ),
-        ));
-    }
-    let mut reader = reader()?;
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(DECODED_LIMIT);
-    reader.limits(limits);
-    let img = reader.decode().map_err(corrupt)?;
-    let (width, height) = (img.width() as usize, img.height() as usize);
-    let data = if channels == 1 {
-        img.to_luma32f().into_raw()
-    } else {
-        // HWC to CHW.
-        let rgb = img.to_rgb32f().into_raw();
-        (0..3)
-            .flat_map(|c| rgb.iter().skip(c).step_by(3).copied().collect::<Vec<_>>())
-            .collect()
-    };
-    Ok(Image {
-        channels,
-        height,
-        width,
-        data,
-    })
 }

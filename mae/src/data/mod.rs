@@ -1,8 +1,9 @@
 //! Images for pretraining and evaluation: IDX files (MNIST, Fashion-MNIST) and image
-//! folders, augmentation as the reference (RandomResizedCrop, flip, normalisation), and a
+//! folders (PNG, JPEG, TIFF of any number of bands), augmentation as the reference (RandomResizedCrop, flip, normalisation), and a
 //! loader that decodes and augments on worker threads while the GPU trains.
 
 mod augment;
+mod decode;
 mod folder;
 mod idx;
 mod loader;
@@ -11,7 +12,7 @@ mod rng;
 use std::path::{Path, PathBuf};
 
 pub use augment::{resize_bicubic, Augment, Normalize};
-pub use folder::{decode, DECODED_LIMIT, FILE_LIMIT};
+pub use decode::{bands_of, decode, decode_bytes, DECODED_LIMIT, EXTENSIONS, FILE_LIMIT};
 pub use idx::{read_idx, IDX_LIMIT};
 pub use loader::{Batch, Loader, Skipped};
 pub use rng::Rng;
@@ -34,15 +35,19 @@ pub enum DataError {
     /// A channel count the images cannot supply.
     #[error("{0}")]
     Channels(String),
+    /// One file whose bands cannot make the model's channels (it is skipped, as an
+    /// undecodable one).
+    #[error("{0}")]
+    Bands(String),
     /// A loader thread that stopped without a batch.
     #[error("a data loader thread stopped: {0}")]
     Worker(String),
 }
 
-/// One image, channels first, values in `[0, 1]`.
+/// One image, channels first.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Image {
-    /// 1 (grayscale) or 3 (RGB).
+    /// Bands: 1 (gray), 3 (RGB), or any other count (a multispectral TIFF).
     pub channels: usize,
     /// Rows.
     pub height: usize,
@@ -50,6 +55,9 @@ pub struct Image {
     pub width: usize,
     /// `channels * height * width` values.
     pub data: Vec<f32>,
+    /// Whether the values lie in `[0, 1]` (integer samples scaled by their type's range),
+    /// so that resampling clamps to it as PIL does in bytes; float samples are unbounded.
+    pub bounded: bool,
 }
 
 /// Which part of a dataset: IDX directories hold `train-*` and `t10k-*` files, image folders
@@ -65,8 +73,13 @@ pub enum Split {
 enum Source {
     /// Decoded in memory: `n` images of `h x w` unsigned bytes, one channel.
     Idx { pixels: Vec<u8>, h: usize, w: usize },
-    /// Files below `root`, decoded when asked for.
-    Files { root: PathBuf, paths: Vec<PathBuf> },
+    /// Files below `root`, decoded when asked for; `bands` is what most of the first
+    /// readable ones have.
+    Files {
+        root: PathBuf,
+        paths: Vec<PathBuf>,
+        bands: usize,
+    },
 }
 
 /// A set of images, with class labels when the source has them.
@@ -82,8 +95,9 @@ pub struct Dataset {
 
 impl Dataset {
     /// Open `path`: a directory holding IDX files (`{train,t10k}-images-idx3-ubyte[.gz]`
-    /// and the matching labels), one IDX image file, or a folder of PNG and JPEG images
-    /// (searched recursively; with `train/` and `val/` or `test/` sub-folders, the split's).
+    /// and the matching labels), one IDX image file, or a folder of PNG, JPEG and TIFF
+    /// images (searched recursively; with `train/` and `val/` or `test/` sub-folders, the
+    /// split's).
     ///
     /// # Errors
     /// [`DataError::Empty`] for a missing path or one without images (naming how to get
@@ -114,14 +128,35 @@ impl Dataset {
         let (paths, labels) = folder::scan(&root)?;
         if paths.is_empty() {
             return Err(DataError::Empty(format!(
-                "{}: no PNG or JPEG images and no IDX files",
+                "{}: no PNG, JPEG or TIFF images and no IDX files",
                 root.display()
             )));
         }
+        // The band count most of the first 64 readable files have is the data's; a file
+        // that differs is skipped with a warning when it is read.
+        let mut counts = std::collections::BTreeMap::new();
+        for bands in paths
+            .iter()
+            .take(256)
+            .filter_map(|p| bands_of(p).ok())
+            .take(64)
+        {
+            *counts.entry(bands).or_insert(0usize) += 1;
+        }
+        let Some((&bands, _)) = counts.iter().max_by_key(|(_, n)| **n) else {
+            return Err(DataError::Empty(format!(
+                "{}: no image could be read",
+                root.display()
+            )));
+        };
         let (labels, classes) = labels.map_or((None, Vec::new()), |(l, c)| (Some(l), c));
         Ok(Dataset {
-            description: format!("{} ({} images)", root.display(), paths.len()),
-            source: Source::Files { root, paths },
+            description: format!(
+                "{} ({} images of {bands} bands)",
+                root.display(),
+                paths.len()
+            ),
+            source: Source::Files { root, paths, bands },
             labels,
             classes,
         })
@@ -181,21 +216,22 @@ impl Dataset {
         self.len() == 0
     }
 
-    /// The channels images have natively: 1 for IDX, 3 for image files.
+    /// The bands images have natively: 1 for IDX; for a folder, what most of its first 64
+    /// readable files have.
     pub fn native_channels(&self) -> usize {
         match self.source {
             Source::Idx { .. } => 1,
-            Source::Files { .. } => 3,
+            Source::Files { bands, .. } => bands,
         }
     }
 
-    /// Refuse a channel count this data cannot supply: image files decode to gray (1) or
-    /// RGB (3), and IDX images are gray (repeated for RGB).
+    /// Refuse a channel count this data cannot supply: its own band count, or gray and RGB
+    /// from gray or RGB images (gray repeated, RGB reduced to luma).
     ///
     /// # Errors
     /// [`DataError::Channels`] naming the data and the counts it supplies.
     pub fn check_channels(&self, channels: usize) -> Result<(), DataError> {
-        check_channels(&self.description, channels)
+        check_channels(&self.description, self.native_channels(), channels)
     }
 
     /// What the processes of a data-parallel run compare to know they read the same
@@ -209,7 +245,7 @@ impl Dataset {
                 hash.add(&(*w as u64).to_le_bytes());
                 hash.add(pixels);
             }
-            Source::Files { root, paths } => {
+            Source::Files { root, paths, .. } => {
                 for p in paths {
                     let name = p.strip_prefix(root).unwrap_or(p);
                     hash.add(name.to_string_lossy().as_bytes());
@@ -229,14 +265,15 @@ impl Dataset {
     }
 
     /// Image `i` with `channels` channels (grayscale is repeated to RGB, RGB turned to
-    /// luma), in `[0, 1]`.
+    /// luma).
     ///
     /// # Errors
-    /// [`DataError`] for a file that cannot be read or decoded.
+    /// [`DataError`] for a file that cannot be read or decoded, or whose bands cannot make
+    /// `channels` ([`DataError::Bands`]).
     pub fn get(&self, i: usize, channels: usize) -> Result<Image, DataError> {
         match &self.source {
             Source::Idx { pixels, h, w } => {
-                check_channels(&self.description, channels)?;
+                check_channels(&self.description, 1, channels)?;
                 let plane: Vec<f32> = pixels[i * h * w..(i + 1) * h * w]
                     .iter()
                     .map(|&v| v as f32 / 255.0)
@@ -246,52 +283,110 @@ impl Dataset {
                     height: *h,
                     width: *w,
                     data: plane.repeat(channels),
+                    bounded: true,
                 })
             }
-            Source::Files { paths, .. } => folder::decode(&paths[i], channels),
+            Source::Files { paths, .. } => decode(&paths[i], channels),
         }
     }
 
-    /// Per-channel mean and standard deviation for normalisation: ImageNet's for RGB (the
-    /// reference), and the dataset's own for grayscale (over every IDX pixel, or the first
-    /// 256 decodable images of a folder).
-    pub fn normalize(&self, channels: usize) -> Normalize {
-        if channels == 3 {
+    /// Per-channel mean and standard deviation for normalisation: with
+    /// [`NormalizeFrom::Default`], ImageNet's for RGB (the reference's) and the data's own
+    /// for any other channel count; with [`NormalizeFrom::Auto`], the data's own for every
+    /// count. The data's own are computed over every pixel of an IDX file, or of a sample
+    /// of [`STATS_SAMPLE`] images of a folder drawn with `seed` (whole images, before
+    /// augmentation; population statistics, in double precision).
+    pub fn normalize(&self, channels: usize, from: NormalizeFrom, seed: u64) -> Normalize {
+        if channels == 3 && from == NormalizeFrom::Default {
             return Normalize::imagenet();
         }
-        let (mut n, mut sum, mut sq) = (0f64, 0f64, 0f64);
-        let mut add = |v: f64| {
-            n += 1.0;
-            sum += v;
-            sq += v * v;
+        // Per band: count, sum, sum of squares.
+        let mut sums = vec![(0f64, 0f64, 0f64); channels];
+        let mut add = |c: usize, v: f64| {
+            let (n, sum, sq) = &mut sums[c];
+            *n += 1.0;
+            *sum += v;
+            *sq += v * v;
         };
         match &self.source {
-            Source::Idx { pixels, .. } => pixels.iter().for_each(|&v| add(v as f64 / 255.0)),
-            Source::Files { .. } => (0..self.len().min(256))
-                .filter_map(|i| self.get(i, 1).ok())
-                .for_each(|img| img.data.iter().for_each(|&v| add(v as f64))),
+            Source::Idx { pixels, .. } => {
+                // Gray, repeated to every channel.
+                for &v in pixels {
+                    (0..channels).for_each(|c| add(c, v as f64 / 255.0));
+                }
+            }
+            Source::Files { .. } => {
+                let mut sample: Vec<usize> = (0..self.len()).collect();
+                Rng::new(&[seed, STATS_STREAM]).shuffle(&mut sample);
+                sample.truncate(STATS_SAMPLE);
+                for img in sample
+                    .into_iter()
+                    .filter_map(|i| self.get(i, channels).ok())
+                {
+                    let plane = img.height * img.width;
+                    for (c, values) in img.data.chunks(plane).enumerate() {
+                        values.iter().for_each(|&v| add(c, v as f64));
+                    }
+                }
+            }
         }
-        let mean = if n > 0.0 { sum / n } else { 0.5 };
-        let std = if n > 0.0 {
-            (sq / n - mean * mean).max(0.0).sqrt()
-        } else {
-            0.5
-        };
-        Normalize {
-            mean: vec![mean as f32],
-            std: vec![(std as f32).max(1e-3)],
-        }
+        let (mean, std) = sums
+            .iter()
+            .map(|&(n, sum, sq)| match n > 0.0 {
+                true => {
+                    let mean = sum / n;
+                    let std = (sq / n - mean * mean).max(0.0).sqrt();
+                    (mean as f32, (std as f32).max(1e-3))
+                }
+                false => (0.5, 0.5),
+            })
+            .unzip();
+        Normalize { mean, std }
     }
 }
 
-/// The channel counts images are read with: gray and RGB.
-pub const CHANNELS: [usize; 2] = [1, 3];
+/// Images of a folder its normalisation statistics are computed from.
+pub const STATS_SAMPLE: usize = 512;
 
-fn check_channels(data: &str, channels: usize) -> Result<(), DataError> {
-    match CHANNELS.contains(&channels) {
+/// Random stream of the statistics' sample (see [`Rng`]).
+const STATS_STREAM: u64 = 5;
+
+/// Where the mean and std of the normalisation come from, when not given.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum NormalizeFrom {
+    /// ImageNet's for RGB, as the reference; the data's own for any other channel count.
+    #[default]
+    Default,
+    /// The data's own for every channel count.
+    Auto,
+}
+
+/// Whether images of `bands` bands can be read as `channels` channels: as they are, or
+/// between gray and RGB.
+pub fn converts(bands: usize, channels: usize) -> bool {
+    bands == channels || ([1, 3].contains(&bands) && [1, 3].contains(&channels))
+}
+
+fn check_channels(data: &str, bands: usize, channels: usize) -> Result<(), DataError> {
+    match converts(bands, channels) {
         true => Ok(()),
         false => Err(DataError::Channels(format!(
-            "{data}: the model takes {channels} channels; these images give 1 (gray) or 3 (RGB)"
+            "{data}: the model takes {channels} channels; these images give {}",
+            match bands {
+                1 | 3 => "1 (gray) or 3 (RGB)".to_string(),
+                n => format!("{n} (a model of {n} channels reads them: --channels {n})"),
+            }
         ))),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod events;
 pub mod step;
+pub mod tiff;
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
