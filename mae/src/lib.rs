@@ -17,6 +17,7 @@ pub mod hf;
 pub mod knn;
 pub mod linprobe;
 pub mod model;
+pub mod pack;
 pub mod plot;
 pub mod pretrain;
 pub mod run;

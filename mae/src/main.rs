@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use mae::dist::Dist;
 use mae::run::Given;
-use mae::{finetune, forward, linprobe, pretrain, visualize, Error};
+use mae::{finetune, forward, linprobe, pack, pretrain, visualize, Error};
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,9 @@ enum Command {
     /// Run a model on given pixels (and noise) and write loss, logits, mask, ids_restore and
     /// optionally every parameter gradient: the parity check against transformers.
     Forward(forward::Args),
+    /// Pack an image folder into webdataset shards (tar files of `{key}.{ext}` members and
+    /// `{key}.cls` classes), which `--data 'DIR/shard-{000000..000009}.tar'` reads.
+    Shards(pack::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Command::Linprobe(a) => linprobe::command(a),
         Command::Finetune(a) => finetune::command(a, &given, &dist),
         Command::Forward(a) => forward::command(a),
+        Command::Shards(a) => pack::command(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

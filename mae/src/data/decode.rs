@@ -56,23 +56,30 @@ pub fn decode_bytes(name: &str, bytes: &[u8], channels: usize) -> Result<Image, 
 /// # Errors
 /// As [`decode`].
 pub fn bands_of(path: &Path) -> Result<usize, DataError> {
-    use image::ImageDecoder;
     let name = path.display().to_string();
     let bytes =
         nn::files::read_bounded(path, FILE_LIMIT).map_err(|e| DataError::Io(name.clone(), e))?;
-    if is_tiff(&bytes) {
-        let mut decoder = Decoder::new(std::io::Cursor::new(&bytes[..]))
-            .map_err(|e| DataError::Corrupt(name.clone(), e.to_string()))?;
-        let color = decoder
-            .colortype()
-            .map_err(|e| DataError::Corrupt(name.clone(), e.to_string()))?;
+    bands_of_bytes(&name, &bytes)
+}
+
+/// [`bands_of`] for a file already in memory, named `name`.
+///
+/// # Errors
+/// As [`decode`].
+pub fn bands_of_bytes(name: &str, bytes: &[u8]) -> Result<usize, DataError> {
+    use image::ImageDecoder;
+    let corrupt = |e: String| DataError::Corrupt(name.into(), e);
+    if is_tiff(bytes) {
+        let mut decoder =
+            Decoder::new(std::io::Cursor::new(bytes)).map_err(|e| corrupt(e.to_string()))?;
+        let color = decoder.colortype().map_err(|e| corrupt(e.to_string()))?;
         return Ok(color.num_samples() as usize);
     }
-    let decoder = image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
+    let decoder = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| DataError::Io(name.clone(), e))?
+        .map_err(|e| DataError::Io(name.into(), e))?
         .into_decoder()
-        .map_err(|e| DataError::Corrupt(name.clone(), e.to_string()))?;
+        .map_err(|e| corrupt(e.to_string()))?;
     Ok(if decoder.color_type().has_color() {
         3
     } else {

@@ -8,14 +8,18 @@ mod folder;
 mod idx;
 mod loader;
 mod rng;
+pub mod shards;
 
 use std::path::{Path, PathBuf};
 
 pub use augment::{resize_bicubic, Augment, Normalize};
-pub use decode::{bands_of, decode, decode_bytes, DECODED_LIMIT, EXTENSIONS, FILE_LIMIT};
+pub use decode::{
+    bands_of, bands_of_bytes, decode, decode_bytes, DECODED_LIMIT, EXTENSIONS, FILE_LIMIT,
+};
 pub use idx::{read_idx, IDX_LIMIT};
 pub use loader::{Batch, Loader, Skipped};
 pub use rng::Rng;
+pub use shards::Shards;
 
 /// Where Debian's `dataset-fashion-mnist` package puts Fashion-MNIST: the default data.
 pub const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
@@ -80,6 +84,8 @@ enum Source {
         paths: Vec<PathBuf>,
         bands: usize,
     },
+    /// Webdataset shards, read member by member; `bands` as for files.
+    Shards { shards: Shards, bands: usize },
 }
 
 /// A set of images, with class labels when the source has them.
@@ -91,6 +97,8 @@ pub struct Dataset {
     pub classes: Vec<String>,
     /// What was opened, for messages.
     pub description: String,
+    /// What opening found and passed over (truncated shards), one line each.
+    pub warnings: Vec<String>,
 }
 
 impl Dataset {
@@ -103,6 +111,9 @@ impl Dataset {
     /// [`DataError::Empty`] for a missing path or one without images (naming how to get
     /// Fashion-MNIST when that is what is missing); IDX and I/O errors otherwise.
     pub fn open(path: &Path, split: Split) -> Result<Dataset, DataError> {
+        if shards::names_shards(path) {
+            return Dataset::open_shards(path, split);
+        }
         if !path.exists() {
             return Err(not_found(path));
         }
@@ -134,21 +145,10 @@ impl Dataset {
         }
         // The band count most of the first 64 readable files have is the data's; a file
         // that differs is skipped with a warning when it is read.
-        let mut counts = std::collections::BTreeMap::new();
-        for bands in paths
-            .iter()
-            .take(256)
-            .filter_map(|p| bands_of(p).ok())
-            .take(64)
-        {
-            *counts.entry(bands).or_insert(0usize) += 1;
-        }
-        let Some((&bands, _)) = counts.iter().max_by_key(|(_, n)| **n) else {
-            return Err(DataError::Empty(format!(
-                "{}: no image could be read",
-                root.display()
-            )));
-        };
+        let readable = paths.iter().take(256).filter_map(|p| bands_of(p).ok());
+        let bands = majority_bands(readable).ok_or_else(|| {
+            DataError::Empty(format!("{}: no image could be read", root.display()))
+        })?;
         let (labels, classes) = labels.map_or((None, Vec::new()), |(l, c)| (Some(l), c));
         Ok(Dataset {
             description: format!(
@@ -159,6 +159,37 @@ impl Dataset {
             source: Source::Files { root, paths, bands },
             labels,
             classes,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// Webdataset shards (see [`shards`]): training data only, with labels when every
+    /// sample has a class.
+    fn open_shards(spec: &Path, split: Split) -> Result<Dataset, DataError> {
+        if split == Split::Test {
+            return Err(DataError::Empty(format!(
+                "{}: shards have no held-out split",
+                spec.display()
+            )));
+        }
+        let (shards, warnings) = Shards::open(spec)?;
+        let bands = majority_bands((0..shards.len().min(64)).filter_map(|i| {
+            let bytes = shards.read(i).ok()?;
+            bands_of_bytes(&shards.name(i), &bytes).ok()
+        }))
+        .ok_or_else(|| DataError::Empty(format!("{}: no image could be read", spec.display())))?;
+        let labels = shards.classes();
+        let classes = classes_of(labels.as_deref());
+        Ok(Dataset {
+            description: format!(
+                "{} ({} samples of {bands} bands)",
+                spec.display(),
+                shards.len()
+            ),
+            source: Source::Shards { shards, bands },
+            labels,
+            classes,
+            warnings,
         })
     }
 
@@ -188,18 +219,13 @@ impl Dataset {
             idx_file(images.parent()?, &stem)
         });
         let labels = labels_path.map(|p| read_labels(&p, n)).transpose()?;
-        let classes = labels
-            .as_ref()
-            .map(|l| {
-                let max = l.iter().copied().max().unwrap_or(0);
-                (0..=max).map(|c| c.to_string()).collect()
-            })
-            .unwrap_or_default();
+        let classes = classes_of(labels.as_deref());
         Ok(Dataset {
             description: format!("{} ({n} images of {h}x{w})", images.display()),
             source: Source::Idx { pixels, h, w },
             labels,
             classes,
+            warnings: Vec::new(),
         })
     }
 
@@ -208,6 +234,7 @@ impl Dataset {
         match &self.source {
             Source::Idx { pixels, h, w } => pixels.len() / (h * w),
             Source::Files { paths, .. } => paths.len(),
+            Source::Shards { shards, .. } => shards.len(),
         }
     }
 
@@ -221,7 +248,7 @@ impl Dataset {
     pub fn native_channels(&self) -> usize {
         match self.source {
             Source::Idx { .. } => 1,
-            Source::Files { bands, .. } => bands,
+            Source::Files { bands, .. } | Source::Shards { bands, .. } => bands,
         }
     }
 
@@ -252,8 +279,39 @@ impl Dataset {
                     hash.add(&[0]);
                 }
             }
+            Source::Shards { shards, .. } => {
+                for name in shards.describe() {
+                    hash.add(name.as_bytes());
+                    hash.add(&[0]);
+                }
+            }
         }
         format!("{} images, digest {:016x}", self.len(), hash.finish())
+    }
+
+    /// The image files of a folder, in the dataset's order; `None` for other sources.
+    pub fn files(&self) -> Option<&[PathBuf]> {
+        match &self.source {
+            Source::Files { paths, .. } => Some(paths),
+            _ => None,
+        }
+    }
+
+    /// An epoch's order of the first `images` images, drawn from `rng`: a shuffle of them
+    /// all, or for shards [`Shards::order`] with `streams` streams of `chunk` images an
+    /// iteration (the processes the run started with, and each one's batch).
+    pub fn epoch_order(
+        &self,
+        images: usize,
+        rng: &mut Rng,
+        (streams, chunk): (usize, usize),
+    ) -> Vec<usize> {
+        if let Source::Shards { shards, .. } = &self.source {
+            return shards.order(images, rng, (streams, chunk));
+        }
+        let mut order: Vec<usize> = (0..images).collect();
+        rng.shuffle(&mut order);
+        order
     }
 
     /// A name for image `i` in messages: its path, or its index in the IDX file.
@@ -261,6 +319,7 @@ impl Dataset {
         match &self.source {
             Source::Idx { .. } => format!("image {i}"),
             Source::Files { paths, .. } => paths[i].display().to_string(),
+            Source::Shards { shards, .. } => shards.name(i),
         }
     }
 
@@ -287,6 +346,9 @@ impl Dataset {
                 })
             }
             Source::Files { paths, .. } => decode(&paths[i], channels),
+            Source::Shards { shards, .. } => {
+                decode_bytes(&shards.name(i), &shards.read(i)?, channels)
+            }
         }
     }
 
@@ -315,7 +377,7 @@ impl Dataset {
                     (0..channels).for_each(|c| add(c, v as f64 / 255.0));
                 }
             }
-            Source::Files { .. } => {
+            Source::Files { .. } | Source::Shards { .. } => {
                 let mut sample: Vec<usize> = (0..self.len()).collect();
                 Rng::new(&[seed, STATS_STREAM]).shuffle(&mut sample);
                 sample.truncate(STATS_SAMPLE);
@@ -343,6 +405,27 @@ impl Dataset {
             .unzip();
         Normalize { mean, std }
     }
+}
+
+/// The band count most of `counts` have (the first of a tie), `None` for none.
+fn majority_bands(counts: impl Iterator<Item = usize>) -> Option<usize> {
+    let mut seen = std::collections::BTreeMap::new();
+    for bands in counts.take(64) {
+        *seen.entry(bands).or_insert(0usize) += 1;
+    }
+    seen.into_iter()
+        .max_by_key(|&(bands, n)| (n, std::cmp::Reverse(bands)))
+        .map(|(b, _)| b)
+}
+
+/// Class names for integer labels: `"0"` to the largest.
+fn classes_of(labels: Option<&[u32]>) -> Vec<String> {
+    labels
+        .map(|l| {
+            let max = l.iter().copied().max().unwrap_or(0);
+            (0..=max).map(|c| c.to_string()).collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Images of a folder its normalisation statistics are computed from.

@@ -243,6 +243,9 @@ impl<'a> Trainer<'a> {
         dist.check_same("settings or model", || format!("{settings:?}"))?;
         data.check_channels(channels)?;
         dist.check_same("data", || data.digest())?;
+        if dist.is_main() {
+            data.warnings.iter().for_each(|w| eprintln!("{w}"));
+        }
         let schedule = Schedule::of(settings);
         let global = schedule.global_batch();
         if !global.is_multiple_of(dist.size()) {
@@ -429,8 +432,11 @@ impl<'a> Trainer<'a> {
     ) -> Result<Option<f64>, Error> {
         let (epoch, accum) = (self.at.epoch, self.schedule.accum_iter);
         let first = (self.at.step - (epoch * self.iters) as u64) as usize;
-        let mut order: Vec<usize> = (0..self.images).collect();
-        Rng::new(&[self.schedule.seed, ORDER_STREAM, epoch as u64]).shuffle(&mut order);
+        let s = &self.schedule;
+        let mut rng = Rng::new(&[s.seed, ORDER_STREAM, epoch as u64]);
+        let order = self
+            .data
+            .epoch_order(self.images, &mut rng, (s.ranks, s.batch_size));
         let mine = self.dist.shard(&order, self.per_rank);
         let loader = Loader::new(
             self.data.clone(),
