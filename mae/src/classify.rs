@@ -169,20 +169,30 @@ fn file_digest(path: &Path) -> Result<String, Error> {
 /// The classifier built from an MAE's encoder: patch embedding, cls token and blocks are
 /// the MAE's; the final norm is the MAE's `norm` for cls pooling and a new `fc_norm` for
 /// the global pool (as the reference, which drops `norm` then); the head is new (trunc
-/// normal, std 2e-5). Drop path rises linearly to `drop_path` over the blocks.
+/// normal, std 2e-5). Drop path rises linearly to `drop_path` over the blocks. At an
+/// `image_size` other than the MAE's, the position table is the MAE's interpolated to the
+/// new grid, as the reference's `interpolate_pos_embed`.
 ///
 /// # Errors
-/// Engine errors only.
+/// [`Error::Setup`] for an image size that is not a positive multiple of the patch size;
+/// engine errors.
 pub fn classifier(
     mae: MaskedAutoencoder,
     classes: usize,
-    pool: Pool,
-    drop_path: f32,
+    (pool, drop_path): (Pool, f32),
+    image_size: Option<usize>,
     init: &mut Init,
-) -> engine::Result<VisionTransformer> {
+) -> Result<VisionTransformer, Error> {
     let c = &mae.config;
+    if let Some(size) = image_size.filter(|s| *s == 0 || !s.is_multiple_of(c.patch_size)) {
+        return Err(Error::Setup(format!(
+            "--image-size {size}: not a multiple of the model's patch size {}",
+            c.patch_size
+        )));
+    }
     let config = VitConfig {
-        image_size: c.image_size,
+        image_size: image_size.unwrap_or(c.image_size),
+        pos_grid: c.image_size / c.patch_size,
         patch_size: c.patch_size,
         channels: c.channels,
         dim: c.dim,

@@ -49,6 +49,12 @@ pub struct Settings {
     /// Labelled data with a held-out split (as for linprobe).
     #[arg(long, default_value = FASHION_MNIST)]
     pub data: PathBuf,
+    /// Image side, a multiple of the patch size [default: the pretraining's]; at another
+    /// side the position table is the pretraining's, interpolated bicubically to the new
+    /// patch grid as the reference's interpolate_pos_embed (448 from 224, say).
+    #[arg(long)]
+    #[serde(default)]
+    pub image_size: Option<usize>,
     /// Use only the first N training images [default: all].
     #[arg(long)]
     pub limit: Option<usize>,
@@ -306,7 +312,13 @@ fn classifier_and_optimizer(
             let model = s.model.as_deref().unwrap_or_default();
             let enc = encoder(model, s.init, s.seed, device)?;
             let mut init = Init::new(device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
-            let vit = classifier(enc.mae, classes, Pool::Avg, s.drop_path, &mut init)?;
+            let vit = classifier(
+                enc.mae,
+                classes,
+                (Pool::Avg, s.drop_path),
+                s.image_size,
+                &mut init,
+            )?;
             (vit, enc.normalize)
         }
     };
@@ -386,6 +398,10 @@ struct ClassifierConfig {
     num_classes: usize,
     global_pool: bool,
     drop_path: f32,
+    /// The pretraining's patch grid side, when the classifier's differs (its position
+    /// table is that grid's, interpolated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pos_embed_grid: Option<usize>,
 }
 
 impl ClassifierConfig {
@@ -403,6 +419,9 @@ impl ClassifierConfig {
             classes: self.num_classes,
             global_pool: self.global_pool,
             drop_path: self.drop_path,
+            pos_grid: self
+                .pos_embed_grid
+                .unwrap_or(self.image_size / self.patch_size.max(1)),
         }
     }
 
@@ -420,6 +439,7 @@ impl ClassifierConfig {
             num_classes: c.classes,
             global_pool: c.global_pool,
             drop_path: c.drop_path,
+            pos_embed_grid: (c.pos_grid != c.image_size / c.patch_size).then_some(c.pos_grid),
         }
     }
 }
@@ -530,6 +550,7 @@ mod tests {
             classes: 3,
             global_pool: true,
             drop_path: 0.0,
+            pos_grid: 2,
         };
         let vit = VisionTransformer::new(config, &mut Init::new(&device, 0)).unwrap();
         let (groups, scales) = param_groups_lrd(&vit, 0.05, 0.5);

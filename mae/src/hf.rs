@@ -52,6 +52,14 @@ pub fn config_from_json(json: &Value) -> Result<MaeConfig, String> {
             ));
         }
     }
+    for k in ["image_size", "patch_size"] {
+        if json.get(k).is_some_and(|v| v.is_array()) {
+            return Err(format!(
+                "{k} {}: only square images and patches (transformers' ViTMAE builds its position tables for a square grid)",
+                json[k]
+            ));
+        }
+    }
     let dim = int("hidden_size", 768)?;
     let decoder_dim = int("decoder_hidden_size", 512)?;
     let intermediate = int("intermediate_size", 3072)?;

@@ -62,6 +62,11 @@ pub struct Settings {
     /// image folder with train/ and val/ (or test/), one sub-folder per class.
     #[arg(long, default_value = FASHION_MNIST)]
     pub data: PathBuf,
+    /// Image side, a multiple of the patch size [default: the pretraining's]; at another
+    /// side the position table is the pretraining's, interpolated bicubically to the new
+    /// patch grid as the reference's interpolate_pos_embed (448 from 224, say).
+    #[arg(long)]
+    pub image_size: Option<usize>,
     /// Use only the first N training images [default: all].
     #[arg(long)]
     pub limit: Option<usize>,
@@ -152,7 +157,13 @@ pub fn linprobe(args: &Args) -> Result<Outcome, Error> {
         .unwrap_or_else(|| data.train.normalize(channels, Default::default(), s.seed));
     let identity = enc.identity.clone();
     let mut init = Init::new(&device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
-    let vit = classifier(enc.mae, data.classes, Pool::Cls, 0.0, &mut init)?;
+    let vit = classifier(
+        enc.mae,
+        data.classes,
+        (Pool::Cls, 0.0),
+        s.image_size,
+        &mut init,
+    )?;
     eprintln!(
         "linear probe of a {} encoder ({}) on {}, {} features, {} classes, on {}",
         s.init.name(),
@@ -177,10 +188,11 @@ pub fn linprobe(args: &Args) -> Result<Outcome, Error> {
     }
     let extract = |split: &str, d: &Arc<Dataset>, n: usize| {
         let key = format!(
-            "{identity}|{}|{split}|{n}|{:?}|{:?}",
+            "{identity}|{}|{split}|{n}|{:?}|{:?}|{}",
             s.data.display(),
             normalize.mean,
-            normalize.std
+            normalize.std,
+            vit.config.image_size
         );
         cached_features(&key, &args.cache, (vit.config.dim, data.classes), || {
             features(&vit, d, n, &normalize, run, split)

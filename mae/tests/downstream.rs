@@ -430,3 +430,63 @@ fn pretraining_on_labelled_data_reports_knn() {
         .sum();
     assert_eq!(knn, 3);
 }
+
+/// Fine-tuning and probing at another resolution than the pretraining's (42 pixels, a
+/// 6x6 grid, from 28 and 4x4, as 448 from 224): the position table is the pretraining's,
+/// interpolated as the reference's `interpolate_pos_embed`; the checkpoint says so and
+/// resumes with the same table.
+#[test]
+fn another_resolution_interpolates_the_position_table() {
+    let dir = tmp("resolution");
+    let (data, _, checkpoint) = setup(&dir);
+    let device = Device::new().unwrap();
+    let encoder = mae::hf::load_pretrained(&checkpoint, &device).unwrap();
+    let dim = encoder.config.dim;
+    let vit = mae::classify::classifier(
+        encoder,
+        2,
+        (mae::classify::Pool::Avg, 0.0),
+        Some(42),
+        &mut Init::new(&device, 0),
+    )
+    .unwrap();
+    let want = nn::pos_embed::interpolate(&nn::pos_embed::sincos_2d(dim, 4), dim, 4, 6);
+    assert_eq!(vit.pos_embed.shape(), [37, dim]);
+    assert_eq!(vit.pos_embed.to_vec().unwrap(), want);
+
+    let out = dir.join("ft");
+    let extra = ["--epochs", "1", "--batch-size", "16", "--image-size", "42"];
+    let o = mae_with(&run_args("finetune", &checkpoint, &data, &out, &extra));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("checkpoint-1/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            config["image_size"].as_u64(),
+            config["pos_embed_grid"].as_u64()
+        ),
+        (Some(42), Some(4))
+    );
+    let o = mae(&[
+        "finetune",
+        "--resume",
+        out.to_str().unwrap(),
+        "--epochs",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let probe = |out: &str, size: &str| {
+        let schedule = ["--image-size", size, "--epochs", "2"];
+        linprobe_with(&checkpoint, "mae", "cls", &data, &dir.join(out), &schedule)
+    };
+    let o = probe("probe", "42");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = probe("bad", "40");
+    assert_one_line_error(
+        &o,
+        "--image-size 40: not a multiple of the model's patch size 7",
+    );
+}

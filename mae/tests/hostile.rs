@@ -130,6 +130,9 @@ fn bad_values_from_every_source_are_one_line_and_exit_2() {
         &o,
         "image_size 0 is not a positive multiple of patch_size 7",
     );
+    edit_json(&zero, |c| c["image_size"] = serde_json::json!([28, 56]));
+    let o = mae_env(&run(&["--model", zero.to_str().unwrap()]), &[]);
+    assert_one_line_error(&o, "image_size [28,56]: only square images and patches");
 
     // IDX headers.
     let flat = dir.join("flat-idx");

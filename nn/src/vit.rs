@@ -8,7 +8,7 @@ use engine::{Result, Tensor};
 use crate::init::Init;
 use crate::layers::{Block, LayerNorm, Linear, PatchEmbed};
 use crate::module::{join, Ctx, Module};
-use crate::pos_embed::sincos_2d;
+use crate::pos_embed::{interpolate, sincos_2d};
 
 /// Shape of a [`VisionTransformer`].
 #[derive(Clone, Debug, PartialEq)]
@@ -37,6 +37,10 @@ pub struct VitConfig {
     pub global_pool: bool,
     /// Drop-path rate of the last block (linearly from 0 at the first).
     pub drop_path: f32,
+    /// The patch grid side the position table was made for: the pretraining's. At another
+    /// `image_size` the table is that grid's, interpolated to this one as the reference's
+    /// `interpolate_pos_embed` does ([`crate::pos_embed::interpolate`]).
+    pub pos_grid: usize,
 }
 
 impl VitConfig {
@@ -45,7 +49,8 @@ impl VitConfig {
             && self.image_size.is_multiple_of(self.patch_size)
             && self.dim.is_multiple_of(4)
             && self.heads > 0
-            && self.dim.is_multiple_of(self.heads);
+            && self.dim.is_multiple_of(self.heads)
+            && self.pos_grid > 0;
         if !ok {
             return Err(engine::Error::Shape {
                 op: "VitConfig",
@@ -65,7 +70,8 @@ pub struct VisionTransformer {
     pub patch_embed: PatchEmbed,
     /// `[1, 1, D]`
     pub cls_token: Tensor,
-    /// Fixed `(1 + L, D)` sin-cos table (not trained).
+    /// Fixed `(1 + L, D)` sin-cos table (not trained), interpolated from the pretraining's
+    /// grid at another resolution.
     pub pos_embed: Tensor,
     /// The blocks.
     pub blocks: Vec<Block>,
@@ -86,11 +92,11 @@ impl VisionTransformer {
         let grid = config.image_size / config.patch_size;
         let patch_embed = PatchEmbed::new(config.channels, config.patch_size, config.dim, init)?;
         let cls_token = init.normal(&[1, 1, config.dim], 0.02)?;
-        let pos_embed = Tensor::from_slice(
-            init.device(),
-            &sincos_2d(config.dim, grid),
-            &[1 + grid * grid, config.dim],
-        )?;
+        let mut table = sincos_2d(config.dim, config.pos_grid);
+        if config.pos_grid != grid {
+            table = interpolate(&table, config.dim, config.pos_grid, grid);
+        }
+        let pos_embed = Tensor::from_slice(init.device(), &table, &[1 + grid * grid, config.dim])?;
         let mut blocks = Vec::with_capacity(config.depth);
         for i in 0..config.depth {
             let mut b = Block::new(

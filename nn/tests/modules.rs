@@ -33,6 +33,7 @@ fn tiny_vit(global_pool: bool) -> VitConfig {
         classes: 3,
         global_pool,
         drop_path: 0.1,
+        pos_grid: 2,
     }
 }
 
