@@ -164,16 +164,20 @@ pub fn resize_bicubic(img: &Image, crop: (usize, usize, usize, usize), size: usi
                 wide[r * size + x] = w.iter().zip(&src[*first..]).map(|(a, b)| a * b).sum();
             }
         }
+        // Row by row, each tap's whole row at once (the same sums, in the same order, as
+        // one output at a time, but over contiguous memory).
+        let mut row = vec![0f32; size];
         for (first, w) in &rows {
-            for x in 0..size {
-                let v: f32 = w
-                    .iter()
-                    .enumerate()
-                    .map(|(k, a)| a * wide[(first - top + k) * size + x])
-                    .sum();
-                // As PIL, which works in bytes; float samples keep their range.
-                data.push(if img.bounded { v.clamp(0.0, 1.0) } else { v });
+            row.fill(0.0);
+            for (k, a) in w.iter().enumerate() {
+                let src = &wide[(first - top + k) * size..][..size];
+                row.iter_mut().zip(src).for_each(|(v, s)| *v += a * s);
             }
+            // As PIL, which works in bytes; float samples keep their range.
+            data.extend(
+                row.iter()
+                    .map(|&v| if img.bounded { v.clamp(0.0, 1.0) } else { v }),
+            );
         }
     }
     Image {

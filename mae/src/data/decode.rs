@@ -123,6 +123,18 @@ fn decode_picture(name: &str, bytes: &[u8], channels: usize) -> Result<Image, Da
     let (width, height) = (img.width() as usize, img.height() as usize);
     let data = match channels {
         1 => img.to_luma32f().into_raw(),
+        // The common case, 8-bit RGB, without an interleaved f32 copy on the way.
+        3 if matches!(img, image::DynamicImage::ImageRgb8(_)) => {
+            let rgb = img.as_bytes();
+            let plane = rgb.len() / 3;
+            let mut out = vec![0.0; rgb.len()];
+            for (p, pixel) in rgb.chunks_exact(3).enumerate() {
+                for (c, &v) in pixel.iter().enumerate() {
+                    out[c * plane + p] = v as f32 / 255.0;
+                }
+            }
+            out
+        }
         3 => interleaved_to_planes(&img.to_rgb32f().into_raw(), 3),
         _ => {
             let bands = if img.color().has_color() { 3 } else { 1 };
@@ -208,9 +220,14 @@ fn unit_values(samples: DecodingResult, bits: u8) -> (Vec<f32>, bool) {
 
 /// `(H, W, bands)` samples to `(bands, H, W)`.
 fn interleaved_to_planes(hwc: &[f32], bands: usize) -> Vec<f32> {
-    (0..bands)
-        .flat_map(|c| hwc.iter().skip(c).step_by(bands).copied())
-        .collect()
+    let plane = hwc.len() / bands;
+    let mut out = vec![0.0; hwc.len()];
+    for (p, pixel) in hwc.chunks_exact(bands).enumerate() {
+        for (c, &v) in pixel.iter().enumerate() {
+            out[c * plane + p] = v;
+        }
+    }
+    out
 }
 
 /// The error for a file whose bands cannot make the model's channels.

@@ -158,7 +158,9 @@ impl Job {
     fn batch(&self, b: usize) -> Result<Batch, DataError> {
         let end = ((b + 1) * self.batch).min(self.order.len());
         let indices = &self.order[b * self.batch..end];
-        let mut pixels = Vec::new();
+        let mut pixels = Vec::with_capacity(
+            indices.len() * self.channels * self.augment.size * self.augment.size,
+        );
         let mut labels = Vec::new();
         for &i in indices {
             let (i, img) = self.readable(i)?;
