@@ -287,3 +287,53 @@ fn normalisation_comes_from_the_data_or_is_given_and_a_band_count_the_data_lacks
     ));
     assert_one_line_error(&o, "the model takes 3 channels; these images give 4 (a model of 4 channels reads them: --channels 4)");
 }
+
+#[test]
+fn a_4_band_labelled_folder_pretrains_probes_and_fine_tunes() {
+    let dir = tmp("bands", "labelled");
+    let data = dir.join("data");
+    for (split, n) in [("train", 16), ("val", 8)] {
+        for class in ["a", "b"] {
+            band_folder(&data.join(split).join(class), n / 2, 4, 32);
+        }
+    }
+    let out = dir.join("pretrain");
+    let model = std::path::Path::new("mae_tiny_32_patch4");
+    let o = mae_with(&run_args(
+        "pretrain",
+        model,
+        &data,
+        &out,
+        &["--channels", "4", "--batch-size", "8"],
+    ));
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("k-NN top-1"),
+        "the monitor runs on 4 bands: {err}"
+    );
+    let checkpoint = out.join("checkpoint-1");
+    let o = mae_with(&run_args(
+        "linprobe",
+        &checkpoint,
+        &data,
+        &dir.join("probe"),
+        &[
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--cache",
+            dir.join("cache").to_str().unwrap(),
+        ],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = mae_with(&run_args(
+        "finetune",
+        &checkpoint,
+        &data,
+        &dir.join("ft"),
+        &["--epochs", "1", "--batch-size", "8"],
+    ));
+    assert!(o.status.success(), "{}", stderr(&o));
+}
