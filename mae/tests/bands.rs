@@ -176,31 +176,23 @@ fn a_13_band_16_bit_folder_pretrains_draws_and_skips_a_file_of_other_bands() {
     );
     // The checkpoint draws again, one band as gray, and refuses a band it does not have.
     let pic = dir.join("gray.png");
-    let o = mae(&[
-        "visualize",
-        "--model",
-        checkpoint.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--count",
-        "2",
-        "--bands",
-        "13",
-        "--out",
-        pic.to_str().unwrap(),
-    ]);
+    let draw = |bands: &str| {
+        let (model, data, out) = (checkpoint.to_str(), data.to_str(), pic.to_str());
+        let given = [
+            "--model",
+            model.unwrap(),
+            "--data",
+            data.unwrap(),
+            "--out",
+            out.unwrap(),
+        ];
+        let mut args = vec!["visualize", "--count", "2", "--bands", bands];
+        args.extend(given);
+        mae(&args)
+    };
+    let o = draw("13");
     assert!(o.status.success(), "{}", stderr(&o));
-    let o = mae(&[
-        "visualize",
-        "--model",
-        checkpoint.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--bands",
-        "14",
-        "--out",
-        pic.to_str().unwrap(),
-    ]);
+    let o = draw("14");
     assert_one_line_error(&o, "--bands [14]: one band (gray) or three");
 }
 
