@@ -14,14 +14,11 @@ use nn::{Ctx, Init, LayerNorm, VisionTransformer, VitConfig};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::data::{Augment, DataError, Dataset, Loader, Normalize, Rng, Skipped, Split};
+use crate::config::config_from;
+use crate::data::{streams, Augment, DataError, Dataset, Loader, Normalize, Rng, Skipped, Split};
 use crate::dist::Dist;
 use crate::hf::{load_pretrained, read_preprocessor};
-use crate::pretrain::config_from;
 use crate::{Error, MaskedAutoencoder};
-
-/// Random stream of a randomly initialised encoder (see [`crate::data::Rng`]).
-const INIT_STREAM: u64 = 3;
 
 /// Where the encoder's weights come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
@@ -148,7 +145,7 @@ pub fn encoder(model: &str, start: Start, seed: u64, device: &Device) -> Result<
         }
         Start::Random => {
             let config = config_from(model)?;
-            let mut init = Init::new(device, Rng::new(&[seed, INIT_STREAM]).next_u64());
+            let mut init = Init::new(device, Rng::new(&[seed, streams::INIT]).next_u64());
             let identity = format!("random {config:?} seed {seed}");
             let mae = MaskedAutoencoder::new(config, &mut init)?;
             Ok(Encoder {

@@ -1,4 +1,10 @@
-//! Model configurations: the reference presets and small ones for machines without a GPU.
+//! Model configurations: the reference presets and small ones for machines without a GPU,
+//! and the config a `--model` value names.
+
+use std::path::Path;
+
+use crate::hf::read_config;
+use crate::Error;
 
 /// Shape and options of a [`crate::MaskedAutoencoder`].
 #[derive(Clone, Debug, PartialEq)]
@@ -256,4 +262,28 @@ pub const MAX_PARAMETERS: f64 = 1e10;
 /// `0.1` and 100 patches keep 9.
 pub fn len_keep(num_patches: usize, mask_ratio: f64) -> usize {
     (num_patches as f64 * (1.0 - mask_ratio)) as usize
+}
+
+/// The config a `--model` value names, before any weights are made.
+///
+/// # Errors
+/// One line when the value is neither a preset nor a readable config.
+pub fn config_from(model: &str) -> Result<MaeConfig, Error> {
+    if let Some(c) = MaeConfig::by_name(model) {
+        return Ok(c);
+    }
+    let path = Path::new(model);
+    let config_path = if path.is_dir() {
+        path.join("config.json")
+    } else {
+        path.to_path_buf()
+    };
+    if !config_path.is_file() {
+        return Err(Error::Setup(format!(
+            "--model {model}: not a preset ({}) and no {}",
+            MaeConfig::PRESETS.join(", "),
+            config_path.display()
+        )));
+    }
+    Ok(read_config(&config_path)?)
 }

@@ -18,17 +18,16 @@ use nn::{
 use serde::{Deserialize, Serialize};
 
 use crate::classify::{classifier, encoder, evaluate, open_labelled, report, Outcome, Pool, Start};
-use crate::data::{Augment, Dataset, Normalize, Rng, FASHION_MNIST};
+use crate::config::config_from;
+use crate::data::{streams, Augment, Dataset, Normalize, Rng, FASHION_MNIST};
 use crate::dist::Dist;
 use crate::hf::{read_preprocessor, save_preprocessor};
-use crate::pretrain::config_from;
 use crate::run::{
     self, Given, Invocation, Learner, Output, Position, Precision, Resumed, Schedule, Step, Trainer,
 };
 use crate::{Error, MaeConfig};
 
 /// Random stream of the new head's initialisation (see [`crate::data::Rng`]).
-const HEAD_STREAM: u64 = 4;
 
 /// `mae finetune`'s options.
 pub type Args = run::Args<Settings>;
@@ -311,7 +310,7 @@ fn classifier_and_optimizer(
         None => {
             let model = s.model.as_deref().unwrap_or_default();
             let enc = encoder(model, s.init, s.seed, device)?;
-            let mut init = Init::new(device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
+            let mut init = Init::new(device, Rng::new(&[s.seed, streams::HEAD]).next_u64());
             let vit = classifier(
                 enc.mae,
                 classes,

@@ -21,13 +21,10 @@ use crate::classify::{
     both_features, classifier, correct, encoder, open_labelled, report, EvalView, Outcome, Pool,
     Start,
 };
-use crate::data::{Dataset, Normalize, Rng, FASHION_MNIST};
+use crate::data::{streams, Dataset, Normalize, Rng, FASHION_MNIST};
 use crate::dist::Dist;
 use crate::run::{self, print_profile, profiling, progress_bar, Invocation, Log, Output, Position};
 use crate::Error;
-
-const ORDER_STREAM: u64 = 1;
-const HEAD_STREAM: u64 = 4;
 
 /// `mae linprobe`'s options.
 #[derive(Clone, Debug, clap::Args)]
@@ -156,7 +153,7 @@ pub fn linprobe(args: &Args) -> Result<Outcome, Error> {
         .clone()
         .unwrap_or_else(|| data.train.normalize(channels, Default::default(), s.seed));
     let identity = enc.identity.clone();
-    let mut init = Init::new(&device, Rng::new(&[s.seed, HEAD_STREAM]).next_u64());
+    let mut init = Init::new(&device, Rng::new(&[s.seed, streams::HEAD]).next_u64());
     let vit = classifier(
         enc.mae,
         data.classes,
@@ -284,7 +281,7 @@ impl Probe {
         let iters = train.len() / s.batch_size;
         let lr = s.blr * s.batch_size as f64 / 256.0;
         let mut order: Vec<usize> = (0..train.len()).collect();
-        Rng::new(&[s.seed, ORDER_STREAM, epoch as u64]).shuffle(&mut order);
+        Rng::new(&[s.seed, streams::ORDER, epoch as u64]).shuffle(&mut order);
         let mut total = Tensor::zeros(&device, &[])?;
         for (it, rows) in order.chunks_exact(s.batch_size).enumerate() {
             let (x, y) = gather(train, s.pool, rows);

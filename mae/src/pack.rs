@@ -3,11 +3,8 @@
 
 use std::path::PathBuf;
 
-use crate::data::{shards, Dataset, Rng, Split};
+use crate::data::{shards, streams, Dataset, Rng, Split};
 use crate::Error;
-
-/// Random stream of the packing order (see [`crate::data::Rng`]).
-const PACK_STREAM: u64 = 6;
 
 /// `mae shards`'s options.
 #[derive(Clone, Debug, clap::Args)]
@@ -44,7 +41,7 @@ pub fn command(args: &Args) -> Result<(), Error> {
         return Err(Error::Setup("--per-shard must be at least 1".into()));
     }
     let mut order: Vec<usize> = (0..files.len()).collect();
-    Rng::new(&[args.seed, PACK_STREAM]).shuffle(&mut order);
+    Rng::new(&[args.seed, streams::PACK]).shuffle(&mut order);
     let files: Vec<PathBuf> = order.iter().map(|&i| files[i].clone()).collect();
     let labels = data
         .labels

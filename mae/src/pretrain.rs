@@ -18,19 +18,17 @@ use engine::{AdamW, Device, ParamGroup, Tensor};
 use nn::{named_parameters, Init, Module};
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Augment, Dataset, Image, Normalize, NormalizeFrom, Rng, Split, FASHION_MNIST};
-use crate::dist::Dist;
-use crate::hf::{
-    load_pretrained, read_config, read_preprocessor, save_preprocessor, save_pretrained,
+use crate::config::config_from;
+use crate::data::{
+    streams, Augment, Dataset, Image, Normalize, NormalizeFrom, Rng, Split, FASHION_MNIST,
 };
+use crate::dist::Dist;
+use crate::hf::{load_pretrained, read_preprocessor, save_preprocessor, save_pretrained};
 use crate::knn::Monitor;
 use crate::run::{
     self, Given, Invocation, Learner, Output, Position, Precision, Resumed, Schedule, Step, Trainer,
 };
 use crate::{visualize, Error, MaeConfig, MaskedAutoencoder};
-
-/// Random stream of a new model's initialisation (see [`crate::data::Rng`]).
-const INIT_STREAM: u64 = 3;
 
 /// `mae pretrain`'s options.
 pub type Args = run::Args<Settings>;
@@ -519,30 +517,6 @@ fn describe(c: &MaeConfig) -> String {
     )
 }
 
-/// The config a `--model` value names, before any weights are made.
-///
-/// # Errors
-/// One line when the value is neither a preset nor a readable config.
-pub fn config_from(model: &str) -> Result<MaeConfig, Error> {
-    if let Some(c) = MaeConfig::by_name(model) {
-        return Ok(c);
-    }
-    let path = Path::new(model);
-    let config_path = if path.is_dir() {
-        path.join("config.json")
-    } else {
-        path.to_path_buf()
-    };
-    if !config_path.is_file() {
-        return Err(Error::Setup(format!(
-            "--model {model}: not a preset ({}) and no {}",
-            MaeConfig::PRESETS.join(", "),
-            config_path.display()
-        )));
-    }
-    Ok(read_config(&config_path)?)
-}
-
 /// The model a new run starts from: `settings.model`'s weights when it is a directory with
 /// them, else a new initialisation of its config; with the run's mask ratio and target.
 fn new_model(settings: &Settings, device: &Device) -> Result<MaskedAutoencoder, Error> {
@@ -561,7 +535,7 @@ fn new_model(settings: &Settings, device: &Device) -> Result<MaskedAutoencoder, 
     } else {
         let mut config = config_from(&settings.model)?;
         config.channels = settings.channels;
-        let mut init = Init::new(device, Rng::new(&[settings.seed, INIT_STREAM]).next_u64());
+        let mut init = Init::new(device, Rng::new(&[settings.seed, streams::INIT]).next_u64());
         MaskedAutoencoder::new(config, &mut init)?
     };
     model.config.mask_ratio = settings.mask_ratio;

@@ -29,8 +29,10 @@ fn parse_pretrain(args: &[&str]) -> (pretrain::Args, Given) {
 
 fn settle_pretrain(args: &[&str]) -> pretrain::Settings {
     let (args, given) = parse_pretrain(args);
-    let recipe =
-        |p: &pretrain::Settings| Ok(p.clone().scaled(&pretrain::config_from(&p.model).unwrap()));
+    let recipe = |p: &pretrain::Settings| {
+        Ok(p.clone()
+            .scaled(&mae::config::config_from(&p.model).unwrap()))
+    };
     let resume = args.resume.as_deref();
     let single = mae::dist::Dist::single();
     given

@@ -18,7 +18,7 @@ pub use decode::{
 };
 pub use idx::{read_idx, IDX_LIMIT};
 pub use loader::{Batch, Loader, Skipped};
-pub use rng::Rng;
+pub use rng::{streams, Rng};
 pub use shards::Shards;
 
 /// Where Debian's `dataset-fashion-mnist` package puts Fashion-MNIST: the default data.
@@ -379,7 +379,7 @@ impl Dataset {
             }
             Source::Files { .. } | Source::Shards { .. } => {
                 let mut sample: Vec<usize> = (0..self.len()).collect();
-                Rng::new(&[seed, STATS_STREAM]).shuffle(&mut sample);
+                Rng::new(&[seed, streams::STATS]).shuffle(&mut sample);
                 sample.truncate(STATS_SAMPLE);
                 for img in sample
                     .into_iter()
@@ -430,9 +430,6 @@ fn classes_of(labels: Option<&[u32]>) -> Vec<String> {
 
 /// Images of a folder its normalisation statistics are computed from.
 pub const STATS_SAMPLE: usize = 512;
-
-/// Random stream of the statistics' sample (see [`Rng`]).
-const STATS_STREAM: u64 = 5;
 
 /// Where the mean and std of the normalisation come from, when not given.
 #[derive(

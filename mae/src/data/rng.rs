@@ -3,6 +3,38 @@
 //! generator advanced across steps, so any step can be rebuilt from `(seed, epoch, step)`
 //! alone: that is what makes `--resume` exact.
 
+/// Every random stream of the program, in one table so that a new one is seen beside the
+/// others: a stream is `Rng::new(&[seed, ID, ...])` with its ID second.
+///
+/// | stream | coordinates | what it draws |
+/// |---|---|---|
+/// | [`ORDER`](streams::ORDER) | `[seed, 1, epoch]` | an epoch's data order (pretraining, fine-tuning, probing) |
+/// | [`STEP`](streams::STEP) | `[seed, 2, step]` | a step's seed: its masks, drop paths, dropout |
+/// | [`INIT`](streams::INIT) | `[seed, 3]` | a new model's weights |
+/// | [`HEAD`](streams::HEAD) | `[seed, 4]` | a classifier's head |
+/// | [`STATS`](streams::STATS) | `[seed, 5]` | the images normalisation statistics are computed from |
+/// | [`PACK`](streams::PACK) | `[seed, 6]` | the order `mae shards` packs a folder in |
+/// | (augmentation) | `[seed, epoch, image]` | an image's crop and flip ([`super::Loader`]) |
+///
+/// The augmentation stream has no ID: its second coordinate is the epoch, so image `k` of
+/// epoch 1 draws from the coordinates of epoch `k`'s order. The two uses are unrelated
+/// (a crop, a shuffle), and giving it an ID would change every crop of every run made so
+/// far, so it stays as it is.
+pub mod streams {
+    /// An epoch's data order.
+    pub const ORDER: u64 = 1;
+    /// A step's seed.
+    pub const STEP: u64 = 2;
+    /// A new model's weights.
+    pub const INIT: u64 = 3;
+    /// A classifier's head.
+    pub const HEAD: u64 = 4;
+    /// The normalisation statistics' sample.
+    pub const STATS: u64 = 5;
+    /// `mae shards`' packing order.
+    pub const PACK: u64 = 6;
+}
+
 /// SplitMix64 (Steele, Lea and Flood): small, fast and well mixed.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);

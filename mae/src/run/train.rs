@@ -16,14 +16,9 @@ use super::checkpoint::{save_optimizer, write_checkpoint, write_json};
 use super::watchdog::{self, Watchdog};
 use super::{progress_bar, stop, weights_digest};
 use super::{Invocation, Log, LossScaler, Output, Precision, Resumed, TrainerState};
-use crate::data::{Augment, Dataset, Loader, Rng, Skipped};
+use crate::data::{streams, Augment, Dataset, Loader, Rng, Skipped};
 use crate::dist::Dist;
 use crate::{plot, Error};
-
-/// Random streams of the loop (see [`crate::data::Rng`]): each epoch's data order, and
-/// each iteration's seed of masks and drop path.
-const ORDER_STREAM: u64 = 1;
-const STEP_STREAM: u64 = 2;
 
 /// The largest effective batch a schedule may have.
 const MAX_BATCH: usize = 1 << 31;
@@ -433,7 +428,7 @@ impl<'a> Trainer<'a> {
         let (epoch, accum) = (self.at.epoch, self.schedule.accum_iter);
         let first = (self.at.step - (epoch * self.iters) as u64) as usize;
         let s = &self.schedule;
-        let mut rng = Rng::new(&[s.seed, ORDER_STREAM, epoch as u64]);
+        let mut rng = Rng::new(&[s.seed, streams::ORDER, epoch as u64]);
         let order = self
             .data
             .epoch_order(self.images, &mut rng, (s.ranks, s.batch_size));
@@ -472,7 +467,7 @@ impl<'a> Trainer<'a> {
             let step = Step {
                 imgs: Tensor::from_slice(&self.device, &batch.pixels, &shape)?,
                 labels: batch.labels,
-                seed: Rng::new(&[self.schedule.seed, STEP_STREAM, self.at.step]).next_u64(),
+                seed: Rng::new(&[self.schedule.seed, streams::STEP, self.at.step]).next_u64(),
                 rows: (
                     self.dist.rank() * self.per_rank,
                     self.schedule.global_batch(),
