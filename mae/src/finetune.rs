@@ -27,8 +27,6 @@ use crate::run::{
 };
 use crate::{Error, MaeConfig};
 
-/// Random stream of the new head's initialisation (see [`crate::data::Rng`]).
-
 /// `mae finetune`'s options.
 pub type Args = run::Args<Settings>;
 
