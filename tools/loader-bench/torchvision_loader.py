@@ -2,7 +2,7 @@
 RandomResizedCrop(224, scale=(0.2, 1.0), bicubic), RandomHorizontalFlip, ToTensor,
 Normalize) through a DataLoader of batch 64 with N workers: images per second over an
 epoch, after a first epoch that warms the page cache. The figure the `loader` example is
-compared with, side by side on one machine (see the README's loader table).
+compared with, side by side on one machine (see docs/data.md's loader table).
 
     /tmp/torchvenv/bin/python tools/loader-bench/torchvision_loader.py DIR WORKERS
 """
