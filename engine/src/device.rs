@@ -6,12 +6,13 @@
 //! or when [`DISPATCHES_PER_BATCH`] dispatches have been recorded.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crate::error::{Error, Result};
+use crate::info::DeviceInfo;
 use crate::kernels::{Kernel, PipelineCache};
 use crate::ops::AttentionKernel;
+use crate::options::DeviceOptions;
 use crate::pool::{Pool, PoolStats};
 use crate::profile::{Clock, KernelTime, Profiler};
 use crate::tune::{Autotune, MatmulKernel, MatmulKey, Tuner};
@@ -21,247 +22,6 @@ pub const DISPATCHES_PER_BATCH: usize = 512;
 /// Bytes of one uniform-arena slot: every kernel's parameters fit, and 256 is the largest
 /// dynamic-offset alignment WebGPU allows an adapter to require.
 const PARAM_SLOT: u64 = 256;
-
-/// What the chosen adapter is and the limits the device was created with.
-#[derive(Clone, Debug)]
-pub struct DeviceInfo {
-    /// Adapter name as the driver reports it (e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`).
-    pub name: String,
-    /// Graphics API in use (Vulkan, Metal, Dx12, Gl).
-    pub backend: String,
-    /// Discrete, integrated, virtual, CPU or other.
-    pub device_type: String,
-    /// The backend's vendor id (PCI ids on Vulkan: 0x10de NVIDIA, 0x1002 AMD, 0x8086 Intel;
-    /// Apple's 0x106b on Metal).
-    pub vendor: u32,
-    /// Driver name and version.
-    pub driver: String,
-    /// Largest storage buffer binding, in bytes: the largest tensor.
-    pub max_storage_buffer_binding_size: u64,
-    /// Largest buffer, in bytes.
-    pub max_buffer_size: u64,
-    /// Storage buffers one kernel may bind.
-    pub max_storage_buffers_per_shader_stage: u32,
-    /// Workgroup shared memory, in bytes.
-    pub max_compute_workgroup_storage_size: u32,
-    /// Invocations in one workgroup.
-    pub max_compute_invocations_per_workgroup: u32,
-    /// Invocations along a workgroup's x axis.
-    pub max_compute_workgroup_size_x: u32,
-    /// Workgroups along one dispatch dimension.
-    pub max_compute_workgroups_per_dimension: u32,
-    /// The smallest and largest subgroup (warp, wave) the adapter runs, 0 when unknown.
-    pub subgroup_sizes: (u32, u32),
-    /// The optional features the adapter offered and the device enabled; kernels that use
-    /// one have a path without it.
-    pub features: Features,
-    /// The adapter's device-local memory in bytes, where the backend reports it (Vulkan).
-    pub memory_bytes: Option<u64>,
-    /// What the buffer pool may hold: a discrete GPU's memory, or the lower
-    /// [`DeviceOptions::memory_limit`] / `ENGINE_MEMORY_LIMIT`. `None` when neither applies.
-    pub memory_budget: Option<u64>,
-    /// The cooperative-matrix (tensor core) shapes the adapter reports, e.g.
-    /// `16x16x16 F16*F16+F32`: what a matrix-unit kernel could use. The engine does not use
-    /// them yet.
-    pub cooperative_matrices: Vec<String>,
-}
-
-/// How [`Device::with_options`] departs from what the adapter offers and the environment
-/// says.
-#[derive(Clone, Debug, Default)]
-pub struct DeviceOptions {
-    /// Lower the storage-binding limit (the largest tensor) to this many bytes, as a
-    /// smaller GPU's would be: the device enforces it.
-    pub binding_limit: Option<u64>,
-    /// Let the buffer pool hold at most this many bytes, as a GPU with that much memory
-    /// would (also `ENGINE_MEMORY_LIMIT`, e.g. `8GB`); an allocation past it fails with
-    /// [`Error::OutOfMemory`].
-    pub memory_limit: Option<u64>,
-    /// Leave these optional features off even when the adapter offers them, as well as
-    /// those named in `ENGINE_WITHOUT` (comma-separated, as [`Features`] displays them, e.g.
-    /// `ENGINE_WITHOUT=shader-f16,subgroup`): how to run as on an adapter without them.
-    pub without: Features,
-    /// On a machine with several adapters of the preferred kind (several GPUs), take the
-    /// one at this index, counting round: a data-parallel process passes its local rank.
-    pub adapter_index: Option<usize>,
-    /// The row kernels' workgroup width (8, 16, 32 or 64), instead of
-    /// `ENGINE_ROW_WORKGROUP` or the adapter's default.
-    pub row_workgroup: Option<u32>,
-    /// Whether the row kernels reduce with subgroup operations: by default on a GPU with
-    /// `SUBGROUP`, and not on a CPU adapter (one subgroup per workgroup there, where the
-    /// tree is 5-10% faster, measured on lavapipe). `Some(true)` where the adapter has no
-    /// subgroups is an error.
-    pub subgroup_reductions: Option<bool>,
-    /// How matrix products pick their kernel, instead of `ENGINE_AUTOTUNE`.
-    pub autotune: Option<Autotune>,
-    /// The tuning cache file, instead of `ENGINE_TUNE_CACHE` or `autotune.json` in the
-    /// user's cache directory.
-    pub tune_cache: Option<PathBuf>,
-    /// The attention kernels, instead of `ENGINE_ATTENTION` (`rows` or `tiled`) or the
-    /// adapter's default (rows on a CPU adapter, tiled on a GPU).
-    pub attention: Option<AttentionKernel>,
-    /// Fill the tiled kernels' workgroup memory with NaN before use, so that a missing
-    /// barrier shows as NaN (also `ENGINE_POISON_WORKGROUP=1`). A debugging aid: slower.
-    pub poison_workgroup_memory: bool,
-    /// Build the kernels whose indexing the tests prove on poisoned memory (the tiled
-    /// matrix-product variants) without naga's runtime checks: no loop counters, no clamped
-    /// indices (also `ENGINE_TRUSTED_KERNELS=1`). Off by default until a GPU figure says it
-    /// pays.
-    pub trusted_kernels: bool,
-}
-
-/// Optional adapter features the engine asks for when offered, and never requires.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Features {
-    /// GPU timestamps at pass boundaries (the profiler's clock).
-    pub timestamp_query: bool,
-    /// GPU timestamps between dispatches inside a pass.
-    pub timestamp_query_inside_passes: bool,
-    /// Subgroup (wave, warp, SIMD-group) operations in shaders.
-    pub subgroup: bool,
-    /// `f16` arithmetic in shaders.
-    pub shader_f16: bool,
-    /// Driver-side pipeline caches.
-    pub pipeline_cache: bool,
-}
-
-impl Features {
-    /// What the engine would use of `offered`.
-    fn of(offered: wgpu::Features) -> Features {
-        Features {
-            timestamp_query: offered.contains(wgpu::Features::TIMESTAMP_QUERY),
-            timestamp_query_inside_passes: offered.contains(
-                wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
-            ),
-            subgroup: offered.contains(wgpu::Features::SUBGROUP),
-            shader_f16: offered.contains(wgpu::Features::SHADER_F16),
-            pipeline_cache: offered.contains(wgpu::Features::PIPELINE_CACHE),
-        }
-    }
-
-    /// These features less those set in `off`.
-    pub fn without(self, off: Features) -> Features {
-        Features {
-            timestamp_query: self.timestamp_query && !off.timestamp_query,
-            timestamp_query_inside_passes: self.timestamp_query_inside_passes
-                && !off.timestamp_query_inside_passes
-                && !off.timestamp_query,
-            subgroup: self.subgroup && !off.subgroup,
-            shader_f16: self.shader_f16 && !off.shader_f16,
-            pipeline_cache: self.pipeline_cache && !off.pipeline_cache,
-        }
-    }
-
-    /// Every optional feature (for [`DeviceOptions::without`]).
-    pub fn all() -> Features {
-        Features {
-            timestamp_query: true,
-            timestamp_query_inside_passes: true,
-            subgroup: true,
-            shader_f16: true,
-            pipeline_cache: true,
-        }
-    }
-
-    /// The wgpu features to request.
-    fn wgpu(self) -> wgpu::Features {
-        let mut f = wgpu::Features::empty();
-        for (on, flag) in [
-            (self.timestamp_query, wgpu::Features::TIMESTAMP_QUERY),
-            (
-                self.timestamp_query_inside_passes,
-                wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
-            ),
-            (self.subgroup, wgpu::Features::SUBGROUP),
-            (self.shader_f16, wgpu::Features::SHADER_F16),
-            (self.pipeline_cache, wgpu::Features::PIPELINE_CACHE),
-        ] {
-            if on {
-                f |= flag;
-            }
-        }
-        f
-    }
-}
-
-impl Features {
-    /// Each feature's flag here and its name.
-    fn by_name(&mut self) -> [(&mut bool, &'static str); 5] {
-        [
-            (&mut self.timestamp_query, "timestamp-query"),
-            (
-                &mut self.timestamp_query_inside_passes,
-                "timestamps-inside-passes",
-            ),
-            (&mut self.subgroup, "subgroup"),
-            (&mut self.shader_f16, "shader-f16"),
-            (&mut self.pipeline_cache, "pipeline-cache"),
-        ]
-    }
-
-    /// The features named in a comma-separated `list` (`ENGINE_WITHOUT`).
-    fn named(list: &str) -> Result<Features> {
-        let mut features = Features::default();
-        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let Some((flag, _)) = features.by_name().into_iter().find(|(_, n)| *n == name) else {
-                return Err(Error::setting(
-                    "ENGINE_WITHOUT",
-                    list,
-                    format!(
-                        "unknown feature {name:?}; expected some of {}",
-                        Features::all()
-                    ),
-                ));
-            };
-            *flag = true;
-        }
-        Ok(features)
-    }
-}
-
-impl std::fmt::Display for Features {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut copy = *self;
-        let names: Vec<&str> = copy
-            .by_name()
-            .into_iter()
-            .filter(|(on, _)| **on)
-            .map(|(_, name)| name)
-            .collect();
-        if names.is_empty() {
-            write!(f, "none")
-        } else {
-            write!(f, "{}", names.join(", "))
-        }
-    }
-}
-
-impl DeviceInfo {
-    /// True for a software rasteriser such as Mesa's lavapipe.
-    pub fn is_software(&self) -> bool {
-        self.device_type == "Cpu"
-    }
-}
-
-impl std::fmt::Display for DeviceInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} ({}, {}, driver {}; max storage binding {} MiB, max buffer {} MiB, workgroup memory {} KiB, {} invocations, subgroups {}-{}; features: {})",
-            self.name,
-            self.backend,
-            self.device_type,
-            self.driver,
-            self.max_storage_buffer_binding_size >> 20,
-            self.max_buffer_size >> 20,
-            self.max_compute_workgroup_storage_size >> 10,
-            self.max_compute_invocations_per_workgroup,
-            self.subgroup_sizes.0,
-            self.subgroup_sizes.1,
-            self.features
-        )
-    }
-}
 
 /// A GPU (or software) device with its runtime. Cheap to clone; all clones share one queue,
 /// pool and pipeline cache. Safe to use from several threads.
@@ -374,31 +134,15 @@ impl Device {
             }
         }
         let adapter = choose_adapter(adapters, options.adapter_index.unwrap_or(0))?;
-        let from_env = std::env::var("ENGINE_ROW_WORKGROUP").ok();
-        let row_workgroup = match (options.row_workgroup.map(|n| n.to_string()), from_env) {
-            (Some(v), _) | (None, Some(v)) => match v.parse() {
-                Ok(n @ (8 | 16 | 32 | 64)) => n,
-                _ => {
-                    return Err(Error::setting(
-                        "ENGINE_ROW_WORKGROUP",
-                        v,
-                        "expected 8, 16, 32 or 64",
-                    ))
-                }
-            },
-            (None, None) if adapter.get_info().device_type == wgpu::DeviceType::Cpu => 8,
-            (None, None) => 64,
-        };
+        let binding_limit = options.binding_limit;
+        let settings = options.resolve(&adapter)?;
         let mut limits = adapter.limits();
-        if let Some(bytes) = options.binding_limit {
+        if let Some(bytes) = binding_limit {
             limits.max_storage_buffer_binding_size =
                 limits.max_storage_buffer_binding_size.min(bytes);
         }
         check_limits(&adapter.get_info().name, &limits)?;
-        let off = Features::named(&std::env::var("ENGINE_WITHOUT").unwrap_or_default())?;
-        let features = Features::of(adapter.features())
-            .without(options.without)
-            .without(off);
+        let features = settings.features;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("engine"),
             required_features: features.wgpu(),
@@ -410,99 +154,8 @@ impl Device {
         .map_err(|e| Error::Device(e.to_string()))?;
         let failure = Arc::new(Mutex::new(None));
         report_wgpu_failures(&device, &failure);
-        let a = adapter.get_info();
-        let memory_bytes = crate::memory::adapter_memory(&adapter);
-        let limit = match (options.memory_limit, std::env::var("ENGINE_MEMORY_LIMIT")) {
-            (Some(bytes), _) => Some(bytes),
-            (None, Ok(text)) => Some(crate::memory::parse_bytes(&text)?),
-            (None, Err(_)) => None,
-        };
-        // Only a discrete GPU's device-local memory is a hard limit: a software adapter (its
-        // heap is nominal; lavapipe reports 2 GB and runs 9 GB steps) and an integrated GPU
-        // (which also uses system memory) go past theirs.
-        let hard = memory_bytes.filter(|_| a.device_type == wgpu::DeviceType::DiscreteGpu);
-        let memory_budget = match (hard, limit) {
-            (Some(m), Some(l)) => Some(m.min(l)),
-            (m, l) => m.or(l),
-        };
-        let info = DeviceInfo {
-            name: a.name,
-            backend: format!("{:?}", a.backend),
-            device_type: format!("{:?}", a.device_type),
-            vendor: a.vendor,
-            driver: format!("{} {}", a.driver, a.driver_info).trim().to_string(),
-            max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
-            max_buffer_size: limits.max_buffer_size,
-            max_storage_buffers_per_shader_stage: limits.max_storage_buffers_per_shader_stage,
-            max_compute_workgroup_storage_size: limits.max_compute_workgroup_storage_size,
-            max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
-            max_compute_workgroup_size_x: limits.max_compute_workgroup_size_x,
-            max_compute_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
-            subgroup_sizes: (a.subgroup_min_size, a.subgroup_max_size),
-            features,
-            memory_bytes,
-            memory_budget,
-            cooperative_matrices: adapter
-                .cooperative_matrix_properties()
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{}x{}x{} {:?}*{:?}+{:?}",
-                        p.m_size, p.n_size, p.k_size, p.ab_type, p.ab_type, p.cr_type
-                    )
-                })
-                .collect(),
-        };
-        let autotune = match options.autotune {
-            Some(mode) => mode,
-            None => Autotune::from_env(&info)?,
-        };
-        let cache = options
-            .tune_cache
-            .or_else(|| std::env::var_os("ENGINE_TUNE_CACHE").map(PathBuf::from));
-        let tuner = Tuner::new(&info, autotune, cache);
-        let tune_budget = match std::env::var("ENGINE_TUNE_BUDGET_MS") {
-            Err(_) => std::time::Duration::from_secs(2),
-            Ok(ms) => match ms.parse::<u64>() {
-                Ok(ms) if ms > 0 => std::time::Duration::from_millis(ms),
-                _ => {
-                    return Err(Error::setting(
-                        "ENGINE_TUNE_BUDGET_MS",
-                        ms,
-                        "expected milliseconds, at least 1",
-                    ))
-                }
-            },
-        };
-        let attention = match (
-            options.attention,
-            std::env::var("ENGINE_ATTENTION").as_deref(),
-        ) {
-            (Some(kernel), _) => kernel,
-            (None, Ok("rows")) => AttentionKernel::Rows,
-            (None, Ok("tiled")) => AttentionKernel::Tiled,
-            (None, Ok(other)) => {
-                return Err(Error::setting(
-                    "ENGINE_ATTENTION",
-                    other,
-                    "expected rows or tiled",
-                ))
-            }
-            (None, Err(_)) if info.is_software() => AttentionKernel::Rows,
-            (None, Err(_)) => AttentionKernel::Tiled,
-        };
-        let subgroup_reductions = match options.subgroup_reductions {
-            Some(true) if !info.features.subgroup => {
-                return Err(Error::Device(format!(
-                    "{} has no subgroups for the row kernels' reductions",
-                    info.name
-                )))
-            }
-            Some(on) => on,
-            None => info.features.subgroup && !info.is_software(),
-        };
-        let poison = options.poison_workgroup_memory || env_switch("ENGINE_POISON_WORKGROUP")?;
-        let trusted = options.trusted_kernels || env_switch("ENGINE_TRUSTED_KERNELS")?;
+        let info = DeviceInfo::of(&adapter, &limits, features, settings.memory_limit);
+        let tuner = Tuner::new(&info, settings.autotune, settings.tune_cache);
         assert!(limits.min_uniform_buffer_offset_alignment as u64 <= PARAM_SLOT);
         let arena = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("uniform arena"),
@@ -519,7 +172,8 @@ impl Device {
             mapped_at_creation: true,
         });
         status.unmap(); // mapped at creation so it starts zeroed
-        Ok(Device {
+        let profile = settings.profile;
+        let opened = Device {
             inner: Arc::new(Inner {
                 device,
                 queue,
@@ -536,18 +190,20 @@ impl Device {
                     recorded: 0,
                 }),
                 status,
-                row_workgroup,
+                row_workgroup: settings.row_workgroup,
                 profile: Mutex::new(None),
                 tuner: Mutex::new(tuner),
-                poison,
-                trusted,
-                tune_budget,
-                attention,
-                subgroup_reductions,
+                poison: settings.poison,
+                trusted: settings.trusted,
+                tune_budget: settings.tune_budget,
+                attention: settings.attention,
+                subgroup_reductions: settings.subgroup_reductions,
                 failure,
                 bind_groups: Mutex::new(HashMap::new()),
             }),
-        })
+        };
+        opened.set_profiling(profile);
+        Ok(opened)
     }
 
     /// One device shared by the whole process, created on first use. Tests, examples and
@@ -1095,18 +751,6 @@ fn report_wgpu_failures(device: &wgpu::Device, slot: &Arc<Mutex<Option<Error>>>)
     });
 }
 
-/// An on/off environment variable: unset, empty or `0` is off, `1` is on.
-///
-/// # Errors
-/// [`Error::Setting`] for another value.
-pub fn env_switch(name: &'static str) -> Result<bool> {
-    match std::env::var(name).as_deref() {
-        Err(_) | Ok("" | "0") => Ok(false),
-        Ok("1") => Ok(true),
-        Ok(other) => Err(Error::setting(name, other, "expected 0 or 1")),
-    }
-}
-
 impl std::fmt::Debug for Device {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Device({})", self.inner.info.name)
@@ -1257,17 +901,5 @@ mod tests {
         d.trim_pool();
         assert_eq!(groups(), 0);
         assert_eq!(step(), [2.0; 16]);
-    }
-
-    #[test]
-    fn switches_are_0_or_1() {
-        // A name no other test sets.
-        std::env::set_var("ENGINE_TEST_SWITCH", "yes");
-        let e = super::env_switch("ENGINE_TEST_SWITCH").unwrap_err();
-        assert_eq!(e.to_string(), "ENGINE_TEST_SWITCH=\"yes\": expected 0 or 1");
-        std::env::set_var("ENGINE_TEST_SWITCH", "1");
-        assert!(super::env_switch("ENGINE_TEST_SWITCH").unwrap());
-        std::env::remove_var("ENGINE_TEST_SWITCH");
-        assert!(!super::env_switch("ENGINE_TEST_SWITCH").unwrap());
     }
 }

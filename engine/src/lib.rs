@@ -24,11 +24,13 @@ pub mod autodiff;
 mod device;
 mod error;
 pub mod gradcheck;
+mod info;
 #[doc(hidden)]
 pub mod kernels;
 mod memory;
 mod ops;
 pub mod optim;
+mod options;
 #[doc(hidden)]
 pub mod params;
 mod pool;
@@ -39,15 +41,17 @@ mod tensor;
 pub mod tune;
 
 pub use autodiff::{enable_grad, is_grad_enabled, no_grad, Gradients, TensorId};
-pub use device::{env_switch, Device, DeviceInfo, DeviceOptions, Features, DISPATCHES_PER_BATCH};
+pub use device::{Device, DISPATCHES_PER_BATCH};
 pub use error::{Error, Result};
 pub use gradcheck::{gradcheck, GradMismatch, GradcheckOptions, GradcheckReport};
+pub use info::DeviceInfo;
 pub use memory::human_bytes;
 pub use ops::{
     autocast_f16, is_autocast_f16, AttentionKernel, BinaryOp, CompareOp, UnaryOp,
     MAX_ATTENTION_HEAD_DIM,
 };
 pub use optim::{warmup_cosine_lr, AdamW, GradientFactor, OptimizerState, ParamGroup, Sgd};
+pub use options::{env_switch, DeviceOptions, Features};
 pub use pool::PoolStats;
 pub use profile::{Clock, KernelTime};
 pub use tensor::{DType, Tensor};

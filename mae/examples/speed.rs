@@ -61,7 +61,6 @@ fn main() {
     });
     let batch = args.get(1).and_then(|b| b.parse().ok()).unwrap_or(64);
     let dev = Device::new().expect("a wgpu adapter");
-    dev.set_profiling(engine::env_switch("ENGINE_PROFILE").unwrap_or(false));
     println!(
         r#"{{"adapter":{:?},"backend":{:?}}}"#,
         dev.info().name,

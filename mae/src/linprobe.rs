@@ -23,7 +23,7 @@ use crate::classify::{
 };
 use crate::data::{streams, Dataset, Normalize, Rng, FASHION_MNIST};
 use crate::dist::Dist;
-use crate::run::{self, print_profile, profiling, progress_bar, Invocation, Log, Output, Position};
+use crate::run::{self, print_profile, progress_bar, Invocation, Log, Output, Position};
 use crate::Error;
 
 /// `mae linprobe`'s options.
@@ -143,7 +143,6 @@ pub fn linprobe(args: &Args) -> Result<Outcome, Error> {
         &Dist::single(),
     )?;
     let device = Device::new()?;
-    profiling(&device)?;
     let data = open_labelled(&s.data)?;
     let enc = encoder(&s.model, s.init, s.seed, &device)?;
     let channels = enc.mae.config.channels;

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 pub use tile::Tile;
 
-use crate::device::DeviceInfo;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::info::DeviceInfo;
 use crate::kernels::{MATMUL, MATMUL_TILED, SPLITK};
 
 /// How the matrix product picks its kernel (`ENGINE_AUTOTUNE`, or
@@ -32,29 +32,6 @@ pub enum Autotune {
     Cache,
     /// The cached choice, or time the candidates and cache the fastest.
     On,
-}
-
-impl Autotune {
-    /// `ENGINE_AUTOTUNE` (`off`, `cache`, `on`), else `On` on a GPU and `Off` on a CPU
-    /// adapter, where the shipped kernels are the ones measured fastest and tuning would
-    /// cost seconds per shape.
-    ///
-    /// # Errors
-    /// [`Error::Setting`] for another value.
-    pub fn from_env(info: &DeviceInfo) -> Result<Autotune> {
-        match std::env::var("ENGINE_AUTOTUNE").as_deref() {
-            Ok("off") => Ok(Autotune::Off),
-            Ok("cache") => Ok(Autotune::Cache),
-            Ok("on") => Ok(Autotune::On),
-            Ok(other) => Err(Error::setting(
-                "ENGINE_AUTOTUNE",
-                other,
-                "expected off, cache or on",
-            )),
-            Err(_) if info.is_software() => Ok(Autotune::Off),
-            Err(_) => Ok(Autotune::On),
-        }
-    }
 }
 
 /// The kernel that computes one product.
@@ -376,7 +353,8 @@ fn write_choice(path: &Path, device: &str, key: &str, kernel: MatmulKernel) -> s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::Features;
+    use crate::error::Error;
+    use crate::options::Features;
 
     fn adapter(vendor: u32, device_type: &str, workgroup_bytes: u32) -> DeviceInfo {
         DeviceInfo {

@@ -2,7 +2,7 @@
 //! `BEGIN TILE` .. `END TILE` lines are replaced by a variant's tile sizes, buffer count and
 //! global-memory loader, and each variant is compiled as a kernel of its own.
 
-use crate::device::DeviceInfo;
+use crate::info::DeviceInfo;
 use crate::kernels::{generated, specialise, Access, Kernel, MATMUL_TILED};
 
 /// One variant of the tiled matrix product.

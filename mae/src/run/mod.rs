@@ -244,7 +244,6 @@ pub fn device(dist: &Dist) -> Result<Device, Error> {
     if let Some(line) = dist.describe(&device.info().name) {
         crate::dist::say(&line);
     }
-    profiling(&device)?;
     Ok(device)
 }
 
@@ -278,15 +277,6 @@ pub fn progress_bar(show: bool, len: usize, prefix: String) -> indicatif::Progre
     );
     bar.set_prefix(prefix);
     bar
-}
-
-/// Turn on per-kernel timing when `ENGINE_PROFILE` is 1.
-///
-/// # Errors
-/// [`engine::Error::Setting`] for a value other than 0 or 1.
-pub fn profiling(device: &Device) -> Result<(), Error> {
-    device.set_profiling(engine::env_switch("ENGINE_PROFILE")?);
-    Ok(())
 }
 
 /// Per-kernel times of the run, slowest first, when `ENGINE_PROFILE` turned them on.
