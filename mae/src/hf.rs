@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use engine::{Device, Tensor};
+use engine::Device;
 use nn::{load_tensors, read_safetensors, CheckpointError, Init, TensorMap};
 use serde_json::{json, Value};
 
@@ -89,56 +89,84 @@ pub fn config_from_json(json: &Value) -> Result<MaeConfig, String> {
     Ok(config)
 }
 
+/// The names of a block's tensors, ours and transformers', after `blocks.{i}.` and
+/// `vit.encoder.layer.{i}.` (or the decoder's): one table read in both directions.
+const BLOCK_NAMES: [(&str, &str); 5] = [
+    ("attn.proj.", "attention.output.dense."),
+    ("mlp.fc1.", "intermediate.dense."),
+    ("mlp.fc2.", "output.dense."),
+    ("norm1.", "layernorm_before."),
+    ("norm2.", "layernorm_after."),
+];
+
+/// Our fused qkv, and transformers' query, key and value (rows q, then k, then v).
+const QKV: (&str, [&str; 3]) = (
+    "attn.qkv.",
+    [
+        "attention.attention.query.",
+        "attention.attention.key.",
+        "attention.attention.value.",
+    ],
+);
+
+/// The prefixes of the other tensors, ours and transformers', in the order they are tried;
+/// the blocks' prefixes are followed by the block index and [`BLOCK_NAMES`]. The decoder's
+/// own tensors (`mask_token`, `decoder_embed`, `decoder_norm`, `decoder_pred`) keep their
+/// names under `decoder.`.
+const PREFIXES: [(&str, &str); 6] = [
+    ("cls_token", "vit.embeddings.cls_token"),
+    (
+        "patch_embed.proj.",
+        "vit.embeddings.patch_embeddings.projection.",
+    ),
+    ("norm.", "vit.layernorm."),
+    ("blocks.", "vit.encoder.layer."),
+    ("decoder_blocks.", "decoder.decoder_layers."),
+    ("", "decoder."),
+];
+
+/// Older transformers named the decoder's blocks so.
+const OLD_DECODER_BLOCKS: &str = "decoder.decoder_encoder.layer.";
+
 /// Our name for a transformers tensor name, or `None` for the fixed position tables.
-/// q, k and v map to the fused qkv with a part index (0, 1, 2).
+/// q, k and v map to the fused qkv with a part index (0, 1, 2). A name not in the tables
+/// comes back marked with `?`, so that loading names it as unexpected.
 fn our_name(hf: &str) -> Option<(String, Option<usize>)> {
-    let layer = |rest: &str, prefix: &str| -> Option<(String, Option<usize>)> {
-        let (i, inner) = rest.split_once('.')?;
-        let (local, part) = match inner {
-            s if s.starts_with("attention.attention.query.") => {
-                (format!("attn.qkv.{}", &s[26..]), Some(0))
-            }
-            s if s.starts_with("attention.attention.key.") => {
-                (format!("attn.qkv.{}", &s[24..]), Some(1))
-            }
-            s if s.starts_with("attention.attention.value.") => {
-                (format!("attn.qkv.{}", &s[26..]), Some(2))
-            }
-            s if s.starts_with("attention.output.dense.") => {
-                (format!("attn.proj.{}", &s[23..]), None)
-            }
-            s if s.starts_with("intermediate.dense.") => (format!("mlp.fc1.{}", &s[19..]), None),
-            s if s.starts_with("output.dense.") => (format!("mlp.fc2.{}", &s[13..]), None),
-            s if s.starts_with("layernorm_before.") => (format!("norm1.{}", &s[17..]), None),
-            s if s.starts_with("layernorm_after.") => (format!("norm2.{}", &s[16..]), None),
-            _ => return Some((format!("{prefix}.{i}.?{inner}"), None)),
-        };
-        Some((format!("{prefix}.{i}.{local}"), part))
-    };
-    let plain = |s: &str| Some((s.to_string(), None));
-    match hf {
-        "vit.embeddings.position_embeddings" | "decoder.decoder_pos_embed" => None,
-        "vit.embeddings.cls_token" => plain("cls_token"),
-        "decoder.mask_token" => plain("mask_token"),
-        _ => {
-            if let Some(rest) = hf.strip_prefix("vit.embeddings.patch_embeddings.projection.") {
-                plain(&format!("patch_embed.proj.{rest}"))
-            } else if let Some(rest) = hf.strip_prefix("vit.encoder.layer.") {
-                layer(rest, "blocks")
-            } else if let Some(rest) = hf
-                .strip_prefix("decoder.decoder_layers.")
-                .or_else(|| hf.strip_prefix("decoder.decoder_encoder.layer."))
-            {
-                layer(rest, "decoder_blocks")
-            } else if let Some(rest) = hf.strip_prefix("vit.layernorm.") {
-                plain(&format!("norm.{rest}"))
-            } else if let Some(rest) = hf.strip_prefix("decoder.") {
-                plain(rest)
-            } else {
-                plain(&format!("?{hf}"))
-            }
-        }
+    if [
+        "vit.embeddings.position_embeddings",
+        "decoder.decoder_pos_embed",
+    ]
+    .contains(&hf)
+    {
+        return None;
     }
+    let old = hf
+        .strip_prefix(OLD_DECODER_BLOCKS)
+        .map(|rest| ("decoder_blocks.", rest));
+    let found = old.or_else(|| {
+        PREFIXES
+            .iter()
+            .find_map(|(ours, theirs)| hf.strip_prefix(theirs).map(|rest| (*ours, rest)))
+    });
+    let Some((ours, rest)) = found else {
+        return Some((format!("?{hf}"), None));
+    };
+    if !ours.ends_with("blocks.") {
+        return Some((format!("{ours}{rest}"), None));
+    }
+    let (i, inner) = rest.split_once('.').unwrap_or((rest, ""));
+    let part = QKV.1.iter().enumerate().find_map(|(k, theirs)| {
+        let p = inner.strip_prefix(theirs)?;
+        Some((format!("{ours}{i}.{}{p}", QKV.0), Some(k)))
+    });
+    let plain = BLOCK_NAMES.iter().find_map(|(local, theirs)| {
+        let p = inner.strip_prefix(theirs)?;
+        Some((format!("{ours}{i}.{local}{p}"), None))
+    });
+    Some(
+        part.or(plain)
+            .unwrap_or((format!("{ours}{i}.?{inner}"), None)),
+    )
 }
 
 /// Rename a transformers state dict into ours, fusing q, k and v (rows q, then k, then v).
@@ -348,41 +376,28 @@ pub fn load_pretrained(dir: &Path, device: &Device) -> Result<MaskedAutoencoder,
 /// The published-layout name(s) of one of our parameters: the fused qkv splits into
 /// query, key and value (rows q, then k, then v).
 fn published_names(ours: &str) -> Vec<String> {
-    let layer = |prefix: &str, rest: &str| -> Vec<String> {
-        let (i, inner) = rest.split_once('.').unwrap_or((rest, ""));
-        let base = format!("{prefix}.{i}");
-        if let Some(p) = inner.strip_prefix("attn.qkv.") {
-            return ["query", "key", "value"]
-                .iter()
-                .map(|q| format!("{base}.attention.attention.{q}.{p}"))
-                .collect();
-        }
-        let mapped = [
-            ("attn.proj.", "attention.output.dense."),
-            ("mlp.fc1.", "intermediate.dense."),
-            ("mlp.fc2.", "output.dense."),
-            ("norm1.", "layernorm_before."),
-            ("norm2.", "layernorm_after."),
-        ]
+    // The last prefix is empty, so one always matches.
+    let (prefix, theirs, rest) = PREFIXES
         .iter()
-        .find_map(|(from, to)| inner.strip_prefix(from).map(|p| format!("{base}.{to}{p}")));
-        vec![mapped.unwrap_or_else(|| format!("{base}.{inner}"))]
-    };
-    if let Some(rest) = ours.strip_prefix("decoder_blocks.") {
-        return layer("decoder.decoder_layers", rest);
+        .find_map(|(o, t)| ours.strip_prefix(o).map(|rest| (*o, *t, rest)))
+        .unwrap_or(("", "decoder.", ours));
+    if !prefix.ends_with("blocks.") {
+        return vec![format!("{theirs}{rest}")];
     }
-    if let Some(rest) = ours.strip_prefix("blocks.") {
-        return layer("vit.encoder.layer", rest);
+    let (i, inner) = rest.split_once('.').unwrap_or((rest, ""));
+    if let Some(p) = inner.strip_prefix(QKV.0) {
+        return QKV
+            .1
+            .iter()
+            .map(|q| format!("{theirs}{i}.{q}{p}"))
+            .collect();
     }
-    let name = match ours {
-        "cls_token" => "vit.embeddings.cls_token".to_string(),
-        s if s.starts_with("patch_embed.proj.") => {
-            format!("vit.embeddings.patch_embeddings.projection.{}", &s[17..])
-        }
-        s if s.starts_with("norm.") => format!("vit.layernorm.{}", &s[5..]),
-        s => format!("decoder.{s}"),
-    };
-    vec![name]
+    let mapped = BLOCK_NAMES.iter().find_map(|(local, t)| {
+        inner
+            .strip_prefix(local)
+            .map(|p| format!("{theirs}{i}.{t}{p}"))
+    });
+    vec![mapped.unwrap_or_else(|| format!("{theirs}{i}.{inner}"))]
 }
 
 /// Tensors named as in the published checkpoints (facebook/vit-mae-*), from ours: `(name,
@@ -450,19 +465,13 @@ pub fn save_pretrained(model: &MaskedAutoencoder, dir: &Path) -> Result<(), Chec
     for (name, t) in nn::named_parameters(model) {
         ours.push((name, t.shape().to_vec(), t.to_vec()?));
     }
-    let device = model.cls_token.device();
-    let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    for (name, shape, values) in to_published(ours) {
-        tensors.push((name, Tensor::from_slice(device, &values, &shape)?));
+    let mut tensors = to_published(ours);
+    for (name, table) in [
+        ("vit.embeddings.position_embeddings", &model.pos_embed),
+        ("decoder.decoder_pos_embed", &model.decoder_pos_embed),
+    ] {
+        tensors.push((name.into(), table.shape().to_vec(), table.to_vec()?));
     }
-    tensors.push((
-        "vit.embeddings.position_embeddings".into(),
-        model.pos_embed.clone(),
-    ));
-    tensors.push((
-        "decoder.decoder_pos_embed".into(),
-        model.decoder_pos_embed.clone(),
-    ));
     let config_path = dir.join("config.json");
     let text = serde_json::to_string_pretty(&config_to_json(&model.config))
         .expect("a JSON value serialises");
@@ -471,5 +480,5 @@ pub fn save_pretrained(model: &MaskedAutoencoder, dir: &Path) -> Result<(), Chec
     let metadata = [("format".to_string(), "pt".to_string())]
         .into_iter()
         .collect();
-    nn::save_safetensors(&dir.join("model.safetensors"), &tensors, Some(metadata))
+    nn::save_host_safetensors(&dir.join("model.safetensors"), tensors, Some(metadata))
 }
