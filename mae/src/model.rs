@@ -291,7 +291,8 @@ impl MaskedAutoencoder {
     }
 }
 
-// The position embeddings are fixed tables, not parameters: they are rebuilt from the config.
+// The position embeddings are fixed tables, not parameters: built from the config, then
+// replaced by a checkpoint's own tables when it has them (`hf::load_pretrained`).
 nn::module_fields!(MaskedAutoencoder {
     patch_embed: "patch_embed",
     cls_token: "cls_token",

@@ -218,9 +218,8 @@ impl Settings {
 }
 
 /// The images the k-NN monitor encodes, half of them the memory bank and half queries, for
-/// an epoch of `images`: an eighth of them, at least 200 and at most 2000. Encoding an
-/// image whole costs about 0.4 of a training step's image (measured on lavapipe with the
-/// default preset: 2.8 against 6.9 ms), so an eighth costs about 5% of an epoch.
+/// an epoch of `images`: an eighth of them, at least 200 and at most 2000, a few percent
+/// of an epoch (measured in docs/training.md).
 fn knn_images(images: usize) -> usize {
     (images / 8).clamp(200, 2000)
 }

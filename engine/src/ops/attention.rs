@@ -148,7 +148,6 @@ impl Kernels {
         }
     }
 
-    /// The override values and workgroups for `p`'s rows.
     /// These kernels, or their f16-operand builds.
     fn with_half_operands(self, half: bool) -> Kernels {
         if !half {
@@ -162,6 +161,7 @@ impl Kernels {
         }
     }
 
+    /// The override values and workgroups for `p`'s rows.
     fn launch(&self, dev: &Device, p: &AttentionParams) -> (Vec<u32>, [u32; 3]) {
         if self.tiled {
             let tiles = (p.tokens as usize).div_ceil(TILED_ROWS) as u32;
