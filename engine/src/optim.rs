@@ -26,6 +26,9 @@ pub struct ParamGroup {
     pub lr: f32,
     /// Decoupled (AdamW) or L2 (SGD) weight decay.
     pub weight_decay: f32,
+    /// What a schedule multiplies its learning rate by for this group: the reference's
+    /// `lr_scale` (layer-wise decay in fine-tuning); 1 by default.
+    pub lr_scale: f64,
 }
 
 impl ParamGroup {
@@ -35,7 +38,13 @@ impl ParamGroup {
             params,
             lr,
             weight_decay,
+            lr_scale: 1.0,
         }
+    }
+
+    /// This group with a schedule's learning rate scaled by `lr_scale`.
+    pub fn with_lr_scale(self, lr_scale: f64) -> ParamGroup {
+        ParamGroup { lr_scale, ..self }
     }
 }
 

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use mae::data::{Augment, Dataset, Loader, Normalize, Rng, Skipped, Split};
+use mae::data::{Augment, Dataset, Loader, Normalize, Plan, Rng, Skipped, Split};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,16 +31,18 @@ fn main() {
         let mut order: Vec<usize> = (0..data.len()).collect();
         Rng::new(&[0, 1, epoch]).shuffle(&mut order);
         let start = Instant::now();
-        let loader = Loader::new(
-            data.clone(),
-            (augment.clone(), true),
-            3,
+        let loader = Loader::new(Plan {
+            data: data.clone(),
+            augment: augment.clone(),
+            random: true,
+            channels: 3,
             order,
-            64,
+            batch: 64,
             workers,
-            (0, epoch),
-            Arc::new(Skipped::default()),
-        );
+            seed: 0,
+            epoch,
+            skipped: Arc::new(Skipped::default()),
+        });
         images = loader.map(|b| b.expect("a batch").len).sum::<usize>();
         seconds = start.elapsed().as_secs_f64();
     }

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::config::config_from;
-use crate::data::{streams, Augment, DataError, Dataset, Loader, Normalize, Rng, Skipped, Split};
+use crate::data::{
+    streams, Augment, DataError, Dataset, Loader, Normalize, Plan, Rng, Skipped, Split,
+};
 use crate::dist::Dist;
 use crate::hf::{load_pretrained, read_preprocessor};
 use crate::{Error, MaskedAutoencoder};
@@ -163,23 +165,39 @@ fn file_digest(path: &Path) -> Result<String, Error> {
     Ok(format!("{sha256}-{bytes}"))
 }
 
+/// What a classifier puts on an MAE's encoder.
+#[derive(Clone, Copy, Debug)]
+pub struct Head {
+    /// Output classes.
+    pub classes: usize,
+    /// The cls token (the MAE's `norm`) or the mean of the patch tokens (a new `fc_norm`).
+    pub pool: Pool,
+    /// Drop path of the last block, rising linearly from 0 at the first.
+    pub drop_path: f32,
+    /// The input side, when not the MAE's.
+    pub image_size: Option<usize>,
+}
+
 /// The classifier built from an MAE's encoder: patch embedding, cls token and blocks are
 /// the MAE's; the final norm is the MAE's `norm` for cls pooling and a new `fc_norm` for
 /// the global pool (as the reference, which drops `norm` then); the head is new (trunc
-/// normal, std 2e-5). Drop path rises linearly to `drop_path` over the blocks. At an
-/// `image_size` other than the MAE's, the position table is the MAE's interpolated to the
-/// new grid, as the reference's `interpolate_pos_embed`.
+/// normal, std 2e-5). At an image size other than the MAE's, the position table is the
+/// MAE's interpolated to the new grid, as the reference's `interpolate_pos_embed`.
 ///
 /// # Errors
 /// [`Error::Setup`] for an image size that is not a positive multiple of the patch size;
 /// engine errors.
 pub fn classifier(
     mae: MaskedAutoencoder,
-    classes: usize,
-    (pool, drop_path): (Pool, f32),
-    image_size: Option<usize>,
+    head: Head,
     init: &mut Init,
 ) -> Result<VisionTransformer, Error> {
+    let Head {
+        classes,
+        pool,
+        drop_path,
+        image_size,
+    } = head;
     let c = &mae.config;
     if let Some(size) = image_size.filter(|s| *s == 0 || !s.is_multiple_of(c.patch_size)) {
         return Err(Error::Setup(format!(
@@ -278,16 +296,18 @@ impl EvalView<'_> {
         let (size, channels) = self.shape;
         let augment = Arc::new(Augment::pretrain(size, self.normalize.clone()));
         let skipped = Arc::new(Skipped::default());
-        let loader = Loader::new(
-            data.clone(),
-            (augment, false),
+        let loader = Loader::new(Plan {
+            data: data.clone(),
+            augment,
+            random: false,
             channels,
-            images,
-            256,
-            self.workers,
-            (0, 0),
+            order: images,
+            batch: 256,
+            workers: self.workers,
+            seed: 0,
+            epoch: 0,
             skipped,
-        );
+        });
         no_grad(|| {
             for batch in loader {
                 let batch = batch?;

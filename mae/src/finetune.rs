@@ -17,7 +17,9 @@ use nn::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::classify::{classifier, encoder, evaluate, open_labelled, report, Outcome, Pool, Start};
+use crate::classify::{
+    classifier, encoder, evaluate, open_labelled, report, Head, Outcome, Pool, Start,
+};
 use crate::config::config_from;
 use crate::data::{streams, Augment, Dataset, Normalize, Rng, FASHION_MNIST};
 use crate::dist::Dist;
@@ -165,12 +167,12 @@ impl Settings {
 /// the patch embedding and cls token are layer 0, block `i` is layer `i + 1`, the rest
 /// (final norm, head) layer `depth + 1`; layer `l` gets the lr scale
 /// `layer_decay^(depth + 1 - l)`. Matrices decay by `weight_decay`, vectors and the cls
-/// token do not. Returns the groups and their lr scales.
+/// token do not.
 pub fn param_groups_lrd(
     vit: &VisionTransformer,
     weight_decay: f32,
     layer_decay: f64,
-) -> (Vec<ParamGroup>, Vec<f64>) {
+) -> Vec<ParamGroup> {
     let top = vit.config.depth + 1;
     let mut groups: Vec<(usize, bool, Vec<Tensor>)> = Vec::new();
     for (name, t) in named_parameters(vit) {
@@ -191,17 +193,13 @@ pub fn param_groups_lrd(
             None => groups.push((layer, decay, vec![t])),
         }
     }
-    let scales = groups
-        .iter()
-        .map(|g| layer_decay.powi((top - g.0) as i32))
-        .collect();
-    let groups = groups
+    groups
         .into_iter()
-        .map(|(_, decay, params)| {
+        .map(|(layer, decay, params)| {
             ParamGroup::new(params, 0.0, if decay { weight_decay } else { 0.0 })
+                .with_lr_scale(layer_decay.powi((top - layer) as i32))
         })
-        .collect();
-    (groups, scales)
+        .collect()
 }
 
 /// `mae finetune`: fine-tune, report top-1 after every epoch, and print the result line.
@@ -246,8 +244,7 @@ pub fn finetune(
     let model = s.model.as_deref().unwrap_or_default();
     let device = run::device(dist)?;
     let data = open_labelled(&s.data)?;
-    let (vit, mut opt, scales, normalize) =
-        classifier_and_optimizer(&s, &resumed, data.classes, &device)?;
+    let (vit, mut opt, normalize) = classifier_and_optimizer(&s, &resumed, data.classes, &device)?;
     let normalize = normalize.unwrap_or_else(|| {
         data.train
             .normalize(vit.config.channels, Default::default(), s.seed)
@@ -280,7 +277,7 @@ pub fn finetune(
         normalize,
         top1: 0.0,
     };
-    trainer.fit(&mut learner, (&mut opt, &scales))?;
+    trainer.fit(&mut learner, &mut opt)?;
     run::print_profile(&trainer.device);
     let top1 = learner.top1;
     if !dist.is_main() {
@@ -302,7 +299,7 @@ fn classifier_and_optimizer(
     resumed: &Option<Resumed<Settings>>,
     classes: usize,
     device: &engine::Device,
-) -> Result<(VisionTransformer, AdamW, Vec<f64>, Option<Normalize>), Error> {
+) -> Result<(VisionTransformer, AdamW, Option<Normalize>), Error> {
     let (vit, normalize) = match resumed {
         Some(r) => resumed_classifier(&r.dir, classes, device)?,
         None => {
@@ -311,20 +308,23 @@ fn classifier_and_optimizer(
             let mut init = Init::new(device, Rng::new(&[s.seed, streams::HEAD]).next_u64());
             let vit = classifier(
                 enc.mae,
-                classes,
-                (Pool::Avg, s.drop_path),
-                s.image_size,
+                Head {
+                    classes,
+                    pool: Pool::Avg,
+                    drop_path: s.drop_path,
+                    image_size: s.image_size,
+                },
                 &mut init,
             )?;
             (vit, enc.normalize)
         }
     };
-    let (groups, scales) = param_groups_lrd(&vit, s.weight_decay as f32, s.layer_decay);
+    let groups = param_groups_lrd(&vit, s.weight_decay as f32, s.layer_decay);
     let mut opt = AdamW::new(groups, (0.9, 0.999), 1e-8)?;
     if let Some(r) = resumed {
         r.load_optimizer(&mut opt)?;
     }
-    Ok((vit, opt, scales, normalize))
+    Ok((vit, opt, normalize))
 }
 
 /// The classifier a fine-tuning checkpoint in `dir` holds (`config.json`,
@@ -453,7 +453,7 @@ fn dry_run(
     s.check()?;
     let device = run::device(dist)?;
     let classes = open_labelled(&s.data)?.classes;
-    let (vit, mut opt, _, _) = classifier_and_optimizer(s, &resumed, classes, &device)?;
+    let (vit, mut opt, _) = classifier_and_optimizer(s, &resumed, classes, &device)?;
     let c = &vit.config;
     let shape = [s.batch_size, c.channels, c.image_size, c.image_size];
     let what = format!(
@@ -550,12 +550,12 @@ mod tests {
             pos_grid: 2,
         };
         let vit = VisionTransformer::new(config, &mut Init::new(&device, 0)).unwrap();
-        let (groups, scales) = param_groups_lrd(&vit, 0.05, 0.5);
+        let groups = param_groups_lrd(&vit, 0.05, 0.5);
         // Layer of every parameter by id, from the groups.
         let mut seen = std::collections::HashMap::new();
-        for (g, k) in groups.iter().zip(&scales) {
+        for g in &groups {
             for p in &g.params {
-                seen.insert(p.id(), (*k, g.weight_decay));
+                seen.insert(p.id(), (g.lr_scale, g.weight_decay));
             }
         }
         let of = |name: &str| {

@@ -18,8 +18,8 @@ use engine::{no_grad, warmup_cosine_lr, Device, ParamGroup, Sgd, Tensor};
 use nn::{read_safetensors, save_host_safetensors, save_safetensors, BatchNorm, Ctx, Init, Linear};
 
 use crate::classify::{
-    both_features, classifier, correct, encoder, open_labelled, report, EvalView, Outcome, Pool,
-    Start,
+    both_features, classifier, correct, encoder, open_labelled, report, EvalView, Head, Outcome,
+    Pool, Start,
 };
 use crate::data::{streams, Dataset, Normalize, Rng, FASHION_MNIST};
 use crate::dist::Dist;
@@ -155,9 +155,12 @@ pub fn linprobe(args: &Args) -> Result<Outcome, Error> {
     let mut init = Init::new(&device, Rng::new(&[s.seed, streams::HEAD]).next_u64());
     let vit = classifier(
         enc.mae,
-        data.classes,
-        (Pool::Cls, 0.0),
-        s.image_size,
+        Head {
+            classes: data.classes,
+            pool: Pool::Cls,
+            drop_path: 0.0,
+            image_size: s.image_size,
+        },
         &mut init,
     )?;
     eprintln!(

@@ -347,7 +347,7 @@ pub fn pretrain(
         let at = trainer.at;
         learner.knn(&mut trainer, at)?; // the random encoder's figure, the curve's start
     }
-    let last_epoch_loss = trainer.fit(&mut learner, (&mut opt, &[1.0, 1.0]))?;
+    let last_epoch_loss = trainer.fit(&mut learner, &mut opt)?;
     run::print_profile(&trainer.device);
     if dist.is_main() && !learner.held_out.is_empty() {
         let picture = match learner.picture.take() {
@@ -496,8 +496,8 @@ impl Pretraining {
         let (ratio, seed) = (self.settings.mask_ratio, self.settings.seed);
         let bands =
             visualize::Bands::new(self.settings.bands.as_deref(), self.model.config.channels)?;
-        let look = (&self.normalize, &bands);
-        visualize::reconstruction_grid(&self.model, &self.held_out, look, ratio, seed)
+        let (model, images, normalize) = (&self.model, &self.held_out, &self.normalize);
+        visualize::reconstruction_grid(model, images, normalize, &bands, ratio, seed)
     }
 }
 

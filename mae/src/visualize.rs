@@ -108,7 +108,7 @@ pub fn command(args: &Args) -> Result<(), Error> {
     };
     let ratio = ratio_of(args, &model);
     let bands = Bands::new(args.bands.as_deref(), ch)?;
-    let picture = reconstruction_grid(&model, &images, (&normalize, &bands), ratio, args.seed)?;
+    let picture = reconstruction_grid(&model, &images, &normalize, &bands, ratio, args.seed)?;
     picture.save(&args.out).map_err(Error::image(&args.out))?;
     eprintln!("wrote {} ({} images)", args.out.display(), images.len());
     Ok(())
@@ -136,7 +136,8 @@ const MASKED: f32 = 0.35;
 pub fn reconstruction_grid(
     model: &MaskedAutoencoder,
     images: &[Image],
-    (normalize, bands): (&Normalize, &Bands),
+    normalize: &Normalize,
+    bands: &Bands,
     mask_ratio: f64,
     seed: u64,
 ) -> Result<RgbImage, Error> {
@@ -199,8 +200,9 @@ pub fn reconstruction_grid(
             draw(
                 &mut picture,
                 &chw,
-                (size, ch),
-                (bands, stretch),
+                ch,
+                bands,
+                stretch,
                 scale,
                 (
                     GAP + col as u32 * (panel + GAP),
@@ -288,17 +290,19 @@ fn stretch_of(chw: &[f32], ch: usize, bands: &Bands) -> Vec<(f32, f32)> {
         .collect()
 }
 
-/// Draw `bands` of a `(C, size, size)` image (NaN for masked) at `origin`, each mapped from
-/// its `stretch` to black and white, enlarged by `scale`.
+/// Draw `bands` of a square `(C, size, size)` image (NaN for masked) at `origin`, each
+/// mapped from its `stretch` to black and white, enlarged by `scale`.
 fn draw(
     picture: &mut RgbImage,
     chw: &[f32],
-    (size, ch): (usize, usize),
-    (bands, stretch): (&Bands, &[(f32, f32)]),
+    ch: usize,
+    bands: &Bands,
+    stretch: &[(f32, f32)],
     scale: u32,
     origin: (u32, u32),
 ) {
     let plane = chw.len() / ch;
+    let size = (plane as f64).sqrt() as usize;
     for y in 0..size {
         for x in 0..size {
             let v = |i: usize| {

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mae::data::{
-    read_idx, resize_bicubic, Augment, DataError, Dataset, Image, Loader, Normalize, Rng, Skipped,
-    Split,
+    read_idx, resize_bicubic, Augment, DataError, Dataset, Image, Loader, Normalize, Plan, Rng,
+    Skipped, Split,
 };
 
 fn tmp(name: &str) -> PathBuf {
@@ -157,16 +157,18 @@ fn image_folders_with_classes_and_bad_files() {
     // The loader skips both bad files, once each, and keeps going.
     let augment = Arc::new(Augment::pretrain(4, Normalize::imagenet()));
     let skipped = Arc::new(Skipped::default());
-    let loader = Loader::new(
-        d.clone(),
-        (augment, true),
-        3,
-        (0..5).collect(),
-        1,
-        2,
-        (0, 0),
-        skipped.clone(),
-    );
+    let loader = Loader::new(Plan {
+        data: d.clone(),
+        augment,
+        random: true,
+        channels: 3,
+        order: (0..5).collect(),
+        batch: 1,
+        workers: 2,
+        seed: 0,
+        epoch: 0,
+        skipped: skipped.clone(),
+    });
     let batches: Vec<_> = loader.map(|b| b.unwrap()).collect();
     assert_eq!(batches.len(), 5);
     assert!(batches.iter().all(|b| b.pixels.len() == 3 * 4 * 4));
@@ -196,16 +198,18 @@ fn a_bad_file_is_decoded_once_an_epoch_and_a_dead_loader_thread_is_an_error() {
     // Six batches of the bad image: each stands in z.png, and the bad one is tried once.
     let epoch = |e: u64| {
         let order = vec![1; 6];
-        let loader = Loader::new(
-            d.clone(),
-            (augment.clone(), true),
-            3,
+        let loader = Loader::new(Plan {
+            data: d.clone(),
+            augment: augment.clone(),
+            random: true,
+            channels: 3,
             order,
-            1,
-            1,
-            (0, e),
-            skipped.clone(),
-        );
+            batch: 1,
+            workers: 1,
+            seed: 0,
+            epoch: e,
+            skipped: skipped.clone(),
+        });
         loader.map(Result::unwrap).collect::<Vec<_>>().len()
     };
     assert_eq!(epoch(0), 6);
@@ -223,16 +227,18 @@ fn a_bad_file_is_decoded_once_an_epoch_and_a_dead_loader_thread_is_an_error() {
             std: vec![],
         },
     ));
-    let loader = Loader::new(
-        d.clone(),
-        (broken, true),
-        3,
-        vec![0, 2, 0, 2],
-        1,
-        1,
-        (0, 0),
+    let loader = Loader::new(Plan {
+        data: d.clone(),
+        augment: broken,
+        random: true,
+        channels: 3,
+        order: vec![0, 2, 0, 2],
+        batch: 1,
+        workers: 1,
+        seed: 0,
+        epoch: 0,
         skipped,
-    );
+    });
     let batches: Vec<_> = loader.collect();
     assert_eq!(batches.len(), 1, "no batch after the error");
     let e = batches[0].as_ref().err().expect("an error").to_string();
@@ -336,16 +342,18 @@ fn loader_batches_do_not_depend_on_worker_count() {
     let aug = Arc::new(Augment::pretrain(28, d.normalize(1, Default::default(), 0)));
     let run = |workers, seed| -> Vec<Vec<f32>> {
         let order = vec![3, 1, 4, 0, 9, 2, 6, 5];
-        Loader::new(
-            d.clone(),
-            (aug.clone(), true),
-            1,
+        Loader::new(Plan {
+            data: d.clone(),
+            augment: aug.clone(),
+            random: true,
+            channels: 1,
             order,
-            3,
+            batch: 3,
             workers,
-            (seed, 2),
-            Arc::new(Skipped::default()),
-        )
+            seed,
+            epoch: 2,
+            skipped: Arc::new(Skipped::default()),
+        })
         .map(|b| b.unwrap().pixels)
         .collect()
     };

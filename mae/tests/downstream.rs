@@ -444,9 +444,12 @@ fn another_resolution_interpolates_the_position_table() {
     let dim = encoder.config.dim;
     let vit = mae::classify::classifier(
         encoder,
-        2,
-        (mae::classify::Pool::Avg, 0.0),
-        Some(42),
+        mae::classify::Head {
+            classes: 2,
+            pool: mae::classify::Pool::Avg,
+            drop_path: 0.0,
+            image_size: Some(42),
+        },
         &mut Init::new(&device, 0),
     )
     .unwrap();

@@ -187,3 +187,70 @@ fn settings_round_trip_through_their_json() {
         );
     }
 }
+
+/// The training loop reads its schedule from each command's settings by field name (through
+/// JSON): a field renamed in one of them must fail here, not at run time.
+#[test]
+fn the_schedule_reads_every_training_command_by_field_name() {
+    let (args, _) = parse_pretrain(&[
+        "--epochs",
+        "7",
+        "--limit",
+        "321",
+        "--batch-size",
+        "5",
+        "--accum-iter",
+        "3",
+        "--blr",
+        "0.25",
+        "--min-lr",
+        "0.125",
+        "--warmup-epochs",
+        "1.5",
+        "--seed",
+        "11",
+        "--save-every",
+        "2",
+        "--precision",
+        "f16-mixed",
+    ]);
+    let p = &args.settings;
+    let s = mae::run::Schedule::of(p);
+    assert_eq!(
+        (
+            s.epochs,
+            s.limit,
+            s.batch_size,
+            s.ranks,
+            s.accum_iter,
+            s.seed,
+            s.save_every
+        ),
+        (7, Some(321), 5, 1, 3, 11, 2)
+    );
+    assert_eq!((s.blr, s.min_lr, s.warmup_epochs), (0.25, 0.125, 1.5));
+    assert_eq!(s.precision, mae::run::Precision::F16Mixed);
+    let matches = Finetune::command().get_matches_from([
+        "finetune",
+        "--model",
+        "m",
+        "--epochs",
+        "9",
+        "--batch-size",
+        "6",
+        "--accum-iter",
+        "4",
+        "--blr",
+        "0.5",
+        "--seed",
+        "13",
+        "--limit",
+        "99",
+    ]);
+    let f = Finetune::from_arg_matches(&matches).unwrap().args.settings;
+    let s = mae::run::Schedule::of(&f);
+    assert_eq!(
+        (s.epochs, s.limit, s.batch_size, s.accum_iter, s.seed, s.blr),
+        (9, Some(99), 6, 4, 13, 0.5)
+    );
+}

@@ -114,7 +114,7 @@ fn each_process_reads_its_own_shards_and_no_sample_twice() {
     let d = Dataset::open(&dir.join("shards"), Split::Train).unwrap();
     let (ranks, per_rank) = (2, 4);
     for epoch in 0..3 {
-        let order = d.epoch_order(48, &mut Rng::new(&[0, 1, epoch]), (ranks, per_rank));
+        let order = d.epoch_order(48, &mut Rng::new(&[0, 1, epoch]), ranks, per_rank);
         assert_eq!(order.len(), 48);
         let mut seen = order.clone();
         seen.sort();
@@ -133,14 +133,14 @@ fn each_process_reads_its_own_shards_and_no_sample_twice() {
         assert_eq!(shards_of(0).len(), 4);
         assert!(shards_of(0).is_disjoint(&shards_of(1)), "epoch {epoch}");
     }
-    let again = d.epoch_order(48, &mut Rng::new(&[0, 1, 0]), (ranks, per_rank));
+    let again = d.epoch_order(48, &mut Rng::new(&[0, 1, 0]), ranks, per_rank);
     assert_eq!(
         again,
-        d.epoch_order(48, &mut Rng::new(&[0, 1, 0]), (ranks, per_rank))
+        d.epoch_order(48, &mut Rng::new(&[0, 1, 0]), ranks, per_rank)
     );
     assert_ne!(
         again,
-        d.epoch_order(48, &mut Rng::new(&[0, 1, 1]), (ranks, per_rank))
+        d.epoch_order(48, &mut Rng::new(&[0, 1, 1]), ranks, per_rank)
     );
 }
 

@@ -69,58 +69,56 @@ pub struct Loader {
     batches: usize,
 }
 
-/// What each worker needs to build batches.
+/// What one epoch's loader reads and makes.
+#[derive(Clone)]
+pub struct Plan {
+    /// The images.
+    pub data: Arc<Dataset>,
+    /// Crop, flip and normalisation.
+    pub augment: Arc<Augment>,
+    /// Training: image `i` of epoch `epoch` gets `augment`'s random crop and flip from the
+    /// stream `(seed, epoch, i)`, and a last partial batch is dropped, as the reference's
+    /// `drop_last=True`. Evaluation (false): every image gets its evaluation view, and a
+    /// last, shorter batch is kept.
+    pub random: bool,
+    /// Channels the images are read with.
+    pub channels: usize,
+    /// The images of the epoch, in order.
+    pub order: Vec<usize>,
+    /// Images per batch.
+    pub batch: usize,
+    /// Worker threads, each keeping up to two batches ready.
+    pub workers: usize,
+    /// The run's seed.
+    pub seed: u64,
+    /// The epoch.
+    pub epoch: u64,
+    /// Where undecodable files are reported.
+    pub skipped: Arc<Skipped>,
+}
+
+/// What each worker needs to build batches: the plan, and the images of this epoch that
+/// did not decode (each is tried once, then passed over).
 #[derive(Clone)]
 struct Job {
-    /// Images of this epoch that did not decode: each is tried once, then passed over.
     bad: Arc<Mutex<HashSet<usize>>>,
-    data: Arc<Dataset>,
-    augment: Arc<Augment>,
-    random: bool,
-    channels: usize,
-    order: Arc<Vec<usize>>,
-    batch: usize,
-    seed: u64,
-    epoch: u64,
-    skipped: Arc<Skipped>,
+    plan: Arc<Plan>,
 }
 
 impl Loader {
-    /// Batches of `batch` images of `data` in `order`, on `workers` threads, each keeping
-    /// up to two batches ready. With `random` (training), image `i` of epoch `epoch` gets
-    /// `augment`'s random crop and flip from the stream `(seed, epoch, i)` and the last
-    /// partial batch is dropped, as the reference's `drop_last=True`; without (evaluation),
-    /// every image gets its evaluation view and a last, shorter batch is kept.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        data: Arc<Dataset>,
-        (augment, random): (Arc<Augment>, bool),
-        channels: usize,
-        order: Vec<usize>,
-        batch: usize,
-        workers: usize,
-        (seed, epoch): (u64, u64),
-        skipped: Arc<Skipped>,
-    ) -> Loader {
-        let batch = batch.max(1);
-        let batches = if random {
-            order.len() / batch
+    /// The batches of `plan`, made on its worker threads.
+    pub fn new(plan: Plan) -> Loader {
+        let batch = plan.batch.max(1);
+        let batches = if plan.random {
+            plan.order.len() / batch
         } else {
-            order.len().div_ceil(batch)
+            plan.order.len().div_ceil(batch)
         };
+        let workers = plan.workers.clamp(1, batches.max(1));
         let job = Job {
             bad: Arc::default(),
-            data,
-            augment,
-            random,
-            channels,
-            order: Arc::new(order),
-            batch,
-            seed,
-            epoch,
-            skipped,
+            plan: Arc::new(Plan { batch, ..plan }),
         };
-        let workers = workers.clamp(1, batches.max(1));
         let mut queues = Vec::new();
         let mut handles = Vec::new();
         for w in 0..workers {
@@ -156,34 +154,34 @@ impl Loader {
 
 impl Job {
     fn batch(&self, b: usize) -> Result<Batch, DataError> {
-        let end = ((b + 1) * self.batch).min(self.order.len());
-        let indices = &self.order[b * self.batch..end];
+        let end = ((b + 1) * self.plan.batch).min(self.plan.order.len());
+        let indices = &self.plan.order[b * self.plan.batch..end];
         let mut pixels = Vec::with_capacity(
-            indices.len() * self.channels * self.augment.size * self.augment.size,
+            indices.len() * self.plan.channels * self.plan.augment.size * self.plan.augment.size,
         );
         let mut labels = Vec::new();
         for &i in indices {
             let (i, img) = self.readable(i)?;
-            let mut rng = Rng::new(&[self.seed, self.epoch, i as u64]);
-            pixels.extend(if self.random {
-                self.augment.apply(&img, &mut rng)
+            let mut rng = Rng::new(&[self.plan.seed, self.plan.epoch, i as u64]);
+            pixels.extend(if self.plan.random {
+                self.plan.augment.apply(&img, &mut rng)
             } else {
-                self.augment.center(&img)
+                self.plan.augment.center(&img)
             });
-            if let Some(l) = &self.data.labels {
+            if let Some(l) = &self.plan.data.labels {
                 labels.push(l[i]);
             }
         }
         Ok(Batch {
             len: indices.len(),
             pixels,
-            labels: self.data.labels.as_ref().map(|_| labels),
+            labels: self.plan.data.labels.as_ref().map(|_| labels),
         })
     }
 
     /// Image `i`, or the next one that decodes.
     fn readable(&self, i: usize) -> Result<(usize, super::Image), DataError> {
-        let n = self.data.len();
+        let n = self.plan.data.len();
         let bad = |j| {
             self.bad
                 .lock()
@@ -191,19 +189,19 @@ impl Job {
                 .contains(&j)
         };
         for j in (0..n).map(|k| (i + k) % n).filter(|&j| !bad(j)) {
-            match self.data.get(j, self.channels) {
+            match self.plan.data.get(j, self.plan.channels) {
                 Ok(img) => return Ok((j, img)),
                 // Not the file's fault: a setting no file of this data can meet.
                 Err(e @ DataError::Channels(_)) => return Err(e),
                 Err(e) => {
-                    self.skipped.add(self.data.name(j), e.to_string());
+                    self.plan.skipped.add(self.plan.data.name(j), e.to_string());
                     self.bad.lock().unwrap_or_else(|e| e.into_inner()).insert(j);
                 }
             }
         }
         Err(DataError::Empty(format!(
             "{}: no image could be decoded",
-            self.data.description
+            self.plan.data.description
         )))
     }
 }

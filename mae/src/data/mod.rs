@@ -17,7 +17,7 @@ pub use decode::{
     bands_of, bands_of_bytes, decode, decode_bytes, DECODED_LIMIT, EXTENSIONS, FILE_LIMIT,
 };
 pub use idx::{read_idx, IDX_LIMIT};
-pub use loader::{Batch, Loader, Skipped};
+pub use loader::{Batch, Loader, Plan, Skipped};
 pub use rng::{streams, Rng};
 pub use shards::Shards;
 
@@ -304,10 +304,11 @@ impl Dataset {
         &self,
         images: usize,
         rng: &mut Rng,
-        (streams, chunk): (usize, usize),
+        streams: usize,
+        chunk: usize,
     ) -> Vec<usize> {
         if let Source::Shards { shards, .. } = &self.source {
-            return shards.order(images, rng, (streams, chunk));
+            return shards.order(images, rng, streams, chunk);
         }
         let mut order: Vec<usize> = (0..images).collect();
         rng.shuffle(&mut order);

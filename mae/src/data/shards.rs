@@ -198,12 +198,7 @@ impl Shards {
     /// every global batch comes from its stream. A stream that runs short starts its samples
     /// again, so that every iteration is whole. With fewer shards than streams, a stream
     /// without a shard of its own reads another's.
-    pub fn order(
-        &self,
-        images: usize,
-        rng: &mut Rng,
-        (streams, chunk): (usize, usize),
-    ) -> Vec<usize> {
+    pub fn order(&self, images: usize, rng: &mut Rng, streams: usize, chunk: usize) -> Vec<usize> {
         let (streams, chunk) = (streams.max(1), chunk.max(1));
         let shards = self.files.len();
         let mut shard_order: Vec<usize> = (0..shards).collect();

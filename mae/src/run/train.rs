@@ -16,7 +16,7 @@ use super::checkpoint::{save_optimizer, write_checkpoint, write_json};
 use super::watchdog::{self, Watchdog};
 use super::{progress_bar, stop, weights_digest};
 use super::{Invocation, Log, LossScaler, Output, Precision, Resumed, TrainerState};
-use crate::data::{streams, Augment, Dataset, Loader, Rng, Skipped};
+use crate::data::{streams, Augment, Dataset, Loader, Plan, Rng, Skipped};
 use crate::dist::Dist;
 use crate::{plot, Error};
 
@@ -324,15 +324,11 @@ impl<'a> Trainer<'a> {
     /// [`Error::Stopped`] when a signal stopped the run (after its checkpoint is written);
     /// [`Error::NonFinite`] when the loss diverges (the checkpoints written are intact);
     /// processes that disagree; data, I/O or engine failures.
-    pub fn fit(
-        &mut self,
-        learner: &mut dyn Learner,
-        (opt, scales): (&mut AdamW, &[f64]),
-    ) -> Result<f64, Error> {
+    pub fn fit(&mut self, learner: &mut dyn Learner, opt: &mut AdamW) -> Result<f64, Error> {
         self.check_same_weights(learner)?;
         let mut loss = f64::NAN;
         while self.at.epoch < self.schedule.epochs {
-            let Some(epoch_loss) = self.train_one_epoch(learner, (opt, scales))? else {
+            let Some(epoch_loss) = self.train_one_epoch(learner, opt)? else {
                 let name = format!("checkpoint-step-{}", self.at.step);
                 return Err(self.stop(learner, opt, &name, BTreeMap::new()));
             };
@@ -345,7 +341,7 @@ impl<'a> Trainer<'a> {
             let due = self.at.epoch.is_multiple_of(s.save_every) || last;
             let mut metrics = BTreeMap::from([("loss".to_string(), loss)]);
             metrics.extend(top1.map(|t| ("top1".to_string(), t)));
-            if self.log.is_some() {
+            if self.dist.is_main() {
                 self.end_epoch(loss, top1)?;
             }
             let name = format!("checkpoint-{}", self.at.epoch);
@@ -371,7 +367,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<PathBuf, Error> {
         self.check_same_weights(learner)?;
         let dir = self.output.join(name);
-        if self.log.is_some() {
+        if self.dist.is_main() {
             self.save_checkpoint(learner, opt, name, metrics)?;
             if !name.starts_with("checkpoint-step-") {
                 super::checkpoint::remove_before(&self.output, "checkpoint-step-", self.at.step)?;
@@ -423,7 +419,7 @@ impl<'a> Trainer<'a> {
     fn train_one_epoch(
         &mut self,
         learner: &mut dyn Learner,
-        (opt, scales): (&mut AdamW, &[f64]),
+        opt: &mut AdamW,
     ) -> Result<Option<f64>, Error> {
         let (epoch, accum) = (self.at.epoch, self.schedule.accum_iter);
         let first = (self.at.step - (epoch * self.iters) as u64) as usize;
@@ -431,18 +427,20 @@ impl<'a> Trainer<'a> {
         let mut rng = Rng::new(&[s.seed, streams::ORDER, epoch as u64]);
         let order = self
             .data
-            .epoch_order(self.images, &mut rng, (s.ranks, s.batch_size));
+            .epoch_order(self.images, &mut rng, s.ranks, s.batch_size);
         let mine = self.dist.shard(&order, self.per_rank);
-        let loader = Loader::new(
-            self.data.clone(),
-            (self.augment.clone(), true),
-            self.channels,
-            mine[first * self.per_rank..].to_vec(),
-            self.per_rank,
-            self.workers,
-            (self.schedule.seed, epoch as u64),
-            self.skipped.clone(),
-        );
+        let loader = Loader::new(Plan {
+            data: self.data.clone(),
+            augment: self.augment.clone(),
+            random: true,
+            channels: self.channels,
+            order: mine[first * self.per_rank..].to_vec(),
+            batch: self.per_rank,
+            workers: self.workers,
+            seed: self.schedule.seed,
+            epoch: epoch as u64,
+            skipped: self.skipped.clone(),
+        });
         let prefix = format!("epoch {}/{}", epoch + 1, self.schedule.epochs);
         let bar = progress_bar(self.progress, self.iters, prefix);
         bar.set_position(first as u64);
@@ -454,8 +452,8 @@ impl<'a> Trainer<'a> {
                 let progress = epoch as f64 + it as f64 / self.iters as f64;
                 let lr =
                     warmup_cosine_lr(progress, s.lr(), s.min_lr, s.warmup_epochs, s.epochs as f64);
-                for (g, k) in opt.groups.iter_mut().zip(scales) {
-                    g.lr = (lr * k) as f32;
+                for g in &mut opt.groups {
+                    g.lr = (lr * g.lr_scale) as f32;
                 }
             }
             let shape = [
