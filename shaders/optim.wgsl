@@ -36,6 +36,10 @@ struct Params {
 
 const WG: u32 = 64u;
 
+// Whether `factor` scales the gradients; without, it is bound and never read, and the
+// update costs what it did before factors.
+override SCALED: bool;
+
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> param: array<f32>;
 @group(0) @binding(2) var<storage, read> grad: array<f32>;
@@ -47,8 +51,16 @@ const WG: u32 = 64u;
 
 @compute @workgroup_size(64)
 fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    // Read once: the compiler cannot hoist a load from a buffer it may see written.
+    var k = 1.0;
+    if (SCALED) {
+        k = factor[0];
+    }
     for (var i = gid.x; i < p.numel; i += nwg.x * WG) {
-        let g = grad[p.grad_offset + i] * factor[0];
+        var g = grad[p.grad_offset + i];
+        if (SCALED) {
+            g *= k;
+        }
         let mi = p.beta1 * m[i] + (1.0 - p.beta1) * g;
         let vi = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
         m[i] = mi;
@@ -60,9 +72,17 @@ fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
 
 @compute @workgroup_size(64)
 fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    var k = 1.0;
+    if (SCALED) {
+        k = factor[0];
+    }
     for (var i = gid.x; i < p.numel; i += nwg.x * WG) {
         let x = param[p.param_offset + i];
-        let d = grad[p.grad_offset + i] * factor[0] + p.weight_decay * x;
+        var g = grad[p.grad_offset + i];
+        if (SCALED) {
+            g *= k;
+        }
+        let d = g + p.weight_decay * x;
         var buf = d;
         if (p.first == 0u) {
             buf = p.momentum * m[i] + (1.0 - p.dampening) * d;

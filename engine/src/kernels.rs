@@ -255,8 +255,8 @@ kernels! {
     LAYER_NORM_BACKWARD_SG_K: LAYER_NORM_SG::"layer_norm_backward", [W, W, R, R, R, R], ["WG"];
     CROSS_ENTROPY_SG_K: CROSS_ENTROPY_SG::"cross_entropy", [W, R, R, W], ["WG"];
     ARGSORT_K: ARGSORT::"argsort", [W, R], ["DESCENDING"];
-    ADAMW_K: OPTIM::"adamw", [W, R, R, W, W], [];
-    SGD_K: OPTIM::"sgd", [W, R, R, W], [];
+    ADAMW_K: OPTIM::"adamw", [W, R, R, W, W], ["SCALED"];
+    SGD_K: OPTIM::"sgd", [W, R, R, W], ["SCALED"];
     PARTIAL_SUMS_K: GRADIENTS::"partial_sums", [W, R], [];
     STEP_FACTOR_K: GRADIENTS::"step_factor", [W], [];
     ATTENTION_K: ATTENTION::"attention_forward", [W, W, R], ["WG"];

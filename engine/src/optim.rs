@@ -255,6 +255,7 @@ impl AdamW {
     /// As [`AdamW::step`].
     pub fn step_with(&mut self, grads: &Gradients, factor: Option<&GradientFactor>) -> Result<()> {
         let gradients = gradients_for("AdamW", &self.groups, grads)?;
+        let scaled = factor.is_some() as u32;
         self.step += 1;
         let t = self.step as i32;
         let (b1, b2) = self.betas;
@@ -280,7 +281,7 @@ impl AdamW {
                     };
                     p.device().dispatch(
                         &ADAMW_K,
-                        &[],
+                        &[scaled],
                         &params,
                         &[
                             p.buffer(),
@@ -368,6 +369,7 @@ impl Sgd {
     /// As [`AdamW::step`].
     pub fn step_with(&mut self, grads: &Gradients, factor: Option<&GradientFactor>) -> Result<()> {
         let gradients = gradients_for("SGD", &self.groups, grads)?;
+        let scaled = factor.is_some() as u32;
         no_grad(|| {
             for (group, gs) in self.groups.iter().zip(&gradients) {
                 for (p, g) in group.params.iter().zip(gs) {
@@ -388,7 +390,7 @@ impl Sgd {
                     };
                     p.device().dispatch(
                         &SGD_K,
-                        &[],
+                        &[scaled],
                         &params,
                         &[p.buffer(), g.buffer(), factor.buffer(), buf.buffer()],
                         elementwise_grid(p.numel()),
