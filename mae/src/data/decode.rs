@@ -125,17 +125,9 @@ fn decode_picture(name: &str, bytes: &[u8], channels: usize) -> Result<Image, Da
         1 => img.to_luma32f().into_raw(),
         // The common case, 8-bit RGB, without an interleaved f32 copy on the way.
         3 if matches!(img, image::DynamicImage::ImageRgb8(_)) => {
-            let rgb = img.as_bytes();
-            let plane = rgb.len() / 3;
-            let mut out = vec![0.0; rgb.len()];
-            for (p, pixel) in rgb.chunks_exact(3).enumerate() {
-                for (c, &v) in pixel.iter().enumerate() {
-                    out[c * plane + p] = v as f32 / 255.0;
-                }
-            }
-            out
+            interleaved_to_planes(img.as_bytes(), 3, |v| v as f32 / 255.0)
         }
-        3 => interleaved_to_planes(&img.to_rgb32f().into_raw(), 3),
+        3 => interleaved_to_planes(&img.to_rgb32f().into_raw(), 3, |v| v),
         _ => {
             let bands = if img.color().has_color() { 3 } else { 1 };
             return Err(bands_differ(name, bands, channels));
@@ -184,7 +176,7 @@ fn decode_tiff(name: &str, bytes: &[u8]) -> Result<Image, DataError> {
         ));
     }
     let data = match layout.planes {
-        1 => interleaved_to_planes(&values.0, bands),
+        1 => interleaved_to_planes(&values.0, bands, |v| v),
         _ => values.0, // planar: one band after another already
     };
     Ok(Image {
@@ -218,13 +210,13 @@ fn unit_values(samples: DecodingResult, bits: u8) -> (Vec<f32>, bool) {
     }
 }
 
-/// `(H, W, bands)` samples to `(bands, H, W)`.
-fn interleaved_to_planes(hwc: &[f32], bands: usize) -> Vec<f32> {
+/// `(H, W, bands)` samples to `(bands, H, W)` values, each through `value`.
+fn interleaved_to_planes<T: Copy>(hwc: &[T], bands: usize, value: impl Fn(T) -> f32) -> Vec<f32> {
     let plane = hwc.len() / bands;
     let mut out = vec![0.0; hwc.len()];
     for (p, pixel) in hwc.chunks_exact(bands).enumerate() {
         for (c, &v) in pixel.iter().enumerate() {
-            out[c * plane + p] = v;
+            out[c * plane + p] = value(v);
         }
     }
     out
