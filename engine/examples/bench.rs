@@ -234,10 +234,7 @@ fn runtime_checks(dev: &Device, s: usize) {
         ..Default::default()
     })
     .unwrap();
-    let tiles = [
-        engine::tune::tile::CANDIDATES[3],
-        engine::tune::tile::CANDIDATES[6],
-    ];
+    let tiles = [engine::tune::tile::DEEP, engine::tune::tile::CANDIDATES[6]];
     for tile in tiles.into_iter().filter(|t| t.fits(dev.info())) {
         let kernel = engine::tune::MatmulKernel::Tiled {
             tile: tile.with(true, true),

@@ -6,7 +6,7 @@
 //! modes the `Kernel` descriptor lists in binding order.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::{Error, Result};
 
@@ -197,6 +197,7 @@ fn code_lines(source: &str) -> impl Iterator<Item = &str> {
 pub(crate) fn storage_bindings_needed() -> u32 {
     ALL_KERNELS
         .iter()
+        .chain(TEMPLATES)
         .map(|k| k.storage.len() as u32)
         .max()
         .unwrap_or(0)
@@ -266,31 +267,84 @@ kernels! {
     TO_SINGLE_K: CAST::"to_single", [W, R], [];
 }
 
+/// Kernels of template shaders: each variant ([`generated`]) replaces the template's
+/// `BEGIN TILE` block and binds, and takes overrides, as its template does.
+pub(crate) static TEMPLATES: &[&Kernel] = &[
+    &MATMUL_TILED_T,
+    &ATTENTION_TILED_FORWARD_T,
+    &ATTENTION_TILED_BACKWARD_Q_T,
+    &ATTENTION_TILED_BACKWARD_KV_T,
+];
+
+/// The tiled matrix product, one variant per `tune::Tile`.
+pub(crate) static MATMUL_TILED_T: Kernel = Kernel {
+    shader: &MATMUL_TILED,
+    entry: "matmul_tiled",
+    storage: &[W, R, R, R],
+    overrides: &["TRANS_A", "TRANS_B", "HAS_BIAS", "SPLIT", "POISON"],
+    // Proven by `no_kernel_reads_workgroup_memory_before_it_is_written`.
+    bounds_proven: true,
+};
+/// Tiled attention, one variant per head size.
+pub(crate) static ATTENTION_TILED_FORWARD_T: Kernel =
+    attention_tiled("attention_tiled_forward", &[W, W, R]);
+pub(crate) static ATTENTION_TILED_BACKWARD_Q_T: Kernel =
+    attention_tiled("attention_tiled_backward_q", &[W, W, R, R, R, R]);
+pub(crate) static ATTENTION_TILED_BACKWARD_KV_T: Kernel =
+    attention_tiled("attention_tiled_backward_kv", &[W, W, R, R, R, R]);
+
+const fn attention_tiled(entry: &'static str, storage: &'static [Access]) -> Kernel {
+    Kernel {
+        shader: &ATTENTION_TILED,
+        entry,
+        storage,
+        overrides: &[],
+        bounds_proven: false,
+    }
+}
+
+/// What `make` returns for `key`, made on first use and kept for the life of the process, as
+/// the static kernels are: how generated shaders and kernels get their `'static` lifetime.
+fn made_once<K: Eq + std::hash::Hash, T: Sync + 'static>(
+    made: &'static OnceLock<Mutex<HashMap<K, &'static T>>>,
+    key: K,
+    make: impl FnOnce() -> T,
+) -> &'static T {
+    let mut made = made
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    made.entry(key)
+        .or_insert_with(|| Box::leak(Box::new(make())))
+}
+
 /// The build of `kernel` whose operands are f16: its shader declares them as
 /// `array<Operand>` with `alias Operand = f32;`, and converts each read to f32, so this build
 /// (with `enable f16;` first, as WGSL requires) reads half the bytes and still accumulates in
 /// f32. Made on first use and kept for the life of the process, as the static kernels are.
 pub(crate) fn half_operands(kernel: &'static Kernel) -> &'static Kernel {
-    static MADE: std::sync::OnceLock<std::sync::Mutex<HashMap<usize, &'static Kernel>>> =
-        std::sync::OnceLock::new();
-    let mut made = MADE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    made.entry(kernel as *const Kernel as usize)
-        .or_insert_with(|| {
-            let shader: &'static Shader = Box::leak(Box::new(Shader {
+    static MADE: OnceLock<Mutex<HashMap<usize, &'static Kernel>>> = OnceLock::new();
+    made_once(&MADE, kernel as *const Kernel as usize, || {
+        let shader = made_once(
+            &HALF_SHADERS,
+            kernel.shader as *const Shader as usize,
+            || Shader {
                 file: kernel.shader.file,
                 source: Box::leak(half_source(kernel.shader.source).into_boxed_str()),
-            }));
-            // The poisoned-memory proof covers the f32 builds: these keep their checks.
-            Box::leak(Box::new(Kernel {
-                shader,
-                bounds_proven: false,
-                ..*kernel
-            }))
-        })
+            },
+        );
+        // The poisoned-memory proof covers the f32 builds: these keep their checks.
+        Kernel {
+            shader,
+            bounds_proven: false,
+            ..*kernel
+        }
+    })
 }
+
+/// The f16-operand shaders, by the address of their f32 shader: the entries of one shader
+/// share one module.
+static HALF_SHADERS: OnceLock<Mutex<HashMap<usize, &'static Shader>>> = OnceLock::new();
 
 /// `source` with f16 operands (see [`half_operands`]).
 #[doc(hidden)]
@@ -321,45 +375,25 @@ pub(crate) fn specialise(template: &Shader, block: &str) -> String {
     format!("{}{block}{}", &src[..begin], &src[end..])
 }
 
-/// The kernel `entry` of `template` specialised with `block` ([`specialise`]), made on first
-/// use and kept for the life of the process, as the static kernels are.
-pub(crate) fn generated(
-    template: &'static Shader,
-    block: String,
-    (entry, storage, overrides): (&'static str, &'static [Access], &'static [&'static str]),
-    bounds_proven: bool,
-) -> &'static Kernel {
-    type Made = HashMap<(&'static str, &'static str, String), &'static Kernel>;
-    static MADE: std::sync::OnceLock<std::sync::Mutex<Made>> = std::sync::OnceLock::new();
-    static SHADERS: std::sync::OnceLock<
-        std::sync::Mutex<HashMap<(&'static str, String), &'static Shader>>,
-    > = std::sync::OnceLock::new();
-    let mut made = MADE
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    made.entry((template.file, entry, block.clone()))
-        .or_insert_with(|| {
-            let mut shaders = SHADERS
-                .get_or_init(Default::default)
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let shader = *shaders
-                .entry((template.file, block.clone()))
-                .or_insert_with(|| {
-                    Box::leak(Box::new(Shader {
-                        file: template.file,
-                        source: Box::leak(specialise(template, &block).into_boxed_str()),
-                    }))
-                });
-            Box::leak(Box::new(Kernel {
-                shader,
-                entry,
-                storage,
-                overrides,
-                bounds_proven,
-            }))
-        })
+/// The variant of `template` (one of [`TEMPLATES`]) whose shader has `block` in place of the
+/// lines between `BEGIN TILE` and `END TILE` ([`specialise`]); the entries of one variant
+/// share one shader.
+pub(crate) fn generated(template: &'static Kernel, block: String) -> &'static Kernel {
+    type Made<K, T> = OnceLock<Mutex<HashMap<K, &'static T>>>;
+    static KERNELS: Made<(usize, String), Kernel> = OnceLock::new();
+    static SHADERS: Made<(&'static str, String), Shader> = OnceLock::new();
+    let key = (template as *const Kernel as usize, block);
+    made_once(&KERNELS, key.clone(), || {
+        let file = template.shader.file;
+        let shader = made_once(&SHADERS, (file, key.1.clone()), || Shader {
+            file,
+            source: Box::leak(specialise(template.shader, &key.1).into_boxed_str()),
+        });
+        Kernel {
+            shader,
+            ..*template
+        }
+    })
 }
 
 /// A compiled kernel specialisation.

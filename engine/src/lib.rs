@@ -20,9 +20,11 @@
 //! read-back, an upload, or every [`DISPATCHES_PER_BATCH`] dispatches.
 #![warn(missing_docs)]
 
+mod adapter;
 pub mod autodiff;
 mod device;
 mod error;
+mod fnv;
 pub mod gradcheck;
 mod info;
 #[doc(hidden)]
@@ -35,6 +37,7 @@ mod options;
 pub mod params;
 mod pool;
 mod profile;
+mod recorder;
 pub mod reference;
 pub mod shape;
 mod tensor;
@@ -43,6 +46,7 @@ pub mod tune;
 pub use autodiff::{enable_grad, is_grad_enabled, no_grad, Gradients, TensorId};
 pub use device::{Device, DISPATCHES_PER_BATCH};
 pub use error::{Error, Result};
+pub use fnv::Fnv;
 pub use gradcheck::{gradcheck, GradMismatch, GradcheckOptions, GradcheckReport};
 pub use info::DeviceInfo;
 pub use memory::human_bytes;

@@ -7,8 +7,15 @@
 //! GiB where the limit is 2^31 - 1) gets a buffer of the limit, not of the next class.
 //! Creating a buffer can fail (the GPU's memory is full); that is an error to report, not a
 //! validation panic, so fresh buffers are made inside an error scope.
+//!
+//! The memory budget (a discrete GPU's memory, or the lower `ENGINE_MEMORY_LIMIT`) is
+//! enforced here too, in [`Device`]'s `alloc`: the one story of where a tensor's memory
+//! comes from and what happens when there is none.
 
 use std::collections::HashMap;
+
+use crate::device::{lock, Device};
+use crate::error::Error;
 
 /// Memory figures of one device's pool, in bytes of GPU buffers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -130,6 +137,108 @@ pub(crate) const TENSOR_USAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC)
     .union(wgpu::BufferUsages::COPY_DST);
 
+/// The device's side of the pool: its figures, and the memory budget's policy, which refuses
+/// past the budget, frees cached buffers when they would cross it, and frees them and tries
+/// again when the driver has no memory left.
+impl Device {
+    /// Memory figures of the buffer pool.
+    pub fn pool_stats(&self) -> PoolStats {
+        lock(&self.inner.pool).stats()
+    }
+
+    /// Start measuring `peak_bytes` afresh from the current live bytes.
+    pub fn reset_peak(&self) {
+        lock(&self.inner.pool).reset_peak();
+    }
+
+    /// Run `f` and return its result with the most bytes of live tensors it added at any
+    /// moment over those live before it (the pool's peak, after submitted work completes).
+    ///
+    /// # Errors
+    /// A device lost while synchronising.
+    pub fn peak_growth<T>(&self, f: impl FnOnce() -> T) -> crate::Result<(T, u64)> {
+        self.synchronize()?;
+        self.reset_peak();
+        let before = self.pool_stats().live_bytes;
+        let out = f();
+        self.synchronize()?;
+        Ok((out, self.pool_stats().peak_bytes - before))
+    }
+
+    /// Release the pool's cached buffers back to the driver.
+    pub fn trim_pool(&self) {
+        lock(&self.inner.pool).trim();
+        // A cached bind group keeps its buffers alive: freeing them frees the groups too.
+        lock(&self.inner.bind_groups).clear();
+    }
+
+    /// A pooled buffer for `bytes`, after checking the adapter's limit.
+    pub(crate) fn alloc(
+        &self,
+        op: &'static str,
+        shape: &[usize],
+        bytes: u64,
+    ) -> crate::Result<(wgpu::Buffer, u64)> {
+        let limit = self
+            .inner
+            .info
+            .max_storage_buffer_binding_size
+            .min(self.inner.info.max_buffer_size);
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                op,
+                shape: shape.to_vec(),
+                bytes,
+                limit,
+            });
+        }
+        if let Some(budget) = self.inner.info.memory_budget {
+            let class = size_class(bytes, limit);
+            let stats = self.pool_stats();
+            if stats.live_bytes + class > budget {
+                return Err(Error::OutOfMemory {
+                    op,
+                    shape: shape.to_vec(),
+                    bytes,
+                    live_bytes: stats.live_bytes,
+                    message: format!(
+                        "past the memory budget of {}",
+                        crate::memory::human_bytes(budget)
+                    ),
+                });
+            }
+            if stats.live_bytes + stats.cached_bytes + class > budget {
+                // Cached buffers count against the memory too: free them first.
+                self.trim_pool();
+                self.synchronize()?;
+            }
+        }
+        let take = || lock(&self.inner.pool).take(&self.inner.device, bytes, limit);
+        let out_of_memory = |message| Error::OutOfMemory {
+            op,
+            shape: shape.to_vec(),
+            bytes,
+            live_bytes: self.pool_stats().live_bytes,
+            message,
+        };
+        match take() {
+            Ok(taken) => Ok(taken),
+            // Cached buffers of other sizes may be what fills the memory: free them (once
+            // the GPU is done with them) and try again.
+            Err(_) if self.pool_stats().cached_bytes > 0 => {
+                self.trim_pool();
+                self.synchronize()?;
+                take().map_err(out_of_memory)
+            }
+            Err(message) => Err(out_of_memory(message)),
+        }
+    }
+
+    pub(crate) fn release(&self, buffer: wgpu::Buffer, class: u64) {
+        lock(&self.inner.pool).give_back(buffer, class);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::size_class;
@@ -169,5 +278,16 @@ mod tests {
         assert_eq!(size_class(1000, 1000), 1000);
         assert_eq!(size_class(996, 1001), 1000);
         assert_eq!(size_class(100, 1000), 256);
+    }
+
+    #[test]
+    fn a_buffer_the_driver_refuses_is_an_error_not_a_panic() {
+        let d = crate::Device::shared().unwrap();
+        let too_big = d.info().max_buffer_size + 4;
+        let usage = super::TENSOR_USAGE;
+        let e = super::create(&d.inner.device, too_big, usage).unwrap_err();
+        assert!(!e.is_empty() && !e.contains('\n'), "{e}");
+        // The device goes on working.
+        assert!(super::create(&d.inner.device, 1024, usage).is_ok());
     }
 }

@@ -7,8 +7,12 @@
 //! timestamps, every dispatch is submitted alone and waited for, and its wall time (with
 //! one submission's overhead) is what is counted.
 
-use crate::device::DISPATCHES_PER_BATCH;
+use std::sync::MutexGuard;
+
+use crate::device::{lock, Device, DISPATCHES_PER_BATCH};
 use crate::error::{Error, Result};
+use crate::kernels::Pipeline;
+use crate::recorder::Recorder;
 
 /// Time spent in one kernel while profiling was on.
 #[derive(Clone, Debug, PartialEq)]
@@ -174,5 +178,77 @@ impl Profiler {
         let mut times = self.times.clone();
         times.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
         times
+    }
+}
+
+/// The device's side of profiling.
+impl Device {
+    /// Turn per-kernel profiling on (clearing earlier figures) or off; [`Device::profile`]
+    /// reads the figures. With `TIMESTAMP_QUERY` each dispatch runs in a pass of its own
+    /// that the GPU stamps, and the batch is still submitted whole; without, each dispatch
+    /// is submitted alone and waited for, which measures wall time and is slow.
+    /// `ENGINE_PROFILE=1` in the environment is how the programs turn it on.
+    pub fn set_profiling(&self, on: bool) {
+        if on {
+            self.synchronize().ok();
+        }
+        let timestamps = self.inner.info.features.timestamp_query;
+        *lock(&self.inner.profile) =
+            on.then(|| Profiler::new(&self.inner.device, &self.inner.queue, timestamps));
+    }
+
+    /// What the profiler measures with, or `None` when profiling is off.
+    pub fn profile_clock(&self) -> Option<Clock> {
+        lock(&self.inner.profile).as_ref().map(Profiler::clock)
+    }
+
+    /// Per-kernel times gathered since profiling was turned on, slowest first; empty when
+    /// profiling is off. Dispatches not yet submitted are not counted: synchronize first.
+    pub fn profile(&self) -> Vec<KernelTime> {
+        lock(&self.inner.profile)
+            .as_ref()
+            .map(Profiler::times)
+            .unwrap_or_default()
+    }
+
+    /// Record one dispatch while profiling: in a pass of its own that the GPU stamps, or,
+    /// without timestamps, submitted alone and waited for, its wall time counted.
+    pub(crate) fn dispatch_profiled(
+        &self,
+        mut rec: MutexGuard<'_, Recorder>,
+        name: String,
+        (pipeline, bind_group, offset): (&Pipeline, &wgpu::BindGroup, u32),
+        groups: [u32; 3],
+    ) {
+        rec.pass = None;
+        let mut profile = lock(&self.inner.profile);
+        let timestamp_writes = profile.as_mut().and_then(|p| p.stamp(name.clone()));
+        let stamped = timestamp_writes.is_some();
+        {
+            let mut pass = rec.open_encoder(&self.inner.device).begin_compute_pass(
+                &wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes,
+                },
+            );
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, bind_group, &[offset]);
+            pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        }
+        drop(profile);
+        rec.dispatches += 1;
+        if stamped {
+            if rec.dispatches >= DISPATCHES_PER_BATCH {
+                self.submit(&mut rec);
+            }
+        } else {
+            let start = std::time::Instant::now();
+            let index = self.submit(&mut rec);
+            drop(rec);
+            self.wait(index).ok();
+            if let Some(p) = lock(&self.inner.profile).as_mut() {
+                p.add(name, start.elapsed().as_secs_f64());
+            }
+        }
     }
 }

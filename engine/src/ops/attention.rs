@@ -5,8 +5,8 @@ use crate::autodiff::no_grad;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::kernels::{
-    generated, half_operands, Access, Kernel, ATTENTION_BACKWARD_KV_K, ATTENTION_BACKWARD_Q_K,
-    ATTENTION_K, ATTENTION_TILED,
+    generated, half_operands, Kernel, ATTENTION_BACKWARD_KV_K, ATTENTION_BACKWARD_Q_K, ATTENTION_K,
+    ATTENTION_TILED_BACKWARD_KV_T, ATTENTION_TILED_BACKWARD_Q_T, ATTENTION_TILED_FORWARD_T,
 };
 use crate::params::AttentionParams;
 use crate::tensor::{DType, Tensor};
@@ -109,20 +109,12 @@ pub(crate) fn tiled_kernels(hd: usize, memory: usize) -> [&'static Kernel; 3] {
         bkv /= 2;
     }
     let block = format!("const HD: u32 = {hd}u;\nconst BKV: u32 = {bkv}u;\n");
-    let kernel = |entry, storage: &'static [Access]| {
-        generated(
-            &ATTENTION_TILED,
-            block.clone(),
-            (entry, storage, &[]),
-            false,
-        )
-    };
-    use Access::{Read as R, ReadWrite as W};
     [
-        kernel("attention_tiled_forward", &[W, W, R]),
-        kernel("attention_tiled_backward_q", &[W, W, R, R, R, R]),
-        kernel("attention_tiled_backward_kv", &[W, W, R, R, R, R]),
+        &ATTENTION_TILED_FORWARD_T,
+        &ATTENTION_TILED_BACKWARD_Q_T,
+        &ATTENTION_TILED_BACKWARD_KV_T,
     ]
+    .map(|template| generated(template, block.clone()))
 }
 
 impl Kernels {

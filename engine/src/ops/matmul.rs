@@ -168,11 +168,9 @@ impl Tensor {
             let zeros = Tensor::zeros(self.device(), &problem.shape)?;
             return bias.map_or(Ok(zeros.clone()), |b| zeros.add(b));
         }
-        let kernel = self
-            .device()
-            .matmul_kernel(&problem.key(), problem.sizes(), |k| {
-                problem.run(k).map(drop)
-            })?;
+        let kernel = crate::tune::choose(self.device(), &problem.key(), problem.sizes(), |k| {
+            problem.run(k).map(drop)
+        })?;
         problem.run(kernel)
     }
 
@@ -190,16 +188,14 @@ impl Tensor {
         kernel: MatmulKernel,
     ) -> Result<Tensor> {
         let problem = Problem::new(self, other, bias)?;
-        if let MatmulKernel::Tiled { tile, .. } = kernel {
-            if tile.vec4 && !problem.aligned || !tile.fits(self.device().info()) {
-                return Err(Error::shape(
-                    "matmul",
-                    format!(
-                        "variant {} cannot run this problem on this adapter",
-                        tile.name()
-                    ),
-                ));
-            }
+        if !kernel.runs_on(self.device().info(), problem.aligned) {
+            return Err(Error::shape(
+                "matmul",
+                format!(
+                    "variant {} cannot run this problem on this adapter",
+                    kernel.name()
+                ),
+            ));
         }
         if problem.k == 0 {
             let zeros = Tensor::zeros(self.device(), &problem.shape)?;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 pub use tile::Tile;
 
+use crate::device::Device;
 use crate::error::Result;
 use crate::info::DeviceInfo;
 use crate::kernels::{MATMUL, MATMUL_TILED, SPLITK};
@@ -57,6 +58,17 @@ impl MatmulKernel {
             MatmulKernel::Tiled { tile, splits } => {
                 format!("tiled {}, splits {splits}", tile.name())
             }
+        }
+    }
+
+    /// Whether this kernel can run on the adapter of `info` a problem that is `aligned` (or
+    /// not): the tile within the adapter's limits, and vec4 loads only on aligned problems.
+    /// The one answer the tuner, the defaults, the cache and [`crate::Tensor::matmul_with`]
+    /// all ask.
+    pub fn runs_on(&self, info: &DeviceInfo, aligned: bool) -> bool {
+        match self {
+            MatmulKernel::Lanes => true,
+            MatmulKernel::Tiled { tile, .. } => tile.fits(info) && (aligned || !tile.vec4),
         }
     }
 
@@ -123,12 +135,16 @@ impl MatmulKey {
     }
 }
 
+/// PCI vendor ids of the GPUs whose default tile is chosen by name.
+const NVIDIA: u32 = 0x10de;
+const AMD: u32 = 0x1002;
+const APPLE: u32 = 0x106b;
+
 /// The kernel an adapter uses for a bucket it has no measurement of. On a CPU adapter the
 /// 8-lane kernels (measured fastest on lavapipe). On a GPU a tile by vendor, chosen on
-/// principle, not measured: NVIDIA and AMD, the classic 128x128x8 tile with 8x8 per
-/// invocation, vec4 loads and double buffering (256 invocations, 16 KiB); Apple, 64x64x16
-/// with 4x4 and vec4 loads; others (Intel, unknown), 64x64x8 with 4x4 (4 KiB, within every
-/// WebGPU adapter's limits). k is split when the output has too few blocks to fill a GPU.
+/// principle, not measured: NVIDIA and AMD, [`tile::LARGE`] with vec4 loads and double
+/// buffering; Apple, [`tile::DEEP`] with vec4 loads; others (Intel, unknown),
+/// [`tile::PORTABLE`]. k is split when the output has too few blocks to fill a GPU.
 pub fn default_kernel(
     info: &DeviceInfo,
     key: &MatmulKey,
@@ -138,14 +154,14 @@ pub fn default_kernel(
         return MatmulKernel::Lanes;
     }
     let by_vendor = match info.vendor {
-        0x10de | 0x1002 => tile::CANDIDATES[0].with(true, true),
-        0x106b => tile::CANDIDATES[3].with(true, false),
-        _ => tile::CANDIDATES[4].with(true, false),
+        NVIDIA | AMD => tile::LARGE.with(true, true),
+        APPLE => tile::DEEP.with(true, false),
+        _ => tile::PORTABLE.with(true, false),
     };
-    let tile = [by_vendor, tile::CANDIDATES[4].with(true, false)]
+    let tile = [by_vendor, tile::PORTABLE.with(true, false)]
         .into_iter()
-        .find(|t| t.fits(info))
-        .map(|t| t.with(t.vec4 && key.aligned, t.double_buffer));
+        .map(|t| t.with(t.vec4 && key.aligned, t.double_buffer))
+        .find(|&tile| MatmulKernel::Tiled { tile, splits: 1 }.runs_on(info, key.aligned));
     let Some(tile) = tile else {
         return MatmulKernel::Lanes;
     };
@@ -160,18 +176,48 @@ pub fn default_kernel(
 
 /// Every kernel worth timing for a bucket on this adapter.
 pub fn candidates(info: &DeviceInfo, key: &MatmulKey, k: usize) -> Vec<MatmulKernel> {
-    let mut out = vec![MatmulKernel::Lanes];
-    for tile in Tile::all() {
-        if !tile.fits(info) || (tile.vec4 && !key.aligned) {
-            continue;
-        }
-        for splits in [1u32, 4, 16] {
-            if splits == 1 || k >= 256 * splits as usize {
-                out.push(MatmulKernel::Tiled { tile, splits });
-            }
-        }
+    let tiled = Tile::all().flat_map(|tile| {
+        [1u32, 4, 16]
+            .into_iter()
+            .filter(|&splits| splits == 1 || k >= 256 * splits as usize)
+            .map(move |splits| MatmulKernel::Tiled { tile, splits })
+    });
+    std::iter::once(MatmulKernel::Lanes)
+        .chain(tiled)
+        .filter(|kernel| kernel.runs_on(info, key.aligned))
+        .collect()
+}
+
+/// The kernel for a product in bucket `key` of sizes `[m, n, k, batch]` on `device`: the one
+/// chosen before for the bucket (in this process or the cache file), else with
+/// [`Autotune::On`] the fastest of the candidates, each timed by `run` (which records the
+/// product itself with a given kernel), else the adapter's default. The device holds the
+/// choices; this is where they are made.
+///
+/// # Errors
+/// Whatever `run` or synchronisation return while tuning.
+pub(crate) fn choose(
+    device: &Device,
+    key: &MatmulKey,
+    sizes: [usize; 4],
+    run: impl FnMut(MatmulKernel) -> Result<()>,
+) -> Result<MatmulKernel> {
+    let info = device.info();
+    let mut tuner = device.tuner();
+    // A cached variant this adapter cannot run (a cache copied from elsewhere) is ignored.
+    let known = tuner.lookup(key);
+    if let Some(kernel) = known.filter(|k| k.runs_on(info, key.aligned)) {
+        return Ok(kernel);
     }
-    out
+    let tuned = tuner.mode == Autotune::On;
+    let kernel = if tuned {
+        let candidates = candidates(info, key, sizes[2]);
+        fastest(&candidates, tuner.budget, run, || device.synchronize())?
+    } else {
+        default_kernel(info, key, sizes)
+    };
+    tuner.remember(key, kernel, tuned);
+    Ok(kernel)
 }
 
 /// Time each candidate with `run` (which records one product with that kernel) and return
@@ -226,6 +272,8 @@ pub fn fastest(
 /// The choices of one device: what the cache file holds for it, and what was tuned since.
 pub(crate) struct Tuner {
     pub(crate) mode: Autotune,
+    /// The time tuning may spend on one shape bucket's candidates.
+    budget: Duration,
     file: Option<PathBuf>,
     device: String,
     choices: HashMap<MatmulKey, MatmulKernel>,
@@ -234,8 +282,13 @@ pub(crate) struct Tuner {
 
 impl Tuner {
     /// The tuner of a device, with the cache file at `file` (the user's cache directory when
-    /// `None`) read unless `mode` is `Off`.
-    pub(crate) fn new(info: &DeviceInfo, mode: Autotune, file: Option<PathBuf>) -> Tuner {
+    /// `None`) read unless `mode` is `Off`, spending at most `budget` on one bucket.
+    pub(crate) fn new(
+        info: &DeviceInfo,
+        mode: Autotune,
+        file: Option<PathBuf>,
+        budget: Duration,
+    ) -> Tuner {
         let file = file.or_else(|| dirs::cache_dir().map(|d| d.join("mae-stack/autotune.json")));
         let device = device_key(info);
         let texts = match (&file, mode) {
@@ -244,6 +297,7 @@ impl Tuner {
         };
         Tuner {
             mode,
+            budget,
             file,
             device,
             choices: HashMap::new(),
@@ -288,7 +342,7 @@ impl Tuner {
 /// The cache's key for an adapter: its name, backend and driver, and a hash of every
 /// kernel source the choice depends on, so that a changed kernel set is tuned afresh.
 fn device_key(info: &DeviceInfo) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325; // FNV-1a
+    let mut hash = crate::Fnv::new();
     let candidates: Vec<String> = Tile::all().map(|t| t.name()).collect();
     for part in [
         MATMUL.source,
@@ -296,10 +350,9 @@ fn device_key(info: &DeviceInfo) -> String {
         SPLITK.source,
         &candidates.join(";"),
     ] {
-        for byte in part.bytes() {
-            hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
-        }
+        hash.add(part.as_bytes());
     }
+    let hash = hash.finish();
     format!(
         "{} | {} | {} | kernels {hash:016x}",
         info.name, info.backend, info.driver
@@ -424,7 +477,7 @@ mod tests {
     #[test]
     fn tuning_keeps_the_fastest_and_passes_over_what_cannot_run() {
         let tiled = |splits| MatmulKernel::Tiled {
-            tile: tile::CANDIDATES[4],
+            tile: tile::PORTABLE,
             splits,
         };
         let candidates = [MatmulKernel::Lanes, tiled(1), tiled(4)];

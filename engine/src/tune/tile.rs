@@ -3,7 +3,7 @@
 //! global-memory loader, and each variant is compiled as a kernel of its own.
 
 use crate::info::DeviceInfo;
-use crate::kernels::{generated, specialise, Access, Kernel, MATMUL_TILED};
+use crate::kernels::{generated, specialise, Kernel, MATMUL_TILED, MATMUL_TILED_T};
 
 /// One variant of the tiled matrix product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -25,14 +25,23 @@ pub struct Tile {
     pub double_buffer: bool,
 }
 
+/// The classic large tile, 8x8 outputs per invocation (256 invocations; 16 KiB of workgroup
+/// memory double-buffered): the default on NVIDIA and AMD GPUs.
+pub const LARGE: Tile = tile(128, 128, 8, 8, 8);
+/// A deeper k step for a smaller tile: the default on Apple GPUs.
+pub const DEEP: Tile = tile(64, 64, 16, 4, 4);
+/// Within every WebGPU adapter's limits (64 invocations, 4 KiB): the default elsewhere, and
+/// the fallback where a vendor's tile does not fit.
+pub const PORTABLE: Tile = tile(64, 64, 8, 4, 4);
+
 /// The variants the tuner times, largest tiles first. On an adapter, only those that
 /// [`Tile::fits`] are compiled.
 pub const CANDIDATES: &[Tile] = &[
-    tile(128, 128, 8, 8, 8),
+    LARGE,
     tile(128, 64, 8, 8, 4),
     tile(64, 128, 8, 4, 8),
-    tile(64, 64, 16, 4, 4),
-    tile(64, 64, 8, 4, 4),
+    DEEP,
+    PORTABLE,
     tile(32, 64, 8, 4, 4),
     tile(32, 32, 8, 2, 2),
     tile(32, 32, 8, 4, 4),
@@ -71,7 +80,7 @@ impl Tile {
     }
 
     /// This variant with vec4 loads and double buffering set as given.
-    pub fn with(self, vec4: bool, double_buffer: bool) -> Tile {
+    pub const fn with(self, vec4: bool, double_buffer: bool) -> Tile {
         Tile {
             vec4,
             double_buffer,
@@ -128,14 +137,6 @@ impl Tile {
 
     /// This variant's kernel, compiled once per device on first use.
     pub(crate) fn kernel(&self) -> &'static Kernel {
-        let storage = &[Access::ReadWrite, Access::Read, Access::Read, Access::Read];
-        let overrides = &["TRANS_A", "TRANS_B", "HAS_BIAS", "SPLIT", "POISON"];
-        // Proven by `no_kernel_reads_workgroup_memory_before_it_is_written`.
-        generated(
-            &MATMUL_TILED,
-            self.block(),
-            ("matmul_tiled", storage, overrides),
-            true,
-        )
+        generated(&MATMUL_TILED_T, self.block())
     }
 }
