@@ -82,7 +82,7 @@ fn main() {
         stall_timeout: std::time::Duration::ZERO,
         progress: false,
     };
-    let summary = pretrain(settings, None, (&run, &output), &single).expect("pretraining runs");
+    let summary = pretrain(settings, None, &run, &output, &single).expect("pretraining runs");
     println!(
         r#"{{"bench":"pretrain_pipeline","adapter":{adapter:?},"preset":"{PRESET}","batch":{BATCH},"steps":{steps},"data":{:?},"model_only_img_per_s":{model:.2},"end_to_end_img_per_s":{:.2},"ratio":{:.3}}}"#,
         data.display().to_string(),

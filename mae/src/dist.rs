@@ -151,7 +151,7 @@ impl Dist {
         #[cfg(feature = "distributed")]
         if let Some(m) = &self.mpi {
             use mpi::collective::CommunicatorCollectives;
-            let mut hash = Fnv::new();
+            let mut hash = engine::Fnv::new();
             hash.add(text().as_bytes());
             let hash = hash.finish();
             let mut all = vec![0u64; self.size];
@@ -300,35 +300,6 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         (Some(s), _) => s.to_string(),
         (_, Some(s)) => s.clone(),
         _ => "a panic without a message".into(),
-    }
-}
-
-/// FNV-1a, 64 bits: equal bytes, equal digests on every machine. Not cryptographic; it
-/// tells apart what the processes of a run hold.
-pub struct Fnv(u64);
-
-impl Fnv {
-    /// The empty digest.
-    pub fn new() -> Fnv {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-
-    /// Add `bytes`.
-    pub fn add(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    /// The digest of what was added.
-    pub fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-impl Default for Fnv {
-    fn default() -> Fnv {
-        Fnv::new()
     }
 }
 

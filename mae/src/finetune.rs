@@ -25,7 +25,8 @@ use crate::data::{streams, Augment, Dataset, Normalize, Rng, FASHION_MNIST};
 use crate::dist::Dist;
 use crate::hf::{read_preprocessor, save_preprocessor};
 use crate::run::{
-    self, Given, Invocation, Learner, Output, Position, Precision, Resumed, Schedule, Step, Trainer,
+    self, EpochEnd, Given, Invocation, Launch, Learner, Output, Precision, Resumed, Schedule, Step,
+    Trainer, TrainingData,
 };
 use crate::{Error, MaeConfig};
 
@@ -211,15 +212,15 @@ pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
         Ok(p.clone()
             .scaled(&config_from(p.model.as_deref().unwrap_or_default())?))
     };
-    if args.dry_run {
-        let resume = args.resume.as_deref().map(run::newest_in).transpose()?;
-        let (settings, resumed) = given.settle(&args.settings, resume.as_deref(), recipe, dist)?;
+    let Launch {
+        settings,
+        resumed,
+        output,
+    } = args.start("finetune", given, recipe, dist)?;
+    let Some(output) = output else {
         return dry_run(&settings, resumed, &args.invocation(), dist);
-    }
-    let output = args.claim("finetune", dist)?;
-    let (settings, resumed) =
-        given.settle(&args.settings, output.resume.as_deref(), recipe, dist)?;
-    let outcome = finetune(settings, resumed, (&args.invocation(), &output), dist)?;
+    };
+    let outcome = finetune(settings, resumed, &args.invocation(), &output, dist)?;
     if dist.is_main() {
         println!("{}", outcome.line);
     }
@@ -237,7 +238,8 @@ pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
 pub fn finetune(
     s: Settings,
     resumed: Option<Resumed<Settings>>,
-    (run, output): (&Invocation, &Output),
+    run: &Invocation,
+    output: &Output,
     dist: &Dist,
 ) -> Result<Outcome, Error> {
     s.check()?;
@@ -251,21 +253,25 @@ pub fn finetune(
     });
     let c = vit.config.clone();
     let augment = Augment::pretrain(c.image_size, normalize.clone());
-    let train = (data.train, augment, c.channels);
-    let mut trainer = Trainer::new(device, dist, (run, output), &s, train, resumed)?;
+    let train = TrainingData {
+        data: data.train,
+        augment,
+        channels: c.channels,
+    };
+    let mut trainer = Trainer::new(device, dist, run, output, &s, train, resumed)?;
     if dist.is_main() {
         eprintln!(
             "fine-tuning a {} encoder ({model}) on {} images of {}, {} classes, lr {:.2e}, layer decay {}, \
              {} epochs of {} iterations, batch {} x {} processes, on {}",
             s.init.name(),
-            trainer.images,
-            trainer.data.description,
+            trainer.batches.images,
+            trainer.batches.data,
             data.classes,
-            trainer.schedule.lr(),
+            Schedule::of(&s).lr(),
             s.layer_decay,
             s.epochs,
-            trainer.iters,
-            trainer.per_rank,
+            trainer.batches.iters,
+            trainer.batches.per_rank,
             dist.size(),
             trainer.device.info().name
         );
@@ -278,7 +284,6 @@ pub fn finetune(
         top1: 0.0,
     };
     trainer.fit(&mut learner, &mut opt)?;
-    run::print_profile(&trainer.device);
     let top1 = learner.top1;
     if !dist.is_main() {
         return Ok(Outcome {
@@ -287,7 +292,7 @@ pub fn finetune(
             line: String::new(),
         });
     }
-    report(&trainer.output, "finetune", s.init, top1, s.epochs)
+    report(&output.dir, "finetune", s.init, top1, s.epochs)
 }
 
 /// The classifier of settings `s` for `classes` classes, its AdamW with layer-wise lr
@@ -519,9 +524,9 @@ impl Learner for FineTuning {
         run::write_json(&dir.join("config.json"), &ClassifierConfig::of(c))
     }
 
-    fn evaluate(&mut self, trainer: &mut Trainer, _: Position) -> Result<Option<f64>, Error> {
-        let view = (&self.normalize, trainer.workers);
-        self.top1 = evaluate(&self.vit, &self.test, view, trainer.dist)?;
+    fn evaluate(&mut self, end: EpochEnd) -> Result<Option<f64>, Error> {
+        let view = (&self.normalize, end.workers);
+        self.top1 = evaluate(&self.vit, &self.test, view, end.dist)?;
         Ok(Some(self.top1))
     }
 }

@@ -26,7 +26,8 @@ use crate::dist::Dist;
 use crate::hf::{load_pretrained, read_preprocessor, save_preprocessor, save_pretrained};
 use crate::knn::Monitor;
 use crate::run::{
-    self, Given, Invocation, Learner, Output, Position, Precision, Resumed, Schedule, Step, Trainer,
+    self, EpochEnd, Given, Invocation, Launch, Learner, Output, Precision, Resumed, Schedule, Step,
+    Summary, Trainer, TrainingData,
 };
 use crate::{visualize, Error, MaeConfig, MaskedAutoencoder};
 
@@ -224,36 +225,21 @@ fn knn_images(images: usize) -> usize {
     (images / 8).clamp(200, 2000)
 }
 
-/// What a finished run reports.
-#[derive(Clone, Debug)]
-pub struct Summary {
-    /// Where the run ends.
-    pub at: Position,
-    /// Mean loss of the last epoch.
-    pub last_epoch_loss: f64,
-    /// Images per second over this invocation's training, data pipeline included.
-    pub img_per_s: f64,
-    /// Undecodable files skipped.
-    pub skipped: usize,
-    /// The last checkpoint written.
-    pub checkpoint: PathBuf,
-}
-
 /// `mae pretrain`: run (or continue) pretraining and say what happened.
 ///
 /// # Errors
 /// See [`pretrain`].
 pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
     let recipe = |p: &Settings| Ok(p.clone().scaled(&config_from(&p.model)?));
-    if args.dry_run {
-        let resume = args.resume.as_deref().map(run::newest_in).transpose()?;
-        let (settings, resumed) = given.settle(&args.settings, resume.as_deref(), recipe, dist)?;
+    let Launch {
+        settings,
+        resumed,
+        output,
+    } = args.start("pretrain", given, recipe, dist)?;
+    let Some(output) = output else {
         return dry_run(&settings, resumed, &args.invocation(), dist);
-    }
-    let output = args.claim("pretrain", dist)?;
-    let (settings, resumed) =
-        given.settle(&args.settings, output.resume.as_deref(), recipe, dist)?;
-    let summary = pretrain(settings, resumed, (&args.invocation(), &output), dist)?;
+    };
+    let summary = pretrain(settings, resumed, &args.invocation(), &output, dist)?;
     if !dist.is_main() {
         return Ok(());
     }
@@ -283,7 +269,8 @@ pub fn command(args: &Args, given: &Given, dist: &Dist) -> Result<(), Error> {
 pub fn pretrain(
     settings: Settings,
     resumed: Option<Resumed<Settings>>,
-    (run, output): (&Invocation, &Output),
+    run: &Invocation,
+    output: &Output,
     dist: &Dist,
 ) -> Result<Summary, Error> {
     settings.check()?;
@@ -316,8 +303,12 @@ pub fn pretrain(
     }
     let c = model.config.clone();
     let augment = Augment::pretrain(c.image_size, normalize.clone());
-    let train = (train, augment, c.channels);
-    let mut trainer = Trainer::new(device, dist, (run, output), &settings, train, resumed)?;
+    let train = TrainingData {
+        data: train,
+        augment,
+        channels: c.channels,
+    };
+    let mut trainer = Trainer::new(device, dist, run, output, &settings, train, resumed)?;
     let mut learner = Pretraining {
         model,
         normalize,
@@ -330,40 +321,32 @@ pub fn pretrain(
         eprintln!(
             "pretraining {} on {} ({}): {} images, batch {} x {} processes x {} accumulated, lr {:.3e}, {} epochs, {} iterations each",
             describe(&c),
-            trainer.data.description,
+            trainer.batches.data,
             trainer.device.info().name,
-            trainer.images,
-            trainer.per_rank,
+            trainer.batches.images,
+            trainer.batches.per_rank,
             dist.size(),
             settings.accum_iter,
             settings.lr(),
             settings.epochs,
-            trainer.iters
+            trainer.batches.iters
         );
         learner.held_out = held_out_images(&settings.data, c.channels)?;
-        learner.monitor = learner.monitor(trainer.images);
+        learner.monitor = learner.monitor(trainer.batches.images);
     }
     if trainer.at.step == 0 {
-        let at = trainer.at;
-        learner.knn(&mut trainer, at)?; // the random encoder's figure, the curve's start
+        learner.knn(trainer.epoch_end())?; // the random encoder's figure, the curve's start
     }
-    let last_epoch_loss = trainer.fit(&mut learner, &mut opt)?;
-    run::print_profile(&trainer.device);
+    let summary = trainer.fit(&mut learner, &mut opt)?;
     if dist.is_main() && !learner.held_out.is_empty() {
         let picture = match learner.picture.take() {
             Some(p) => p,
             None => learner.reconstructions()?,
         };
-        let path = trainer.output.join("reconstruction.png");
+        let path = output.dir.join("reconstruction.png");
         picture.save(&path).map_err(Error::image(&path))?;
     }
-    Ok(Summary {
-        at: trainer.at,
-        last_epoch_loss,
-        img_per_s: trainer.images_per_second(),
-        skipped: trainer.skipped.count(),
-        checkpoint: trainer.checkpoint.unwrap_or_default(),
-    })
+    Ok(summary)
 }
 
 /// `--dry-run`: one step of the run's model at its batch, precision and checkpointing, on
@@ -438,8 +421,9 @@ impl Learner for Pretraining {
         )?)
     }
 
-    fn evaluate(&mut self, trainer: &mut Trainer, at: Position) -> Result<Option<f64>, Error> {
-        if let (Some(log), false) = (&mut trainer.log, self.held_out.is_empty()) {
+    fn evaluate(&mut self, mut end: EpochEnd) -> Result<Option<f64>, Error> {
+        let at = end.at;
+        if let (Some(log), false) = (&mut end.log, self.held_out.is_empty()) {
             let picture = self.reconstructions()?;
             // At the epoch's last step: a run resumed from this epoch's checkpoint tells
             // TensorBoard to drop what was logged from the next step on.
@@ -448,7 +432,7 @@ impl Learner for Pretraining {
         }
         let every = self.settings.knn_every.max(1);
         if at.epoch.is_multiple_of(every) || at.epoch == self.settings.epochs {
-            self.knn(trainer, at)?;
+            self.knn(end)?;
         }
         Ok(None)
     }
@@ -469,19 +453,20 @@ impl Pretraining {
 
     /// The k-NN monitor's top-1 where training stands: a line on stderr, in the log and
     /// in TensorBoard (`knn/top1`).
-    fn knn(&self, trainer: &mut Trainer, at: Position) -> Result<(), Error> {
+    fn knn(&self, end: EpochEnd) -> Result<(), Error> {
         let Some(monitor) = &self.monitor else {
             return Ok(());
         };
         let started = Instant::now();
-        let top1 = monitor.top1(&self.model, &self.normalize, trainer.workers)?;
+        let (at, workers) = (end.at, end.workers);
+        let top1 = monitor.top1(&self.model, &self.normalize, workers)?;
         eprintln!(
             "k-NN top-1 {top1:.2}% after {} epochs ({} held-out and bank images, {:.1} s)",
             at.epoch,
             monitor.images(),
             started.elapsed().as_secs_f64()
         );
-        if let Some(log) = &mut trainer.log {
+        if let Some(log) = end.log {
             let index = [
                 ("step", at.step.saturating_sub(1)),
                 ("epoch", at.epoch as u64),

@@ -265,7 +265,7 @@ impl Dataset {
     /// images: the count, and a digest of the file names below the root (or of an IDX
     /// file's sizes and bytes).
     pub fn digest(&self) -> String {
-        let mut hash = crate::dist::Fnv::new();
+        let mut hash = engine::Fnv::new();
         match &self.source {
             Source::Idx { pixels, h, w } => {
                 hash.add(&(*h as u64).to_le_bytes());

@@ -166,48 +166,84 @@ pub trait Learner {
     ///
     /// # Errors
     /// I/O, data or engine failures.
-    fn evaluate(&mut self, trainer: &mut Trainer, at: Position) -> Result<Option<f64>, Error>;
+    fn evaluate(&mut self, end: EpochEnd) -> Result<Option<f64>, Error>;
 }
 
-/// What the iterations of a run share: device, processes, data, log, clock and position.
-pub struct Trainer<'a> {
-    /// This process's device.
-    pub device: Device,
-    /// The processes of the run.
-    pub dist: &'a Dist,
-    /// Output directory.
-    pub output: PathBuf,
-    /// Decoding threads.
-    pub workers: usize,
-    progress: bool,
-    checkpoint_activations: bool,
-    /// The run's settings, as its checkpoints save them.
-    settings: Value,
-    /// The schedule of the run.
-    pub schedule: Schedule,
+/// What a learner's evaluation gets at the end of an epoch.
+pub struct EpochEnd<'e> {
     /// Where the run stands.
     pub at: Position,
-    /// The sum of the losses of this epoch's iterations so far.
-    epoch_loss_sum: f64,
+    /// The processes of the run.
+    pub dist: &'e Dist,
+    /// Decoding threads.
+    pub workers: usize,
     /// The log: rank 0's alone.
-    pub log: Option<Log>,
-    /// The training split.
+    pub log: Option<&'e mut Log>,
+}
+
+/// The training split as a run reads it.
+pub struct TrainingData {
+    /// The images.
     pub data: Arc<Dataset>,
-    augment: Arc<Augment>,
-    channels: usize,
+    /// Their crop, flip and normalisation.
+    pub augment: Augment,
+    /// The channels the model takes.
+    pub channels: usize,
+}
+
+/// How the training data is cut into a run's iterations.
+#[derive(Clone, Debug)]
+pub struct Batches {
+    /// The training data, as described to the user.
+    pub data: String,
     /// Training images used.
     pub images: usize,
     /// This process's images per iteration.
     pub per_rank: usize,
     /// Iterations per epoch.
     pub iters: usize,
-    started: Instant,
-    /// Images trained on by this invocation, over all processes.
-    images_seen: usize,
+}
+
+/// What a finished run reports.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Where the run ends.
+    pub at: Position,
+    /// Mean loss of the last epoch.
+    pub last_epoch_loss: f64,
+    /// Images per second over this invocation's training, data pipeline included.
+    pub img_per_s: f64,
     /// Undecodable files skipped.
-    pub skipped: Arc<Skipped>,
+    pub skipped: usize,
+    /// The last checkpoint written.
+    pub checkpoint: PathBuf,
+}
+
+/// What the iterations of a run share: device, processes, data, log, clock and position.
+pub struct Trainer<'a> {
+    /// This process's device.
+    pub device: Device,
+    /// Where the run stands.
+    pub at: Position,
+    /// How the data is cut into iterations.
+    pub batches: Batches,
+    dist: &'a Dist,
+    output: PathBuf,
+    /// The run's settings, as its checkpoints save them, and the schedule read from them.
+    settings: Value,
+    schedule: Schedule,
+    /// What every epoch's loader reads: the epoch's order and number are filled in.
+    feed: Plan,
+    progress: bool,
+    checkpoint_activations: bool,
+    /// The sum of the losses of this epoch's iterations so far.
+    epoch_loss_sum: f64,
+    /// The log: rank 0's alone.
+    log: Option<Log>,
+    /// When this invocation started, and the images it trained on over all processes.
+    started: (Instant, usize),
     /// The last checkpoint written or resumed from: the one a diverging run names.
-    pub checkpoint: Option<PathBuf>,
+    checkpoint: Option<PathBuf>,
     /// The loss scaler, in an f16-mixed run.
     scaler: Option<LossScaler>,
     /// A process of the run was asked to stop, and every process knows.
@@ -216,8 +252,7 @@ pub struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    /// A run with `settings` over `data` (seen through `augment` with `channels`) in
-    /// `output`, continuing `resumed` when given. The processes must agree on the settings
+    /// A run with `settings` over `train` in `output`, continuing `resumed` when given. The processes must agree on the settings
     /// and see the same data. Rank 0 opens the log (continuing it when the run resumes in
     /// its own directory). From here on SIGINT, SIGTERM and SIGUSR1 stop the run at a step
     /// boundary with a checkpoint, and the watchdog ends a run that stalls.
@@ -230,11 +265,17 @@ impl<'a> Trainer<'a> {
     pub fn new<S: Serialize + std::fmt::Debug>(
         device: Device,
         dist: &'a Dist,
-        (run, output): (&Invocation, &Output),
+        run: &Invocation,
+        output: &Output,
         settings: &S,
-        (data, augment, channels): (Arc<Dataset>, Augment, usize),
+        train: TrainingData,
         resumed: Option<Resumed<S>>,
     ) -> Result<Trainer<'a>, Error> {
+        let TrainingData {
+            data,
+            augment,
+            channels,
+        } = train;
         dist.check_same("settings or model", || format!("{settings:?}"))?;
         data.check_channels(channels)?;
         dist.check_same("data", || data.digest())?;
@@ -287,27 +328,37 @@ impl<'a> Trainer<'a> {
                 crate::dist::abort_job(&format!("error: {line}"), 1)
             })
         });
+        let per_rank = global / dist.size();
         Ok(Trainer {
             device,
+            at,
+            batches: Batches {
+                data: data.description.clone(),
+                images,
+                per_rank,
+                iters,
+            },
             dist,
             output: output.dir.clone(),
-            workers: run.workers,
+            settings: serde_json::to_value(settings).expect("plain values"),
+            feed: Plan {
+                data,
+                augment: Arc::new(augment),
+                random: true,
+                channels,
+                order: vec![],
+                batch: per_rank,
+                workers: run.workers,
+                seed: schedule.seed,
+                epoch: 0,
+                skipped: Arc::new(Skipped::default()),
+            },
+            schedule,
             progress: run.progress && dist.is_main(),
             checkpoint_activations: run.checkpoint_activations,
-            settings: serde_json::to_value(settings).expect("plain values"),
-            at,
             epoch_loss_sum: resumed.as_ref().map_or(0.0, |r| r.state.epoch_loss_sum),
             log,
-            data,
-            augment: Arc::new(augment),
-            channels,
-            images,
-            per_rank: global / dist.size(),
-            iters,
-            schedule,
-            started: Instant::now(),
-            images_seen: 0,
-            skipped: Arc::new(Skipped::default()),
+            started: (Instant::now(), 0),
             checkpoint: resumed.map(|r| r.dir),
             scaler,
             stopping: false,
@@ -315,16 +366,16 @@ impl<'a> Trainer<'a> {
         })
     }
 
-    /// Train `learner` with `opt` (its groups' learning rates scaled by `scales`) to the
-    /// last epoch: each epoch a shuffled pass, an evaluation, a line, and a checkpoint when
-    /// due. The processes first check that they hold the same weights. Returns the last
-    /// epoch's mean loss.
+    /// Train `learner` with `opt` to the last epoch: each epoch a shuffled pass, an
+    /// evaluation, a line, and a checkpoint when due. The processes first check that they
+    /// hold the same weights. Prints the per-kernel profile when `ENGINE_PROFILE` asked for
+    /// one, and returns what the run did.
     ///
     /// # Errors
     /// [`Error::Stopped`] when a signal stopped the run (after its checkpoint is written);
     /// [`Error::NonFinite`] when the loss diverges (the checkpoints written are intact);
     /// processes that disagree; data, I/O or engine failures.
-    pub fn fit(&mut self, learner: &mut dyn Learner, opt: &mut AdamW) -> Result<f64, Error> {
+    pub fn fit(&mut self, learner: &mut dyn Learner, opt: &mut AdamW) -> Result<Summary, Error> {
         self.check_same_weights(learner)?;
         let mut loss = f64::NAN;
         while self.at.epoch < self.schedule.epochs {
@@ -335,7 +386,7 @@ impl<'a> Trainer<'a> {
             loss = epoch_loss;
             self.at.epoch += 1;
             self.epoch_loss_sum = 0.0;
-            let top1 = learner.evaluate(self, self.at)?;
+            let top1 = learner.evaluate(self.epoch_end())?;
             let s = &self.schedule;
             let last = self.at.epoch == s.epochs;
             let due = self.at.epoch.is_multiple_of(s.save_every) || last;
@@ -352,7 +403,24 @@ impl<'a> Trainer<'a> {
                 self.checkpoint = Some(self.save(learner, opt, &name, metrics)?);
             }
         }
-        Ok(loss)
+        super::print_profile(&self.device);
+        Ok(Summary {
+            at: self.at,
+            last_epoch_loss: loss,
+            img_per_s: self.images_per_second(),
+            skipped: self.feed.skipped.count(),
+            checkpoint: self.checkpoint.clone().unwrap_or_default(),
+        })
+    }
+
+    /// What a learner's evaluation gets where the run stands.
+    pub fn epoch_end(&mut self) -> EpochEnd<'_> {
+        EpochEnd {
+            at: self.at,
+            dist: self.dist,
+            workers: self.feed.workers,
+            log: self.log.as_mut(),
+        }
     }
 
     /// Write checkpoint `name` where the run stands (rank 0 writes, after every process
@@ -390,7 +458,7 @@ impl<'a> Trainer<'a> {
         match self.save(learner, opt, name, metrics) {
             Ok(dir) => Error::Stopped {
                 signal: stop::signal_name(),
-                at: match self.at.step == (self.at.epoch * self.iters) as u64 {
+                at: match self.at.step == (self.at.epoch * self.batches.iters) as u64 {
                     true => format!("step {}, the end of epoch {}", self.at.step, self.at.epoch),
                     false => format!("step {} (epoch {})", self.at.step, self.at.epoch + 1),
                 },
@@ -422,54 +490,47 @@ impl<'a> Trainer<'a> {
         opt: &mut AdamW,
     ) -> Result<Option<f64>, Error> {
         let (epoch, accum) = (self.at.epoch, self.schedule.accum_iter);
-        let first = (self.at.step - (epoch * self.iters) as u64) as usize;
+        let Batches {
+            images,
+            per_rank,
+            iters,
+            ..
+        } = self.batches;
+        let first = (self.at.step - (epoch * iters) as u64) as usize;
         let s = &self.schedule;
         let mut rng = Rng::new(&[s.seed, streams::ORDER, epoch as u64]);
         let order = self
+            .feed
             .data
-            .epoch_order(self.images, &mut rng, s.ranks, s.batch_size);
-        let mine = self.dist.shard(&order, self.per_rank);
+            .epoch_order(images, &mut rng, s.ranks, s.batch_size);
+        let mine = self.dist.shard(&order, per_rank);
         let loader = Loader::new(Plan {
-            data: self.data.clone(),
-            augment: self.augment.clone(),
-            random: true,
-            channels: self.channels,
-            order: mine[first * self.per_rank..].to_vec(),
-            batch: self.per_rank,
-            workers: self.workers,
-            seed: self.schedule.seed,
+            order: mine[first * per_rank..].to_vec(),
             epoch: epoch as u64,
-            skipped: self.skipped.clone(),
+            ..self.feed.clone()
         });
         let prefix = format!("epoch {}/{}", epoch + 1, self.schedule.epochs);
-        let bar = progress_bar(self.progress, self.iters, prefix);
+        let bar = progress_bar(self.progress, iters, prefix);
         bar.set_position(first as u64);
         let mut grads = Gradients::default();
         for (it, batch) in (first..).zip(loader) {
             let batch = batch?;
             if it % accum == 0 {
                 let s = &self.schedule;
-                let progress = epoch as f64 + it as f64 / self.iters as f64;
+                let progress = epoch as f64 + it as f64 / iters as f64;
                 let lr =
                     warmup_cosine_lr(progress, s.lr(), s.min_lr, s.warmup_epochs, s.epochs as f64);
                 for g in &mut opt.groups {
                     g.lr = (lr * g.lr_scale) as f32;
                 }
             }
-            let shape = [
-                batch.len,
-                self.channels,
-                self.augment.size,
-                self.augment.size,
-            ];
+            let size = self.feed.augment.size;
+            let shape = [batch.len, self.feed.channels, size, size];
             let step = Step {
                 imgs: Tensor::from_slice(&self.device, &batch.pixels, &shape)?,
                 labels: batch.labels,
                 seed: Rng::new(&[self.schedule.seed, streams::STEP, self.at.step]).next_u64(),
-                rows: (
-                    self.dist.rank() * self.per_rank,
-                    self.schedule.global_batch(),
-                ),
+                rows: (self.dist.rank() * per_rank, self.schedule.global_batch()),
                 checkpoint: self.checkpoint_activations,
             };
             let loss = match self.scaler {
@@ -518,14 +579,14 @@ impl<'a> Trainer<'a> {
                 skipped = !finite;
                 grads.clear();
             }
-            self.images_seen += batch.len * self.dist.size();
+            self.started.1 += batch.len * self.dist.size();
             self.epoch_loss_sum += value as f64;
             self.log_step(it, value, (opt, loss_scale, skipped), &bar)?;
             self.at.step += 1;
             watchdog::step_done(self.at.step);
             // A stop within the epoch, at an optimizer step; one that comes after the
             // epoch's last optimizer step waits for the epoch's end.
-            if self.stopping && optimizer_step && it + 1 + accum <= self.iters {
+            if self.stopping && optimizer_step && it + 1 + accum <= iters {
                 bar.abandon();
                 return Ok(None);
             }
@@ -533,12 +594,13 @@ impl<'a> Trainer<'a> {
         // Iterations left over when an epoch is not a multiple of accum_iter are dropped, as
         // in the reference (its next epoch starts with zeroed gradients).
         bar.finish_and_clear();
-        Ok(Some(self.epoch_loss_sum / self.iters as f64))
+        Ok(Some(self.epoch_loss_sum / iters as f64))
     }
 
     /// Images per second over this invocation's training, data pipeline included.
-    pub fn images_per_second(&self) -> f64 {
-        self.images_seen as f64 / self.started.elapsed().as_secs_f64()
+    fn images_per_second(&self) -> f64 {
+        let (started, images) = self.started;
+        images as f64 / started.elapsed().as_secs_f64()
     }
 
     /// A metrics line, skipped-file warnings, and the progress bar (or, without a terminal,
@@ -552,7 +614,7 @@ impl<'a> Trainer<'a> {
         (opt, loss_scale, overflow): (&AdamW, f64, bool),
         bar: &indicatif::ProgressBar,
     ) -> Result<(), Error> {
-        let elapsed = self.started.elapsed().as_secs_f64();
+        let elapsed = self.started.0.elapsed().as_secs_f64();
         let img_per_s = self.images_per_second();
         let lr = opt.groups.last().map_or(0.0, |g| g.lr);
         let at = self.at;
@@ -586,17 +648,18 @@ impl<'a> Trainer<'a> {
             );
             bar.suspend(|| eprintln!("{line}"));
         }
-        for warning in self.skipped.take_new() {
+        for warning in self.feed.skipped.take_new() {
             bar.suspend(|| eprintln!("{warning}"));
         }
         let status = format!("loss {loss:.4}  lr {lr:.2e}  {img_per_s:.1} img/s");
-        if !self.progress && (it + 1).is_multiple_of((self.iters / 10).max(1)) {
+        let iters = self.batches.iters;
+        if !self.progress && (it + 1).is_multiple_of((iters / 10).max(1)) {
             eprintln!(
                 "epoch {}/{} step {}/{}  {status}",
                 at.epoch + 1,
                 self.schedule.epochs,
                 it + 1,
-                self.iters
+                iters
             );
         }
         bar.set_message(status);
@@ -607,7 +670,7 @@ impl<'a> Trainer<'a> {
     /// The epoch's line on stderr, and with a top-1 in the log too.
     fn end_epoch(&mut self, loss: f64, top1: Option<f64>) -> Result<(), Error> {
         let at = self.at;
-        let elapsed = self.started.elapsed().as_secs_f64();
+        let elapsed = self.started.0.elapsed().as_secs_f64();
         let img_per_s = self.images_per_second();
         let log = self.log.as_mut().expect("rank 0");
         let mut figures = String::new();
