@@ -8,54 +8,79 @@ use crate::shape::broadcast_shape;
 use crate::tensor::{DType, Tensor};
 use crate::DType::F32;
 
-/// Unary functions of `elementwise.wgsl`; the discriminant is the shader's `OP` code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum UnaryOp {
-    Neg = 0,
-    Exp = 1,
-    Log = 2,
-    Sqrt = 3,
-    Rsqrt = 4,
-    Abs = 5,
-    Tanh = 6,
-    Sigmoid = 7,
-    Relu = 8,
-    /// Exact erf form, as `torch.nn.GELU()`.
-    Gelu = 9,
-    /// `x + s`
-    AddScalar = 10,
-    /// `x * s`
-    MulScalar = 11,
-    /// `x ^ s`
-    PowScalar = 12,
-    /// `s - x`
-    RsubScalar = 13,
-    /// `s / x`
-    RdivScalar = 14,
-    /// `max(x, s)`
-    MaxScalar = 15,
-    /// `min(x, s)`
-    MinScalar = 16,
-    /// `-1`, `0` or `1` by the sign of `x` (the derivative of `abs`).
-    Sign = 17,
-    /// `1` where `x > 0`, else `0` (the derivative of `relu`).
-    Step = 18,
-    /// The derivative of the exact GELU, `Phi(x) + x * phi(x)`.
-    GeluGrad = 19,
+/// An enum of a shader's `OP` codes, each variant with the name errors and profiles give it:
+/// the code and the name written once, side by side.
+macro_rules! op_codes {
+    ($(#[$meta:meta])* pub enum $name:ident {
+        $($(#[$doc:meta])* $variant:ident = $code:literal => $text:literal,)*
+    }) => {
+        $(#[$meta])*
+        pub enum $name {
+            $($(#[$doc])* $variant = $code,)*
+        }
+
+        impl $name {
+            fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+    };
 }
 
-/// Binary arithmetic of `elementwise.wgsl`, with broadcasting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum BinaryOp {
-    Add = 0,
-    Sub = 1,
-    Mul = 2,
-    Div = 3,
-    Pow = 4,
-    Maximum = 5,
-    Minimum = 6,
+op_codes! {
+    /// Unary functions of `elementwise.wgsl`; the discriminant is the shader's `OP` code.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[allow(missing_docs)]
+    pub enum UnaryOp {
+        Neg = 0 => "neg",
+        Exp = 1 => "exp",
+        Log = 2 => "log",
+        Sqrt = 3 => "sqrt",
+        Rsqrt = 4 => "rsqrt",
+        Abs = 5 => "abs",
+        Tanh = 6 => "tanh",
+        Sigmoid = 7 => "sigmoid",
+        Relu = 8 => "relu",
+        /// Exact erf form, as `torch.nn.GELU()`.
+        Gelu = 9 => "gelu",
+        /// `x + s`
+        AddScalar = 10 => "add_scalar",
+        /// `x * s`
+        MulScalar = 11 => "mul_scalar",
+        /// `x ^ s`
+        PowScalar = 12 => "pow_scalar",
+        /// `s - x`
+        RsubScalar = 13 => "rsub_scalar",
+        /// `s / x`
+        RdivScalar = 14 => "rdiv_scalar",
+        /// `max(x, s)`
+        MaxScalar = 15 => "max_scalar",
+        /// `min(x, s)`
+        MinScalar = 16 => "min_scalar",
+        /// `-1`, `0` or `1` by the sign of `x` (the derivative of `abs`).
+        Sign = 17 => "sign",
+        /// `1` where `x > 0`, else `0` (the derivative of `relu`).
+        Step = 18 => "step",
+        /// The derivative of the exact GELU, `Phi(x) + x * phi(x)`.
+        GeluGrad = 19 => "gelu_grad",
+    }
+}
+
+op_codes! {
+    /// Binary arithmetic of `elementwise.wgsl`, with broadcasting.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    #[allow(missing_docs)]
+    pub enum BinaryOp {
+        Add = 0 => "add",
+        Sub = 1 => "sub",
+        Mul = 2 => "mul",
+        Div = 3 => "div",
+        Pow = 4 => "pow",
+        Maximum = 5 => "maximum",
+        Minimum = 6 => "minimum",
+    }
 }
 
 /// Comparisons of `compare.wgsl`; results are `U32` masks of 0 and 1.
@@ -68,47 +93,6 @@ pub enum CompareOp {
     Le = 3,
     Gt = 4,
     Ge = 5,
-}
-
-impl UnaryOp {
-    fn name(self) -> &'static str {
-        match self {
-            UnaryOp::Neg => "neg",
-            UnaryOp::Exp => "exp",
-            UnaryOp::Log => "log",
-            UnaryOp::Sqrt => "sqrt",
-            UnaryOp::Rsqrt => "rsqrt",
-            UnaryOp::Abs => "abs",
-            UnaryOp::Tanh => "tanh",
-            UnaryOp::Sigmoid => "sigmoid",
-            UnaryOp::Relu => "relu",
-            UnaryOp::Gelu => "gelu",
-            UnaryOp::AddScalar => "add_scalar",
-            UnaryOp::MulScalar => "mul_scalar",
-            UnaryOp::PowScalar => "pow_scalar",
-            UnaryOp::RsubScalar => "rsub_scalar",
-            UnaryOp::RdivScalar => "rdiv_scalar",
-            UnaryOp::MaxScalar => "max_scalar",
-            UnaryOp::MinScalar => "min_scalar",
-            UnaryOp::Sign => "sign",
-            UnaryOp::Step => "step",
-            UnaryOp::GeluGrad => "gelu_grad",
-        }
-    }
-}
-
-impl BinaryOp {
-    fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::Div => "div",
-            BinaryOp::Pow => "pow",
-            BinaryOp::Maximum => "maximum",
-            BinaryOp::Minimum => "minimum",
-        }
-    }
 }
 
 macro_rules! unary_methods {

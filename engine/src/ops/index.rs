@@ -76,22 +76,6 @@ impl Tensor {
         index: &Tensor,
         idx_strides: &[usize],
     ) -> Result<Tensor> {
-        let y = self.gather_untracked(op, shape, ax, index, idx_strides)?;
-        let (from, idx, idx_strides) =
-            (self.shape().to_vec(), index.detach(), idx_strides.to_vec());
-        Ok(y.record(op, &[self], move |g| {
-            Ok(vec![Some(scatter_add(g, &from, ax, &idx, &idx_strides)?)])
-        }))
-    }
-
-    fn gather_untracked(
-        &self,
-        op: &'static str,
-        shape: &[usize],
-        ax: usize,
-        index: &Tensor,
-        idx_strides: &[usize],
-    ) -> Result<Tensor> {
         // x is addressed with the gathered axis' stride zeroed; the kernel adds idx * stride.
         let mut x_strides = self.strides().to_vec();
         x_strides[ax] = 0;
@@ -117,7 +101,11 @@ impl Tensor {
             ],
             elementwise_grid(out.numel()),
         );
-        Ok(out)
+        let (from, idx, idx_strides) =
+            (self.shape().to_vec(), index.detach(), idx_strides.to_vec());
+        Ok(out.record(op, &[self], move |g| {
+            Ok(vec![Some(scatter_add(g, &from, ax, &idx, &idx_strides)?)])
+        }))
     }
 }
 

@@ -84,17 +84,6 @@ impl Tensor {
         keepdim: bool,
         scale: impl Fn(usize) -> f32,
     ) -> Result<Tensor> {
-        no_grad(|| self.reduce_untracked(op, kind, axis, keepdim, scale))
-    }
-
-    fn reduce_untracked(
-        &self,
-        op: &'static str,
-        kind: Reduction,
-        axis: isize,
-        keepdim: bool,
-        scale: impl Fn(usize) -> f32,
-    ) -> Result<Tensor> {
         self.expect_dtype(op, DType::F32)?;
         let ax = normalize_axis(op, axis, self.shape())?;
         let n = self.shape()[ax];
@@ -107,7 +96,8 @@ impl Tensor {
                 ),
             ));
         }
-        let x = self.contiguous()?;
+        // The callers record the reduction's own rule, not the copy's.
+        let x = no_grad(|| self.contiguous())?;
         let outer = numel(&x.shape()[..ax]);
         let inner = numel(&x.shape()[ax + 1..]);
         let mut shape = x.shape().to_vec();

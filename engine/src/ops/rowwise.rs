@@ -49,22 +49,32 @@ impl Tensor {
     }
 
     fn softmax_untracked(&self) -> Result<Tensor> {
-        let (rows, cols) = self.rows_cols("softmax")?;
+        let dev = self.device();
+        let kernel = rows_kernel(dev, &SOFTMAX_K, &SOFTMAX_SG_K);
+        self.map_rows("softmax", kernel, &[dev.row_workgroup()], DType::F32)
+    }
+
+    /// One dispatch of a row kernel that maps each row of `self` to a row of a new tensor
+    /// of `dtype`, one workgroup per row: softmax, argsort.
+    fn map_rows(
+        &self,
+        op: &'static str,
+        kernel: &'static Kernel,
+        overrides: &[u32],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let (rows, cols) = self.rows_cols(op)?;
         let x = self.contiguous()?;
-        let out = Tensor::empty(x.device(), "softmax", x.shape(), DType::F32)?;
+        let out = Tensor::empty(x.device(), op, x.shape(), dtype)?;
         let p = RowParams {
             rows: rows as u32,
             cols: cols as u32,
             x_offset: x.offset() as u32,
             ..Default::default()
         };
-        x.device().dispatch(
-            rows_kernel(x.device(), &SOFTMAX_K, &SOFTMAX_SG_K),
-            &[x.device().row_workgroup()],
-            &p,
-            &[out.buffer(), x.buffer()],
-            grid(x.device(), rows),
-        );
+        let groups = grid(x.device(), rows);
+        x.device()
+            .dispatch(kernel, overrides, &p, &[out.buffer(), x.buffer()], groups);
         Ok(out)
     }
 
@@ -225,23 +235,7 @@ impl Tensor {
     /// # Errors
     /// [`Error::DType`] for `U32`; [`Error::Shape`] for a scalar.
     pub fn argsort(&self, descending: bool) -> Result<Tensor> {
-        let (rows, cols) = self.rows_cols("argsort")?;
-        let x = self.contiguous()?;
-        let out = Tensor::empty(x.device(), "argsort", x.shape(), DType::U32)?;
-        let p = RowParams {
-            rows: rows as u32,
-            cols: cols as u32,
-            x_offset: x.offset() as u32,
-            ..Default::default()
-        };
-        x.device().dispatch(
-            &ARGSORT_K,
-            &[descending as u32],
-            &p,
-            &[out.buffer(), x.buffer()],
-            grid(x.device(), rows),
-        );
-        Ok(out)
+        self.map_rows("argsort", &ARGSORT_K, &[descending as u32], DType::U32)
     }
 }
 
