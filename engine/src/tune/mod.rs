@@ -474,6 +474,30 @@ mod tests {
         ));
     }
 
+    /// The candidates are exactly what `runs_on` allows: vec4 loads only on aligned
+    /// problems, and no tile past the adapter's workgroup memory.
+    #[test]
+    fn candidates_are_what_runs_here() {
+        let small = adapter(0x8086, "IntegratedGpu", 8192);
+        let is_tiled = |k: &MatmulKernel, f: fn(&Tile) -> bool| match k {
+            MatmulKernel::Tiled { tile, .. } => f(tile),
+            MatmulKernel::Lanes => false,
+        };
+        for aligned in [false, true] {
+            let key = MatmulKey::new((false, false, false, aligned), [256, 256, 4096, 1]);
+            let all = candidates(&small, &key, 4096);
+            assert!(all.iter().all(|k| k.runs_on(&small, aligned)));
+            assert_eq!(all.iter().any(|k| is_tiled(k, |t| t.vec4)), aligned);
+            assert!(!all.iter().any(|k| is_tiled(k, |t| t.shared_bytes() > 8192)));
+            let portable = MatmulKernel::Tiled {
+                tile: tile::PORTABLE,
+                splits: 16,
+            };
+            assert!(all.contains(&portable));
+            assert_eq!(all[0], MatmulKernel::Lanes);
+        }
+    }
+
     #[test]
     fn tuning_keeps_the_fastest_and_passes_over_what_cannot_run() {
         let tiled = |splits| MatmulKernel::Tiled {
