@@ -39,7 +39,7 @@ pub struct DeviceInfo {
     /// The adapter's device-local memory in bytes, where the backend reports it (Vulkan).
     pub memory_bytes: Option<u64>,
     /// What the buffer pool may hold: a discrete GPU's memory, or the lower
-    /// [`DeviceOptions::memory_limit`] / `ENGINE_MEMORY_LIMIT`. `None` when neither applies.
+    /// [`crate::DeviceOptions::memory_limit`] / `ENGINE_MEMORY_LIMIT`. `None` when neither applies.
     pub memory_budget: Option<u64>,
     /// The cooperative-matrix (tensor core) shapes the adapter reports, e.g.
     /// `16x16x16 F16*F16+F32`: what a matrix-unit kernel could use. The engine does not use

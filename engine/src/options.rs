@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::ops::AttentionKernel;
 use crate::tune::Autotune;
 
-/// How [`Device::with_options`] departs from what the adapter offers and the environment
+/// How [`crate::Device::with_options`] departs from what the adapter offers and the environment
 /// says.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceOptions {
