@@ -59,7 +59,13 @@ fn matmul_line(dev: &Device, [batch, m, k, n]: [usize; 4], trans_a: bool, trans_
         format!("[{batch},{m},{k},{n}]")
     };
     let aligned = [m, k, n].iter().all(|v| v % 4 == 0);
-    let bucket = MatmulKey::new((trans_a, trans_b, false, aligned), [m, n, k, batch]).text();
+    let bucket = MatmulKey {
+        trans_a,
+        trans_b,
+        aligned,
+        ..MatmulKey::of([m, n, k, batch])
+    }
+    .text();
     let kernel = dev
         .matmul_choices()
         .into_iter()

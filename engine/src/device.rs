@@ -269,7 +269,7 @@ impl Device {
             lock(&self.inner.bind_groups).get(&self.inner.device, &pipeline, buffers, &rec.arena);
         if lock(&self.inner.profile).is_some() {
             let name = kernel.name(overrides);
-            return self.dispatch_profiled(rec, name, (&pipeline, &bind_group, offset), groups);
+            return self.dispatch_profiled(rec, name, &pipeline, &bind_group, offset, groups);
         }
         let pass = rec.open_pass(&self.inner.device);
         pass.set_pipeline(&pipeline.pipeline);

@@ -217,7 +217,9 @@ impl Device {
         &self,
         mut rec: MutexGuard<'_, Recorder>,
         name: String,
-        (pipeline, bind_group, offset): (&Pipeline, &wgpu::BindGroup, u32),
+        pipeline: &Pipeline,
+        bind_group: &wgpu::BindGroup,
+        offset: u32,
         groups: [u32; 3],
     ) {
         rec.pass = None;

@@ -333,7 +333,8 @@ impl EvalView<'_> {
 pub fn evaluate(
     vit: &VisionTransformer,
     data: &Arc<Dataset>,
-    (normalize, workers): (&Normalize, usize),
+    normalize: &Normalize,
+    workers: usize,
     dist: &Dist,
 ) -> Result<f64, Error> {
     let (device, c) = (vit.cls_token.device(), &vit.config);

@@ -525,8 +525,8 @@ impl Learner for FineTuning {
     }
 
     fn evaluate(&mut self, end: EpochEnd) -> Result<Option<f64>, Error> {
-        let view = (&self.normalize, end.workers);
-        self.top1 = evaluate(&self.vit, &self.test, view, end.dist)?;
+        let (normalize, workers) = (&self.normalize, end.workers);
+        self.top1 = evaluate(&self.vit, &self.test, normalize, workers, end.dist)?;
         Ok(Some(self.top1))
     }
 }

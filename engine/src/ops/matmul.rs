@@ -300,16 +300,12 @@ impl Problem {
 
     fn key(&self) -> MatmulKey {
         MatmulKey {
+            trans_a: self.a.trans,
+            trans_b: self.b.trans,
+            bias: self.bias.is_some(),
+            aligned: self.aligned,
             half: self.half(),
-            ..MatmulKey::new(
-                (
-                    self.a.trans,
-                    self.b.trans,
-                    self.bias.is_some(),
-                    self.aligned,
-                ),
-                self.sizes(),
-            )
+            ..MatmulKey::of(self.sizes())
         }
     }
 

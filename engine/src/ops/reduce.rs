@@ -25,14 +25,24 @@ const COLUMN_MIN_INNER: usize = 8;
 const COLUMN_TARGET_GROUPS: usize = 256;
 const COLUMN_MIN_CHUNK: usize = 64;
 
+/// How a reduction's workgroups cover its outputs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Groups {
+    /// One workgroup per output element, its invocations splitting the reduced axis.
+    PerOutput,
+    /// One per `WG` neighbouring columns, each invocation walking the reduced axis of one
+    /// column: for an axis that is not the last, whose values are `inner` apart.
+    PerColumns,
+}
+
 /// Record one reduction of the contiguous `x`, viewed as `(outer, n, inner)`, over chunks of
-/// `chunk` values of the middle axis into `out` (`(outer, chunks, inner)` elements), with
-/// one workgroup per output element or, with `columns`, per `WG` neighbouring columns.
+/// `chunk` values of the middle axis into `out` (`(outer, chunks, inner)` elements).
 fn reduce_kernel(
     x: &Tensor,
     out: &Tensor,
-    (kind, columns): (Reduction, bool),
-    (outer, n, inner): (usize, usize, usize),
+    kind: Reduction,
+    groups: Groups,
+    [outer, n, inner]: [usize; 3],
     chunk: usize,
     scale: f32,
 ) {
@@ -47,21 +57,17 @@ fn reduce_kernel(
     };
     let dev = x.device();
     let wg = dev.row_workgroup();
-    let groups = if columns {
-        outer * n.div_ceil(chunk).max(1) * inner.div_ceil(wg as usize)
-    } else {
-        outer * n.div_ceil(chunk).max(1) * inner
+    let (kernel, count) = match groups {
+        Groups::PerColumns => (&REDUCE_COLUMNS_K, inner.div_ceil(wg as usize)),
+        Groups::PerOutput => (&REDUCE_K, inner),
     };
+    let count = outer * n.div_ceil(chunk).max(1) * count;
     dev.dispatch(
-        if columns {
-            &REDUCE_COLUMNS_K
-        } else {
-            &REDUCE_K
-        },
+        kernel,
         &[kind as u32, wg],
         &p,
         &[out.buffer(), x.buffer()],
-        grid(dev, groups),
+        grid(dev, count),
     );
 }
 
@@ -119,12 +125,36 @@ impl Tensor {
             let chunks = n.div_ceil(chunk).max(1);
             let out = Tensor::empty(x.device(), op, &shape, dtype)?;
             if chunks == 1 {
-                reduce_kernel(&x, &out, (kind, true), (outer, n, inner), chunk, scale(n));
+                reduce_kernel(
+                    &x,
+                    &out,
+                    kind,
+                    Groups::PerColumns,
+                    [outer, n, inner],
+                    chunk,
+                    scale(n),
+                );
             } else {
                 let partial = Tensor::empty(x.device(), op, &[outer, chunks, inner], DType::F32)?;
-                reduce_kernel(&x, &partial, (kind, true), (outer, n, inner), chunk, 1.0);
-                let dims = (outer, chunks, inner);
-                reduce_kernel(&partial, &out, (kind, true), dims, chunks, scale(n));
+                reduce_kernel(
+                    &x,
+                    &partial,
+                    kind,
+                    Groups::PerColumns,
+                    [outer, n, inner],
+                    chunk,
+                    1.0,
+                );
+                let dims = [outer, chunks, inner];
+                reduce_kernel(
+                    &partial,
+                    &out,
+                    kind,
+                    Groups::PerColumns,
+                    dims,
+                    chunks,
+                    scale(n),
+                );
             }
             return Ok(out);
         }
@@ -134,13 +164,22 @@ impl Tensor {
             let chunk = SPLIT_MIN_CHUNK.max(n.div_ceil(SPLIT_MAX_CHUNKS));
             let chunks = n.div_ceil(chunk);
             let partial = Tensor::empty(x.device(), op, &[outer, chunks, inner], DType::F32)?;
-            reduce_kernel(&x, &partial, (kind, false), (outer, n, inner), chunk, 1.0);
+            reduce_kernel(
+                &x,
+                &partial,
+                kind,
+                Groups::PerOutput,
+                [outer, n, inner],
+                chunk,
+                1.0,
+            );
             let out = Tensor::empty(x.device(), op, &shape, dtype)?;
             reduce_kernel(
                 &partial,
                 &out,
-                (kind, false),
-                (outer, chunks, inner),
+                kind,
+                Groups::PerOutput,
+                [outer, chunks, inner],
                 chunks,
                 scale(n),
             );
@@ -150,8 +189,9 @@ impl Tensor {
         reduce_kernel(
             &x,
             &out,
-            (kind, false),
-            (outer, n, inner),
+            kind,
+            Groups::PerOutput,
+            [outer, n, inner],
             n.max(1),
             scale(n),
         );

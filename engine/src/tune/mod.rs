@@ -104,18 +104,17 @@ pub struct MatmulKey {
 }
 
 impl MatmulKey {
-    /// The bucket of a product of these sizes.
-    pub fn new(
-        (trans_a, trans_b, bias, aligned): (bool, bool, bool, bool),
-        [m, n, k, batch]: [usize; 4],
-    ) -> MatmulKey {
+    /// The bucket of a product of sizes `[m, n, k, batch]`, with no transpose, no bias, f32
+    /// operands and unaligned; the flags that differ are set by name
+    /// (`MatmulKey { aligned: true, ..MatmulKey::of(sizes) }`).
+    pub fn of(sizes: [usize; 4]) -> MatmulKey {
         let log2 = |x: usize| x.max(1).next_power_of_two().trailing_zeros();
         MatmulKey {
-            trans_a,
-            trans_b,
-            bias,
-            aligned,
-            log2: [log2(m), log2(n), log2(k), log2(batch)],
+            trans_a: false,
+            trans_b: false,
+            bias: false,
+            aligned: false,
+            log2: sizes.map(log2),
             half: false,
         }
     }
@@ -433,7 +432,10 @@ mod tests {
 
     #[test]
     fn defaults_by_adapter_kind_and_vendor() {
-        let key = |aligned| MatmulKey::new((false, false, false, aligned), [1024, 1024, 1024, 1]);
+        let key = |aligned| MatmulKey {
+            aligned,
+            ..MatmulKey::of([1024, 1024, 1024, 1])
+        };
         let sizes = [1024, 1024, 1024, 1];
         let tile_of = |info: &DeviceInfo, aligned| match default_kernel(info, &key(aligned), sizes)
         {
@@ -466,7 +468,11 @@ mod tests {
         );
         // A weight gradient: few output blocks, long k, split.
         let wgrad = [64, 64, 12608, 1];
-        let key = MatmulKey::new((true, false, false, true), wgrad);
+        let key = MatmulKey {
+            trans_a: true,
+            aligned: true,
+            ..MatmulKey::of(wgrad)
+        };
         let intel = adapter(0x8086, "IntegratedGpu", 32768);
         assert!(matches!(
             default_kernel(&intel, &key, wgrad),
@@ -484,7 +490,10 @@ mod tests {
             MatmulKernel::Lanes => false,
         };
         for aligned in [false, true] {
-            let key = MatmulKey::new((false, false, false, aligned), [256, 256, 4096, 1]);
+            let key = MatmulKey {
+                aligned,
+                ..MatmulKey::of([256, 256, 4096, 1])
+            };
             let all = candidates(&small, &key, 4096);
             assert!(all.iter().all(|k| k.runs_on(&small, aligned)));
             assert_eq!(all.iter().any(|k| is_tiled(k, |t| t.vec4)), aligned);

@@ -581,7 +581,8 @@ impl<'a> Trainer<'a> {
             }
             self.started.1 += batch.len * self.dist.size();
             self.epoch_loss_sum += value as f64;
-            self.log_step(it, value, (opt, loss_scale, skipped), &bar)?;
+            let lr = opt.groups.last().map_or(0.0, |g| g.lr);
+            self.log_step(it, value, lr, loss_scale, skipped, &bar)?;
             self.at.step += 1;
             watchdog::step_done(self.at.step);
             // A stop within the epoch, at an optimizer step; one that comes after the
@@ -611,12 +612,13 @@ impl<'a> Trainer<'a> {
         &mut self,
         it: usize,
         loss: f32,
-        (opt, loss_scale, overflow): (&AdamW, f64, bool),
+        lr: f32,
+        loss_scale: f64,
+        overflow: bool,
         bar: &indicatif::ProgressBar,
     ) -> Result<(), Error> {
         let elapsed = self.started.0.elapsed().as_secs_f64();
         let img_per_s = self.images_per_second();
-        let lr = opt.groups.last().map_or(0.0, |g| g.lr);
         let at = self.at;
         let mixed = self.scaler.is_some();
         let Some(log) = &mut self.log else {
