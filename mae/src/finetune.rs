@@ -254,7 +254,7 @@ pub fn finetune(
     let c = vit.config.clone();
     let augment = Augment::pretrain(c.image_size, normalize.clone());
     let train = TrainingData {
-        data: data.train,
+        data: data.train.clone(),
         augment,
         channels: c.channels,
     };
@@ -265,7 +265,7 @@ pub fn finetune(
              {} epochs of {} iterations, batch {} x {} processes, on {}",
             s.init.name(),
             trainer.batches.images,
-            trainer.batches.data,
+            data.train.description,
             data.classes,
             Schedule::of(&s).lr(),
             s.layer_decay,

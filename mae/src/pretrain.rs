@@ -303,12 +303,12 @@ pub fn pretrain(
     }
     let c = model.config.clone();
     let augment = Augment::pretrain(c.image_size, normalize.clone());
-    let train = TrainingData {
-        data: train,
+    let training = TrainingData {
+        data: train.clone(),
         augment,
         channels: c.channels,
     };
-    let mut trainer = Trainer::new(device, dist, run, output, &settings, train, resumed)?;
+    let mut trainer = Trainer::new(device, dist, run, output, &settings, training, resumed)?;
     let mut learner = Pretraining {
         model,
         normalize,
@@ -321,7 +321,7 @@ pub fn pretrain(
         eprintln!(
             "pretraining {} on {} ({}): {} images, batch {} x {} processes x {} accumulated, lr {:.3e}, {} epochs, {} iterations each",
             describe(&c),
-            trainer.batches.data,
+            train.description,
             trainer.device.info().name,
             trainer.batches.images,
             trainer.batches.per_rank,

@@ -194,8 +194,6 @@ pub struct TrainingData {
 /// How the training data is cut into a run's iterations.
 #[derive(Clone, Debug)]
 pub struct Batches {
-    /// The training data, as described to the user.
-    pub data: String,
     /// Training images used.
     pub images: usize,
     /// This process's images per iteration.
@@ -240,8 +238,10 @@ pub struct Trainer<'a> {
     epoch_loss_sum: f64,
     /// The log: rank 0's alone.
     log: Option<Log>,
-    /// When this invocation started, and the images it trained on over all processes.
-    started: (Instant, usize),
+    /// When this invocation started.
+    started: Instant,
+    /// Images trained on by this invocation, over all processes.
+    images_seen: usize,
     /// The last checkpoint written or resumed from: the one a diverging run names.
     checkpoint: Option<PathBuf>,
     /// The loss scaler, in an f16-mixed run.
@@ -333,7 +333,6 @@ impl<'a> Trainer<'a> {
             device,
             at,
             batches: Batches {
-                data: data.description.clone(),
                 images,
                 per_rank,
                 iters,
@@ -358,7 +357,8 @@ impl<'a> Trainer<'a> {
             checkpoint_activations: run.checkpoint_activations,
             epoch_loss_sum: resumed.as_ref().map_or(0.0, |r| r.state.epoch_loss_sum),
             log,
-            started: (Instant::now(), 0),
+            started: Instant::now(),
+            images_seen: 0,
             checkpoint: resumed.map(|r| r.dir),
             scaler,
             stopping: false,
@@ -579,7 +579,7 @@ impl<'a> Trainer<'a> {
                 skipped = !finite;
                 grads.clear();
             }
-            self.started.1 += batch.len * self.dist.size();
+            self.images_seen += batch.len * self.dist.size();
             self.epoch_loss_sum += value as f64;
             let lr = opt.groups.last().map_or(0.0, |g| g.lr);
             self.log_step(it, value, lr, loss_scale, skipped, &bar)?;
@@ -600,8 +600,7 @@ impl<'a> Trainer<'a> {
 
     /// Images per second over this invocation's training, data pipeline included.
     fn images_per_second(&self) -> f64 {
-        let (started, images) = self.started;
-        images as f64 / started.elapsed().as_secs_f64()
+        self.images_seen as f64 / self.started.elapsed().as_secs_f64()
     }
 
     /// A metrics line, skipped-file warnings, and the progress bar (or, without a terminal,
@@ -617,7 +616,7 @@ impl<'a> Trainer<'a> {
         overflow: bool,
         bar: &indicatif::ProgressBar,
     ) -> Result<(), Error> {
-        let elapsed = self.started.0.elapsed().as_secs_f64();
+        let elapsed = self.started.elapsed().as_secs_f64();
         let img_per_s = self.images_per_second();
         let at = self.at;
         let mixed = self.scaler.is_some();
@@ -672,7 +671,7 @@ impl<'a> Trainer<'a> {
     /// The epoch's line on stderr, and with a top-1 in the log too.
     fn end_epoch(&mut self, loss: f64, top1: Option<f64>) -> Result<(), Error> {
         let at = self.at;
-        let elapsed = self.started.0.elapsed().as_secs_f64();
+        let elapsed = self.started.elapsed().as_secs_f64();
         let img_per_s = self.images_per_second();
         let log = self.log.as_mut().expect("rank 0");
         let mut figures = String::new();
